@@ -1,0 +1,124 @@
+"""Benchmark results: `benchmarks/results/<task>.json`, `.md` (a table) and `.png` (a plot).
+
+JSON shape (DESIGN.md):
+    {"task", "created", "machine": {"cpu", "gpu", "torch"}, "config",
+     "rows": [{"method", "tokens", "flops", "params", "latency_ms", "peak_mem_mb",
+               "metrics": {name: value}}]}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from medvtc.common.accounting import machine_info
+from medvtc.common.io import atomic_path, atomic_write_json, atomic_write_text
+
+
+@dataclass
+class ResultRow:
+    method: str
+    tokens: int
+    flops: float
+    params: int
+    latency_ms: float
+    peak_mem_mb: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Sequence[str] | None = None) -> str:
+    dict_rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
+    if metric_names is None:
+        names: list[str] = []
+        for r in dict_rows:
+            for k in r.get("metrics", {}):
+                if k not in names:
+                    names.append(k)
+        metric_names = names
+    header = ["method", "tokens", "GFLOPs", "params", "latency ms", "peak MiB", *metric_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in dict_rows:
+        cells = [
+            str(r["method"]),
+            _fmt(r["tokens"]),
+            _fmt(r["flops"] / 1e9 if r["flops"] is not None else None),
+            _fmt(r["params"]),
+            _fmt(r["latency_ms"]),
+            _fmt(r["peak_mem_mb"]),
+            *(_fmt(r.get("metrics", {}).get(m)) for m in metric_names),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    task: str,
+    rows: Sequence[ResultRow],
+    config: dict[str, Any],
+    out_dir: str | Path = "benchmarks/results",
+    plot: Callable[[list[dict[str, Any]], Path], None] | None = None,
+    markdown_extra: str = "",
+    name: str | None = None,
+) -> dict[str, Path]:
+    """Write the JSON, markdown and PNG for one benchmark run; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = name or task
+    doc = {
+        "task": task,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "config": config,
+        "rows": [asdict(r) for r in rows],
+    }
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
+    atomic_write_json(paths["json"], doc)
+    m = doc["machine"]
+    md = (
+        f"# Benchmark: {task}\n\n"
+        f"Created {doc['created']} on {m['cpu']}, GPU: {m['gpu'] or 'none'}, torch {m['torch']}.\n\n"
+        + markdown_table(rows)
+        + ("\n" + markdown_extra if markdown_extra else "")
+    )
+    atomic_write_text(paths["md"], md)
+    with atomic_path(paths["png"]) as tmp:
+        (plot or default_plot)(doc["rows"], tmp)
+    return paths
+
+
+def default_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Latency against tokens, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["tokens"], r["latency_ms"], label=r["method"])
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("latency (ms)")
+    if len(rows) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)

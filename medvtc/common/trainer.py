@@ -1,0 +1,421 @@
+"""The trainer every task shares.
+
+- device chosen automatically (CUDA if present, else CPU); bf16 autocast on CUDA;
+- gradient accumulation and clipping; warm-up then cosine / linear / constant LR schedule;
+- seeded, and deterministic on CPU: a run killed at any moment and resumed with `resume=True`
+  ends with the same weights as one that was not (the data order, RNG states, optimizer and
+  scheduler all continue from the checkpoint);
+- a progress bar with loss and throughput; metrics to TensorBoard and to `metrics.csv`;
+- a periodic evaluation hook;
+- atomic safetensors checkpoints (see `medvtc.common.checkpoint`);
+- DistributedDataParallel when launched by `torchrun` (gloo on CPU, NCCL on GPU): samplers are
+  sharded, logged metrics are averaged over ranks, only rank 0 writes.
+
+A task supplies the model, the datasets and two functions:
+`step_fn(model, batch) -> loss | (loss, {name: float})` and
+`eval_fn(model, dataset, device) -> {name: float}` (run on rank 0, RNG state preserved).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from medvtc.common import checkpoint as ckpt
+from medvtc.common.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from medvtc.common.errors import UserError
+from medvtc.common.io import atomic_path
+from medvtc.common.seeding import get_rng_state, seed_everything, set_rng_state
+
+StepFn = Callable[[torch.nn.Module, Any], Any]
+EvalFn = Callable[[torch.nn.Module, Dataset, torch.device], Mapping[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings shared by every task (`train.*` keys)."""
+
+    max_steps: int = 200
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    save_every: int = 100
+    keep_last: int = 2
+    progress: bool = True
+    deterministic: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda was asked for, but no CUDA device is available")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        if cfg.schedule == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+    return fn
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def default_step_fn(model: torch.nn.Module, batch: Any) -> Any:
+    return model(batch)
+
+
+def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    if isinstance(out, tuple):
+        loss, logs = out
+        return loss, {k: float(v) for k, v in (logs or {}).items()}
+    if isinstance(out, Mapping):
+        logs = {k: float(v) for k, v in out.items() if k != "loss" and _is_scalar(v)}
+        return out["loss"], logs
+    return out, {}
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+class _ResumeSampler(Sampler[int]):
+    """The sharded, seeded order of one epoch, starting `skip` samples in.
+
+    `DistributedSampler` gives a per-epoch permutation from (seed, epoch); resuming mid-epoch
+    needs the same permutation with the consumed prefix dropped, which torch does not offer.
+    """
+
+    def __init__(self, base: DistributedSampler, skip: int) -> None:
+        self.base = base
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.base), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
+
+
+class MetricsLogger:
+    """`metrics.csv` (long format: step, split, metric, value) and TensorBoard, on rank 0."""
+
+    FIELDS = ["step", "split", "metric", "value", "time"]
+
+    def __init__(self, output_dir: Path, resume_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = output_dir / "metrics.csv"
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            # A killed run may have logged steps past its last checkpoint: drop them, since the
+            # resumed run logs them again.
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+        else:
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.FIELDS).writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # tensorboard is a dependency; keep training if it is broken
+            self.tb = None
+
+    def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            for k, v in metrics.items():
+                w.writerow({"step": step, "split": split, "metric": k, "value": f"{float(v):.6g}", "time": f"{now:.3f}"})
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{split}/{k}", float(v), step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_set: Dataset,
+        cfg: TrainConfig,
+        output_dir: str | Path,
+        *,
+        seed: int = 0,
+        step_fn: StepFn = default_step_fn,
+        eval_fn: EvalFn | None = None,
+        eval_set: Dataset | None = None,
+        collate_fn: Callable | None = None,
+        params: list[torch.nn.Parameter] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.seed = seed
+        self.step_fn = step_fn
+        self.eval_fn = eval_fn
+        self.eval_set = eval_set
+        self.collate_fn = collate_fn
+        self.train_set = train_set
+        self.device = resolve_device(cfg.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        seed_everything(seed, deterministic=cfg.deterministic)
+        if len(train_set) < cfg.batch_size * self.dist.world_size:
+            raise UserError(
+                f"the training set has {len(train_set)} samples, fewer than one batch "
+                f"(train.batch_size={cfg.batch_size} x {self.dist.world_size} processes)"
+            )
+        self.model = model.to(self.device)
+        trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise UserError("the model has no trainable parameters for this stage")
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.ddp_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None,
+            )
+        use_bf16 = self.device.type == "cuda" and cfg.precision in ("auto", "bf16")
+        use_bf16 |= self.device.type == "cpu" and cfg.precision == "bf16"
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        )
+        self.step = 0
+        self.epoch = 0
+        self.samples_into_epoch = 0  # per rank
+        self.ckpt_root = self.output_dir / "checkpoints"
+
+    # -- state -------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "samples_into_epoch": self.samples_into_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": get_rng_state(),
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self._state(), keep_last=self.cfg.keep_last)
+        barrier(self.dist)
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint if there is one; returns whether one was loaded."""
+        path = ckpt.latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return False
+        ckpt.load_weights(self.model, path)
+        state = ckpt.load_training_state(path)
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise UserError(
+                f"checkpoint {path} was written by {state.get('world_size')} processes; resume it "
+                f"with the same number (this run has {self.dist.world_size})"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.samples_into_epoch = int(state["samples_into_epoch"])
+        return True
+
+    # -- data --------------------------------------------------------------------------------
+    def _loader(self, skip: int) -> DataLoader:
+        base = DistributedSampler(
+            self.train_set,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+        )
+        base.set_epoch(self.epoch)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch * 1009 + self.dist.rank)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            sampler=_ResumeSampler(base, skip),
+            num_workers=self.cfg.num_workers,
+            collate_fn=self.collate_fn,
+            drop_last=True,
+            generator=gen,
+            persistent_workers=False,
+        )
+
+    def _micro_batches(self) -> Iterator[Any]:
+        """Endless micro-batches; keeps `epoch` / `samples_into_epoch` up to date for resume."""
+        while True:
+            loader = self._loader(self.samples_into_epoch)
+            for batch in loader:
+                self.samples_into_epoch += self.cfg.batch_size
+                yield batch
+            self.epoch += 1
+            self.samples_into_epoch = 0
+
+    # -- loop --------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None or self.eval_set is None:
+            return {}
+        metrics: dict[str, float] = {}
+        if self.dist.is_main:
+            rng = get_rng_state()  # evaluation must not change the training trajectory
+            self.model.eval()
+            with torch.no_grad(), self.autocast():
+                metrics = {k: float(v) for k, v in self.eval_fn(self.model, self.eval_set, self.device).items()}
+            self.model.train()
+            set_rng_state(rng)
+        barrier(self.dist)
+        return metrics
+
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        cfg = self.cfg
+        if resume:
+            resumed = self.resume()
+            if not resumed and self.dist.is_main:
+                print(f"medvtc: no checkpoint under {self.ckpt_root}; starting from step 0")
+        elif ckpt.latest_checkpoint(self.ckpt_root) is not None:
+            raise UserError(
+                f"{self.output_dir} already holds a run's checkpoints; pass --resume to continue it "
+                f"or choose another output directory"
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        logger = MetricsLogger(self.output_dir, self.step, enabled=self.dist.is_main)
+        progress = None
+        if self.dist.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self.model.train()
+        batches = self._micro_batches()
+        last_eval: dict[str, float] = {}
+        window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
+        extra_sums: dict[str, float] = {}
+        try:
+            while self.step < cfg.max_steps:
+                self.optimizer.zero_grad(set_to_none=True)
+                for micro in range(cfg.grad_accum):
+                    batch = move_to(next(batches), self.device)
+                    sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+                    ctx = nullcontext() if sync else self.ddp_model.no_sync()
+                    with ctx:
+                        with self.autocast():
+                            loss, logs = _split_loss(self.step_fn(self.ddp_model, batch))
+                        if not torch.isfinite(loss):
+                            raise RuntimeError(f"loss is {loss.item()} at step {self.step}")
+                        (loss / cfg.grad_accum).backward()
+                    window_loss += float(loss.detach())
+                    window_n += 1
+                    window_samples += cfg.batch_size * self.dist.world_size
+                    for k, v in logs.items():
+                        extra_sums[k] = extra_sums.get(k, 0.0) + v
+                grad_norm = None
+                if cfg.grad_clip is not None:
+                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    elapsed = max(time.perf_counter() - window_t0, 1e-9)
+                    metrics = {"loss": window_loss / window_n, "lr": self.scheduler.get_last_lr()[0]}
+                    metrics.update({k: v / window_n for k, v in extra_sums.items()})
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = grad_norm
+                    metrics = all_reduce_mean(metrics, self.dist, self.device)
+                    metrics["samples_per_s"] = window_samples / elapsed
+                    logger.log(self.step, "train", metrics)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
+                    window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
+                    extra_sums = {}
+                if progress is not None:
+                    progress.update(1)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != cfg.max_steps:
+                    last_eval = self.evaluate()
+                    logger.log(self.step, "eval", last_eval)
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step != cfg.max_steps:
+                    self.save()
+            self.save()
+            last_eval = self.evaluate()
+            logger.log(self.step, "eval", last_eval)
+        finally:
+            if progress is not None:
+                progress.close()
+            logger.close()
+        return last_eval

@@ -1,0 +1,1 @@
+"""medvtc.robotics"""
