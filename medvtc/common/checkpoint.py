@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from medvtc.common.errors import UserError
@@ -85,14 +86,28 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
     if not path.is_file():
         raise UserError(f"no weights at {path} (expected a {WEIGHTS} file)")
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for a corrupt or foreign file
-        raise UserError(f"cannot load weights from {path}: {e}") from None
-    if strict and (missing or unexpected):
+        raise UserError(f"cannot read weights from {path}: {str(e).splitlines()[0]}") from None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatched = sorted(k for k in own.keys() & shapes.keys() if own[k] != shapes[k])
+    missing = sorted(own.keys() - shapes.keys())
+    unexpected = sorted(shapes.keys() - own.keys())
+    if mismatched or (strict and (missing or unexpected)):
+        detail = []
+        if mismatched:
+            k = mismatched[0]
+            detail.append(f"{len(mismatched)} shape mismatches (e.g. {k}: file {shapes[k]}, model {own[k]})")
+        if missing:
+            detail.append(f"missing {missing[:3]}")
+        if unexpected:
+            detail.append(f"unexpected {unexpected[:3]}")
         raise UserError(
-            f"weights in {path} do not match this model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]} (is it a checkpoint of another task or config?)"
+            f"weights in {path} do not match this model: {'; '.join(detail)} "
+            f"(is it a checkpoint of another task or config?)"
         )
+    load_model(model, str(path), strict=strict)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

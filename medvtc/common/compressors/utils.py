@@ -138,8 +138,10 @@ def merge_into(
     sums = torch.zeros(b, k, d, device=tokens.device, dtype=tokens.dtype)
     sums.scatter_add_(1, assignment.unsqueeze(-1).expand(-1, -1, d), tokens * w.unsqueeze(-1))
     mass = torch.zeros(b, k, device=tokens.device, dtype=tokens.dtype).scatter_add_(1, assignment, w)
-    counts = torch.zeros(b, k, device=tokens.device, dtype=tokens.dtype).scatter_add_(
-        1, assignment, torch.ones_like(w)
+    # Sizes in at least float32: bf16 cannot count past 256 exactly.
+    count_dtype = torch.promote_types(tokens.dtype, torch.float32)
+    counts = torch.zeros(b, k, device=tokens.device, dtype=count_dtype).scatter_add_(
+        1, assignment, torch.ones(b, n, device=tokens.device, dtype=count_dtype)
     )
     means = torch.where(mass.unsqueeze(-1) > 0, sums / mass.clamp_min(1e-12).unsqueeze(-1), targets)
     return means, counts
@@ -199,3 +201,24 @@ def achievable(grid: Sequence[int], k: int, ok) -> list[int]:
     below = next((c for c in range(k - 1, 0, -1) if ok(grid, c)), None)
     above = next((c for c in range(k + 1, n + 1) if ok(grid, c)), None)
     return [c for c in (below, above) if c is not None]
+
+
+def sinusoidal_positions(grid: Sequence[int], dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Fixed sin/cos encoding of every grid position, [N, dim], for 1D/2D/3D grids.
+
+    The channels are split evenly over the axes (the remainder is zero); each axis uses the
+    Transformer's geometric frequencies on its integer coordinate.
+    """
+    pos = grid_positions(grid, device).float()  # [N, R]
+    rank = pos.shape[1]
+    per_axis = (dim // rank) // 2 * 2
+    out = torch.zeros(pos.shape[0], dim, device=device)
+    if per_axis == 0:
+        return out
+    half = per_axis // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device).float() / max(1, half))
+    for axis in range(rank):
+        angles = pos[:, axis : axis + 1] * freqs  # [N, half]
+        out[:, axis * per_axis : axis * per_axis + half] = torch.sin(angles)
+        out[:, axis * per_axis + half : (axis + 1) * per_axis] = torch.cos(angles)
+    return out

@@ -1,0 +1,143 @@
+"""`medvtc` command line (also `python -m medvtc`, and `torchrun -m medvtc` for DDP).
+
+    medvtc train --task compressors model.name=perceiver train.max_steps=500
+    medvtc eval  --task compressors --checkpoint runs/compressors
+    medvtc bench --task compressors
+    medvtc data  --task compressors
+
+User mistakes (unknown task, key or value, a missing file) print one line and exit with code 2;
+no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from medvtc import __version__
+from medvtc.tasks import TASKS, task_names
+
+EXIT_USER_ERROR = 2
+
+OVERRIDE_HELP = (
+    "config overrides as key.sub=value (values are parsed as YAML), e.g. train.lr=1e-3 "
+    "model.name=perceiver; any key of the task's config can be set"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that prints one clear line (plus usage) and exits 2 on a user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER_ERROR, f"medvtc: error: {message}\n")
+
+
+def _task_help() -> str:
+    return "; ".join(f"{name}: {desc}" for name, (_, desc) in sorted(TASKS.items()))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        required=True,
+        choices=task_names(),
+        metavar="TASK",
+        help=f"the application, one of: {', '.join(task_names())} ({_task_help()})",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config; defaults to configs/<task>.yaml (keys you leave out keep their defaults)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="medvtc",
+        description=(
+            "Visual-token compression for 3D medical imaging and robot control: a shared core "
+            "of token compressors and the applications built on it."
+        ),
+        epilog="Run `medvtc COMMAND --help` for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"medvtc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "train",
+        help="train a task's model with the shared trainer (checkpoints, resume, DDP via torchrun)",
+        description=(
+            "Train a task's model. Writes the resolved config, metrics.csv, TensorBoard logs and "
+            "safetensors checkpoints under output_dir. Multi-process: torchrun --nproc_per_node N "
+            "-m medvtc train ..."
+        ),
+    )
+    _add_common(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+
+    p = sub.add_parser("eval", help="evaluate a trained model on the held-out split", description="Evaluate a trained model on the held-out split and print its metrics.")
+    _add_common(p)
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="a run's output_dir, its final/ folder or one checkpoints/step_* folder (default: output_dir)",
+    )
+
+    p = sub.add_parser(
+        "bench",
+        help="run the task's side-by-side benchmark; writes benchmarks/results/<task>.{json,md,png}",
+        description="Run the task's side-by-side benchmark on this machine and write JSON, a markdown table and a plot.",
+    )
+    _add_common(p)
+    p.add_argument("--output", metavar="DIR", default="benchmarks/results", help="folder for the results (default: %(default)s)")
+
+    p = sub.add_parser(
+        "data",
+        help="generate the task's embedded default dataset, or inspect one",
+        description="Generate the task's embedded synthetic dataset (deterministic from data.seed) in the on-disk format real data uses, or --inspect an existing one.",
+    )
+    _add_common(p)
+    p.add_argument("--inspect", action="store_true", help="describe the dataset at data.root instead of generating it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at data.root")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from medvtc.common.errors import UserError
+
+    try:
+        from medvtc.tasks import get_task
+
+        task = get_task(args.task)
+        task.check_command(args.command)
+        cfg = task.load_config(args.config, args.overrides)
+        if args.command == "train":
+            return task.train(cfg, resume=args.resume)
+        if args.command == "eval":
+            return task.eval(cfg, args.checkpoint)
+        if args.command == "bench":
+            return task.bench(cfg, args.output)
+        if args.command == "data":
+            return task.data(cfg, inspect=args.inspect, overwrite=args.overwrite)
+        raise AssertionError(args.command)
+    except UserError as e:
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
+            print(f"medvtc: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("medvtc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

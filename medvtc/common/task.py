@@ -1,0 +1,56 @@
+"""What an application plugs into the CLI: its config class and its commands.
+
+Each task (`compressors`, and the applications the later issues add) subclasses `Task` and is
+listed in `medvtc.tasks`. The CLI resolves `--task`, loads the config (defaults, then
+`configs/<task>.yaml`, then `--config`, then `key=value` overrides) and calls the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from medvtc.common.config import load_config
+from medvtc.common.errors import UserError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+class Task:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type]
+    commands: ClassVar[tuple[str, ...]] = ("train", "eval", "bench", "data")
+
+    def default_config_path(self) -> Path | None:
+        path = REPO_CONFIGS / f"{self.name}.yaml"
+        return path if path.is_file() else None
+
+    def load_config(self, path: str | None, overrides: Sequence[str]) -> Any:
+        base_path = self.default_config_path()
+        base = None
+        if base_path is not None and path is not None and Path(path).resolve() != base_path:
+            from medvtc.common.config import read_yaml
+
+            base = read_yaml(base_path)
+            return load_config(self.config_class, path, overrides, base=base)
+        return load_config(self.config_class, path or base_path, overrides)
+
+    def check_command(self, command: str) -> None:
+        if command not in self.commands:
+            raise UserError(
+                f"task {self.name!r} has no {command!r} command; it supports: {', '.join(self.commands)}"
+            )
+
+    # Commands: return a process exit code.
+    def train(self, cfg: Any, resume: bool = False) -> int:
+        raise NotImplementedError
+
+    def eval(self, cfg: Any, checkpoint: str | None) -> int:
+        raise NotImplementedError
+
+    def bench(self, cfg: Any, output: str) -> int:
+        raise NotImplementedError
+
+    def data(self, cfg: Any, inspect: bool = False, overwrite: bool = False) -> int:
+        raise NotImplementedError

@@ -1,0 +1,26 @@
+"""The tasks `--task` can name, imported lazily so `medvtc --help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+
+from medvtc.common.errors import UserError
+from medvtc.common.task import Task
+
+TASKS: dict[str, tuple[str, str]] = {
+    "compressors": (
+        "medvtc.common.compression_task:CompressorsTask",
+        "the shared compressor core: train a learned compressor on token grids, benchmark all methods",
+    ),
+}
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    module, cls = TASKS[name][0].split(":")
+    return getattr(importlib.import_module(module), cls)()

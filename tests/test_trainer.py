@@ -1,0 +1,141 @@
+"""The shared trainer: kill-and-resume equivalence, atomic checkpoints, accumulation, schedule."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medvtc.common import checkpoint as ckpt
+from medvtc.common.trainer import TrainConfig, lr_lambda
+
+SCRIPT = Path(__file__).with_name("_tiny_train.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(out), *extra], env=ENV, capture_output=True, text=True, check=check)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.latest_checkpoint(out / "checkpoints") / ckpt.WEIGHTS))
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    steps = 40
+    reference = tmp_path / "reference"
+    run(reference, "--steps", str(steps))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(killed), "--steps", str(steps), "--sleep", "0.05"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    # Kill (SIGKILL: no cleanup at all) once a checkpoint past the first exists, mid-run.
+    while time.time() < deadline:
+        latest = ckpt.latest_checkpoint(killed / "checkpoints")
+        if latest is not None and latest.name >= "step_00000010":
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = ckpt.latest_checkpoint(killed / "checkpoints")
+    assert at_kill is not None and int(at_kill.name.split("_")[1]) < steps, "the kill must land mid-run"
+
+    run(killed, "--steps", str(steps), "--resume")
+    ref, res = final_weights(reference), final_weights(killed)
+    assert ref.keys() == res.keys()
+    for k in ref:
+        assert torch.equal(ref[k], res[k]), f"{k} differs after kill and resume"
+
+    # The metrics CSV holds each step once, as if the run had never been interrupted.
+    with open(killed / "metrics.csv") as f:
+        loss_steps = [int(r["step"]) for r in csv.DictReader(f) if r["metric"] == "loss"]
+    assert loss_steps == list(range(1, steps + 1))
+
+
+def test_resume_without_checkpoint_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    run(out, "--steps", "5")
+    again = run(out, "--steps", "5", check=False)
+    assert again.returncode != 0
+    assert "already holds a run" in again.stderr
+
+
+def test_crash_while_saving_keeps_previous_latest(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 5, model, {"step": 5})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", boom)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(root, 10, model, {"step": 10})
+    latest = ckpt.latest_checkpoint(root)
+    assert latest.name == "step_00000005"
+    assert not any(p.name.startswith(".") for p in root.iterdir()), "temporary folder left behind"
+    restored = torch.nn.Linear(3, 2)
+    ckpt.load_weights(restored, latest)
+    assert torch.equal(restored.weight, before["weight"])
+    assert ckpt.load_training_state(latest)["step"] == 5
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint(tmp_path, step, model, {"step": step}, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+def test_weights_of_another_model_are_a_clear_error(tmp_path):
+    from medvtc.common.errors import UserError
+
+    ckpt.save_checkpoint(tmp_path, 1, torch.nn.Linear(2, 2), {"step": 1})
+    with pytest.raises(UserError, match="do not match"):
+        ckpt.load_weights(torch.nn.Linear(3, 3), ckpt.latest_checkpoint(tmp_path))
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    """2 x 4 accumulated must give (almost) the same weights as one batch of 8 on the same data."""
+    a = tmp_path / "accum"
+    b = tmp_path / "big"
+    run(a, "--steps", "6", "--grad-accum", "2", "--batch-size", "4", "--save-every", "0")
+    run(b, "--steps", "6", "--grad-accum", "1", "--batch-size", "8", "--save-every", "0")
+    wa, wb = final_weights(a), final_weights(b)
+    # Same samples in the same order; dropout masks differ in layout, so compare loosely but
+    # far tighter than two unrelated runs would be.
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert diff < 0.5
+    wa_again = final_weights(a)
+    assert all(torch.equal(wa[k], wa_again[k]) for k in wa)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
+    assert f(100) == pytest.approx(0.1)
+    lin = lr_lambda(TrainConfig(max_steps=10, schedule="linear"))
+    assert lin(5) == pytest.approx(0.5)
+    const = lr_lambda(TrainConfig(max_steps=10, schedule="constant"))
+    assert const(7) == 1.0
