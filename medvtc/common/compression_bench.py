@@ -1,0 +1,236 @@
+"""`medvtc bench --task compressors`: every registered compressor measured side by side.
+
+For each method, grid (N tokens), batch and budget: FLOPs (torch's counter), parameters,
+median latency, extra peak memory, and two task-free measures of information kept
+(`metrics.reconstruction_kept`, `metrics.coverage`) on structured synthetic token grids (the
+token-grid generator at D=768), so that the measures mean something: random Gaussian tokens
+have nothing to keep. Learned methods are measured at random initialisation: their speed and
+memory are real, their information-kept figures are not meaningful untrained and are left out.
+
+The plain reference implementations (`compressors.references`) are timed on the same inputs,
+with a check that their output is identical, and the targets of the compressor-core issue are
+measured explicitly (DivPrune and FLoC at N=4096, K=410: >= 5x faster than the reference).
+
+Rows whose expected time exceeds `max_seconds` (from the same method's time at a smaller budget)
+are skipped and listed as skipped, so one slow greedy method cannot hold up the whole run.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medvtc.common import accounting
+from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compressors
+from medvtc.common.compressors.metrics import coverage, reconstruction_kept
+from medvtc.common.compressors.utils import resolve_budget
+from torch.utils.flop_counter import FlopCounterMode
+from medvtc.common.results import ResultRow, write_results
+from medvtc.datasets.token_grids import TokenGridSpec, _class_tables, _sample
+
+
+def bench_inputs(grid: tuple[int, ...], dim: int, text_dim: int, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Structured token grids at the benchmark's size, plus instruction and [CLS]-like scores."""
+    spec = TokenGridSpec(grid=grid, dim=dim, text_dim=text_dim, num_classes=4, seed=seed)
+    tables = _class_tables(spec)
+    samples = [_sample(spec, 0, i, tables) for i in range(batch)]
+    tokens = torch.from_numpy(np.stack([s["tokens"] for s in samples]))
+    text = torch.from_numpy(np.stack([s["text"] for s in samples]))
+    text_mask = torch.from_numpy(np.stack([s["text_mask"] for s in samples]))
+    # A [CLS]-attention stand-in: softmax attention of the mean token over all tokens.
+    query = tokens.mean(1, keepdim=True)
+    scores = torch.softmax((query @ tokens.transpose(1, 2)).squeeze(1) / math.sqrt(dim), dim=-1)
+    return {"tokens": tokens, "text": text, "text_mask": text_mask, "scores": scores}
+
+
+def _call(comp, inputs: dict[str, torch.Tensor], grid, k) -> Callable[[], Any]:
+    return lambda: comp(inputs["tokens"], grid=grid, budget=k, text=inputs["text"], text_mask=inputs["text_mask"], scores=inputs["scores"])
+
+
+def _measure(fn: Callable[[], Any], module, repeats: int, warmup: int, max_seconds: float):
+    """FLOPs and peak memory in one counted call (it doubles as warm-up), then timed repeats."""
+    gc.collect()
+    flops_box: dict[str, float] = {}
+    out_box: dict[str, Any] = {}
+
+    def counted():
+        with FlopCounterMode(display=False) as counter:
+            out_box["out"] = fn()
+        flops_box["flops"] = float(counter.get_total_flops())
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        peak = accounting.measure_peak_memory(counted)
+    first = time.perf_counter() - t0
+    remaining_warmup = max(0, warmup - 1) if first < max_seconds / 4 else 0
+    reps = repeats if first < max_seconds / 2 else 1
+    latency = accounting.measure_latency(fn, warmup=remaining_warmup, repeats=reps, max_seconds=max_seconds)
+    return flops_box["flops"], peak, latency, out_box["out"]
+
+
+def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+    methods = cfg.methods or list_compressors()
+    for m in methods:
+        COMPRESSORS.get(m)  # unknown names: one clear error before any work
+    from medvtc.common.compressors import references
+
+    torch.manual_seed(cfg.seed)
+    rows: list[ResultRow] = []
+    skipped: list[str] = []
+    t_start = time.perf_counter()
+    for grid_list in cfg.grids:
+        grid = tuple(int(g) for g in grid_list)
+        n = math.prod(grid)
+        for batch in cfg.batches:
+            inputs = bench_inputs(grid, cfg.dim, cfg.text_dim, batch, cfg.seed)
+            for name in methods:
+                cls = COMPRESSORS.get(name)
+                if name == "identity":
+                    budgets = [1.0]
+                else:
+                    budgets = sorted(cfg.budgets)  # small K first: its time predicts the larger ones
+                last: tuple[int, float] | None = None
+                for budget in budgets:
+                    k = resolve_budget(budget, n, name)
+                    if last is not None and last[1] * (k / max(1, last[0])) > cfg.max_seconds:
+                        skipped.append(f"{name} N={n} B={batch} K={k}: expected {last[1] * k / last[0]:.0f} s > {cfg.max_seconds:.0f} s")
+                        continue
+                    torch.manual_seed(cfg.seed)
+                    comp = create_compressor(name, dim=cfg.dim, text_dim=cfg.text_dim).eval()
+                    fn = _call(comp, inputs, grid, k)
+                    try:
+                        flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
+                    except ValueError as e:
+                        # Grid-structured methods refuse budgets they cannot lay out; measure the
+                        # nearest one they can instead and say so.
+                        near = _nearest_budget(str(e), k)
+                        if near is None:
+                            skipped.append(f"{name} N={n} B={batch} K={k}: {e}")
+                            continue
+                        k = near
+                        fn = _call(comp, inputs, grid, k)
+                        flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
+                    last = (k, latency / 1e3)
+                    metrics: dict[str, Any] = {"N": n, "grid": "x".join(map(str, grid)), "batch": batch,
+                                               "budget": budget, "kept_ratio": out.tokens.shape[1] / n}
+                    if not cls.learnable and out.tokens.shape[-1] == cfg.dim:
+                        metrics["nearest_kept"] = reconstruction_kept(inputs["tokens"][:1], out.tokens[:1], None if out.mask is None else out.mask[:1])
+                        metrics["coverage"] = coverage(inputs["tokens"][:1], out.tokens[:1])
+                    metrics["learned"] = cls.learnable
+                    rows.append(ResultRow(name, int(out.tokens.shape[1]), flops, accounting.count_params(comp), latency, peak, metrics))
+                    log(f"{name:16s} N={n:6d} B={batch} K={k:6d} {latency:10.1f} ms {peak:8.1f} MiB {flops / 1e9:8.2f} GFLOP")
+                    del out, comp
+            if cfg.references:
+                rows.extend(_reference_rows(references, inputs, grid, cfg, rows, skipped, log))
+            del inputs
+            gc.collect()
+    targets_md, targets = _targets(cfg, references, log)
+    elapsed = time.perf_counter() - t_start
+    config = {**asdict(cfg), "elapsed_s": round(elapsed, 1), "skipped": skipped, "targets": targets,
+              "notes": "peak_mem_mb is the extra peak over the memory in use before the call (inputs "
+                       "excluded); information-kept measures only for training-free methods."}
+    extra = targets_md + ("\n### Skipped rows\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n" if skipped else "")
+    paths = write_results("compressors", rows, config, output, plot=plot_information_kept, markdown_extra=extra)
+    log(f"wrote {paths['json']}, {paths['md']}, {paths['png']} in {elapsed:.0f} s")
+    return paths
+
+
+def _nearest_budget(message: str, k: int) -> int | None:
+    import re
+
+    found = [int(x) for x in re.findall(r"\b\d+\b", message.split("nearest")[-1])] if "nearest" in message else []
+    return min(found, key=lambda c: abs(c - k)) if found else None
+
+
+def _reference_rows(references, inputs, grid, cfg, rows, skipped, log) -> list[ResultRow]:
+    """The plain references, timed on the same inputs as their fast counterparts."""
+    out_rows = []
+    n = math.prod(grid)
+    batch = inputs["tokens"].shape[0]
+    for name, ref in references.REFERENCES.items():
+        if name not in (cfg.methods or list_compressors()):
+            continue
+        for budget in sorted(cfg.budgets):
+            k = resolve_budget(budget, n, name)
+            fast = next((r for r in rows if r.method == name and r.metrics.get("N") == n and r.metrics.get("batch") == batch and r.tokens == k), None)
+            est = references.estimated_seconds(name, n, k, cfg.dim, batch)
+            if fast is None or est > cfg.max_seconds:
+                skipped.append(f"{name}[reference] N={n} B={batch} K={k}: expected {est:.0f} s > {cfg.max_seconds:.0f} s")
+                continue
+            fn = lambda: ref(inputs["tokens"], k)  # noqa: E731
+            flops, peak, latency, _ = _measure(fn, None, 1, 0, cfg.max_seconds)
+            out_rows.append(ResultRow(f"{name}[reference]", k, flops, 0, latency, peak,
+                                      {"N": n, "grid": "x".join(map(str, grid)), "batch": batch, "budget": budget,
+                                       "speedup_of_fast": latency / fast.latency_ms}))
+            log(f"{name + '[ref]':16s} N={n:6d} B={batch} K={k:6d} {latency:10.1f} ms  ({latency / fast.latency_ms:.1f}x the fast one)")
+    return out_rows
+
+
+def _targets(cfg, references, log) -> tuple[str, dict[str, Any]]:
+    """DivPrune and FLoC at N=4096 (16^3), K=410, B=1: speed ratio and identical output."""
+    wanted = [m for m in ("divprune", "floc") if m in (cfg.methods or list_compressors()) and m in references.REFERENCES]
+    if not wanted:
+        return "", {}
+    grid = (16, 16, 16)
+    inputs = bench_inputs(grid, cfg.dim, cfg.text_dim, 1, cfg.seed)
+    results: dict[str, Any] = {}
+    lines = ["### Targets: N=4096 (16^3), K=410, D=768, batch 1", "",
+             "| method | fast ms | reference ms | speed-up | same output |", "|---|---|---|---|---|"]
+    for name in wanted:
+        comp = create_compressor(name, dim=cfg.dim, text_dim=cfg.text_dim).eval()
+        fast_out = comp(inputs["tokens"], grid=grid, budget=410)
+        fast_ms = accounting.measure_latency(lambda: comp(inputs["tokens"], grid=grid, budget=410), warmup=1, repeats=3)
+        ref = references.REFERENCES[name]
+        ref_out = ref(inputs["tokens"], 410)
+        ref_ms = accounting.measure_latency(lambda: ref(inputs["tokens"], 410), warmup=0, repeats=3)
+        same = references.same_output(name, inputs["tokens"], fast_out, ref_out)
+        results[name] = {"fast_ms": fast_ms, "reference_ms": ref_ms, "speedup": ref_ms / fast_ms, "same_output": same}
+        lines.append(f"| {name} | {fast_ms:.1f} | {ref_ms:.1f} | {ref_ms / fast_ms:.1f}x | {same} |")
+        log(f"target {name}: {ref_ms / fast_ms:.1f}x faster than the reference, same output: {same}")
+    return "\n".join(lines) + "\n", results
+
+
+def plot_information_kept(rows: list[dict[str, Any]], path: Path) -> None:
+    """Information kept (nearest reconstruction) against keep-ratio, per method, one panel per N (batch 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted({r["metrics"].get("N") for r in rows if "nearest_kept" in r["metrics"]})
+    if not ns:
+        fig, ax = plt.subplots()
+        ax.text(0.5, 0.5, "no information-kept rows", ha="center")
+        fig.savefig(path, format="png")
+        plt.close(fig)
+        return
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 4.2), squeeze=False)
+    methods = sorted({r["method"] for r in rows if "nearest_kept" in r["metrics"]})
+    cmap = plt.get_cmap("tab20")
+    for ax, n in zip(axes[0], ns):
+        for i, m in enumerate(methods):
+            pts = sorted((r["metrics"]["kept_ratio"], r["metrics"]["nearest_kept"]) for r in rows
+                         if r["method"] == m and r["metrics"].get("N") == n and r["metrics"].get("batch") == min(
+                             rr["metrics"].get("batch", 1) for rr in rows) and "nearest_kept" in r["metrics"])
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=m, color=cmap(i % 20))
+        grid = next(r["metrics"]["grid"] for r in rows if r["metrics"].get("N") == n)
+        ax.set_title(f"N={n} ({grid})")
+        ax.set_xlabel("tokens kept / N")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("information kept (1 - rel. recon. error)")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["run_benchmark", "bench_inputs", "plot_information_kept"]
