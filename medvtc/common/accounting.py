@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import os
 import statistics
 import threading
@@ -35,9 +36,34 @@ def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
     return total
 
 
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten._scaled_dot_product_flash_attention_for_cpu: QK^T and AV, 2 x MACs.
+
+    torch's counter knows the CUDA attention kernels but not this CPU one, so without this
+    every CPU call of F.scaled_dot_product_attention would count as 0 FLOPs.
+    """
+    *batch, lq, e = query_shape
+    lk, ev = key_shape[-2], value_shape[-1]
+    b = math.prod(batch)
+    return 2 * b * lq * lk * e + 2 * b * lq * lk * ev
+
+
+def _custom_flop_mapping() -> dict[Any, Callable[..., int]]:
+    mapping: dict[Any, Callable[..., int]] = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = _cpu_flash_attention_flops
+    return mapping
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, taught the CPU attention kernel."""
+    return FlopCounterMode(display=False, custom_mapping=_custom_flop_mapping())
+
+
 def count_flops(fn: Callable[[], Any]) -> float:
     """FLOPs of one call of `fn` (no arguments: wrap the module call in a lambda)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         fn()
     return float(counter.get_total_flops())
 

@@ -31,7 +31,6 @@ from medvtc.common import accounting
 from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compressors
 from medvtc.common.compressors.metrics import coverage, reconstruction_kept
 from medvtc.common.compressors.utils import resolve_budget
-from torch.utils.flop_counter import FlopCounterMode
 from medvtc.common.results import ResultRow, write_results
 from medvtc.datasets.token_grids import TokenGridSpec, _class_tables, _sample
 
@@ -61,7 +60,7 @@ def _measure(fn: Callable[[], Any], module, repeats: int, warmup: int, max_secon
     out_box: dict[str, Any] = {}
 
     def counted():
-        with FlopCounterMode(display=False) as counter:
+        with accounting.flop_counter() as counter:
             out_box["out"] = fn()
         flops_box["flops"] = float(counter.get_total_flops())
 

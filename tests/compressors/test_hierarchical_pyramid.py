@@ -149,3 +149,31 @@ def test_bad_arguments():
     prior = make(level_prior=(1.0, 0.0, 0.0), mode="score")
     _, lv, _ = prior.select(torch.randn(1, 64, D), (8, 8), 20)
     assert torch.all(lv == 0)
+
+
+def test_chunked_pooling_and_distances_match():
+    x = torch.randn(2, 3 * 5 * 7, D)
+    full = make(mode="partition")
+    small = make(mode="partition", chunk_tokens=3)
+    torch.testing.assert_close(small.candidates(x, (3, 5, 7))[0], full.candidates(x, (3, 5, 7))[0])
+    torch.testing.assert_close(small.candidate_scores(x, (3, 5, 7)), full.candidate_scores(x, (3, 5, 7)))
+    assert torch.equal(small(x, grid=(3, 5, 7), budget=20).index, full(x, grid=(3, 5, 7), budget=20).index)
+
+
+def test_neighbourhood_mean_against_loops():
+    from medvtc.common.compressors.hierarchical_pyramid import _neighbourhood_mean
+
+    x = torch.randn(1, 2, 2, 3, 4)
+    got = _neighbourhood_mean(x)
+    for i, j, k in itertools.product(range(2), range(3), range(4)):
+        box = x[:, :, max(0, i - 1) : i + 2, max(0, j - 1) : j + 2, max(0, k - 1) : k + 2]
+        torch.testing.assert_close(got[:, :, i, j, k], box.mean(dim=(2, 3, 4)))
+
+
+@pytest.mark.parametrize("grid", [(9,), (1, 6, 6), (2, 3, 11)])
+def test_detail_path_on_unusual_grids(grid):
+    n = math.prod(grid)
+    x = torch.randn(2, n, D)
+    for mode in ("cover", "score", "partition"):
+        out = make(mode=mode)(x, grid=grid, budget=max(1, n // 3))
+        assert out.tokens.shape == (2, max(1, n // 3), D) and torch.isfinite(out.tokens).all()

@@ -83,3 +83,12 @@ def test_chunked_equals_full():
 def test_cost_scales_with_m():
     cls = type(make())
     assert cls.cost(4096, 8, D) < cls.cost(4096, 64, D)
+
+
+def test_measured_flops_match_the_documented_cost():
+    from medvtc.common.accounting import module_flops
+
+    comp = make()
+    x = torch.randn(1, 128, D)
+    for m in (4, 24):
+        assert module_flops(comp, x, grid=(8, 16), budget=m) == type(comp).cost(128, m, D)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medvtc.common.compressors import create_compressor
-from medvtc.common.compressors.perceiver_resampler import chunked_attention, sincos_positions
+from medvtc.common.compressors.perceiver_resampler import chunked_attention
+from medvtc.common.compressors.utils import sinusoidal_positions as sincos_positions
 
 D = 32
 
@@ -93,3 +94,13 @@ def test_gradient_reaches_latents_in_train_mode():
 def test_cost_grows_with_n():
     cls = type(make())
     assert 0 < cls.cost(64, 8, D) < cls.cost(4096, 8, D)
+
+
+def test_measured_flops_match_the_documented_cost():
+    """Attention is plain matmuls, so torch's FLOP counter sees it (it counts no CPU SDPA)."""
+    from medvtc.common.accounting import module_flops
+
+    comp = make(num_latents=16, depth=2)
+    x = torch.randn(1, 128, D)
+    measured = module_flops(comp, x, grid=(4, 4, 8), budget=16)
+    assert measured == type(comp).cost(128, 16, D, num_latents=16, depth=2)

@@ -90,13 +90,21 @@ def build_layout(grid: Sequence[int], levels: int, device=None) -> PyramidLayout
     )
 
 
-def _pool(x: torch.Tensor, grid: tuple[int, ...], kernel: tuple[int, ...], op=_AVG_POOL) -> torch.Tensor:
+def _pool(x: torch.Tensor, grid: tuple[int, ...], kernel: tuple[int, ...], op=_AVG_POOL, chunk: int = 0) -> torch.Tensor:
     """[B, N, C] on `grid` -> [B, N_l, C] pooled over `kernel` windows (ceil mode: partial edge
-    windows average only their real cells)."""
+    windows average only their real cells). With chunk > 0 the channels are pooled in slices
+    of about chunk rows' worth of memory, so no full channels-first copy of x is made."""
     if all(k == 1 for k in kernel):
         return x
-    pooled = op[len(grid)](utils.to_spatial(x, grid), kernel, kernel, ceil_mode=True)
-    return utils.from_spatial(pooled)[0]
+    b, n, c = x.shape
+    width = c if chunk <= 0 else max(1, min(c, c * chunk // (b * n)))
+
+    def one(part: torch.Tensor) -> torch.Tensor:
+        return utils.from_spatial(op[len(grid)](utils.to_spatial(part, grid), kernel, kernel, ceil_mode=True))[0]
+
+    if width >= c:
+        return one(x)
+    return torch.cat([one(x[..., s : s + width]) for s in range(0, c, width)], dim=-1)
 
 
 def _row_dist(x: torch.Tensor, ref: torch.Tensor, ref_idx: torch.Tensor, rows: int) -> torch.Tensor:
@@ -105,6 +113,19 @@ def _row_dist(x: torch.Tensor, ref: torch.Tensor, ref_idx: torch.Tensor, rows: i
     return torch.cat(
         [(x[:, s : s + rows] - ref[:, ref_idx[s : s + rows]]).norm(dim=-1) for s in range(0, n, rows)], dim=1
     )
+
+
+def _neighbourhood_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the 3^d box around every cell of [B, C, *grid] (cells outside the grid are
+    not counted; axes of size 1 are left alone)."""
+    grid = x.shape[2:]
+    ker = tuple(3 if g > 1 else 1 for g in grid)
+    pad: list[int] = []
+    for k in reversed(ker):
+        pad += [k // 2, k // 2]
+    pool = _AVG_POOL[len(grid)]
+    ones = torch.ones((1, 1, *grid), device=x.device, dtype=x.dtype)
+    return pool(F.pad(x, pad), ker, 1) / pool(F.pad(ones, pad), ker, 1)
 
 
 @register
@@ -138,7 +159,7 @@ class HierarchicalPyramid(TokenCompressor):
 
     Shapes: tokens [B, N, D], grid rank 1-3; C ~ N (1 + 2^-d + 4^-d ...) candidates;
     out.tokens [B, K, D] (cell means), out.index [B, K], out.size [B, K].
-    Cost: pooling L N D, detail ~3 C D, top-K over C (~6 N D in all).
+    Cost: pooling L N D, detail ~3 C D (C ~ 4N/3 in 2D), top-K over C: ~(L + 4) N D.
     """
 
     name = "pyramid"
@@ -179,7 +200,7 @@ class HierarchicalPyramid(TokenCompressor):
     def pyramid(self, tokens: torch.Tensor, grid: Sequence[int]) -> list[torch.Tensor]:
         """The mean tokens of every level, [B, N_l, D] each (level 0 is `tokens` itself)."""
         lay = self.layout(grid, tokens.device)
-        return [_pool(tokens, tuple(grid), ker) for ker in lay.kernels]
+        return [_pool(tokens, tuple(grid), ker, chunk=self.chunk_tokens) for ker in lay.kernels]
 
     def candidates(self, tokens: torch.Tensor, grid: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cand_tokens [B, C, D], levels [C], positions [C, R]) over all levels, fine to coarse."""
@@ -204,9 +225,7 @@ class HierarchicalPyramid(TokenCompressor):
             rows = max(1, self.chunk_tokens // tokens.shape[0])
             per = [_row_dist(pyr[lev], pyr[lev + 1], lay.parents[lev], rows) for lev in range(top)]
             spatial = utils.to_spatial(pyr[top], lay.grids[top])
-            ker = tuple(3 if g > 1 else 1 for g in lay.grids[top])
-            pad = tuple(k // 2 for k in ker)
-            hood = _AVG_POOL[len(grid)](spatial, ker, 1, pad, count_include_pad=False)
+            hood = _neighbourhood_mean(spatial)
             per.append((pyr[top] - utils.from_spatial(hood)[0]).norm(dim=-1))
             prior = lay.volume.to(tokens.dtype).sqrt()
         if self.level_prior is not None:
@@ -300,4 +319,4 @@ class HierarchicalPyramid(TokenCompressor):
 
     @staticmethod
     def cost(n: int, k: int, d: int, levels: int = 3) -> float:
-        return float(levels * n * d + 3 * n * d * 4 / 3 + n * d)
+        return float((levels + 4) * n * d)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
-from medvtc.common.compressors.perceiver_resampler import chunked_attention, sincos_positions
+from medvtc.common.compressors import utils
+from medvtc.common.compressors.perceiver_resampler import chunked_attention
 
 
 class _QueryLayer(nn.Module):
@@ -37,7 +37,9 @@ class _QueryLayer(nn.Module):
         if self.causal_self_attention:
             qkv = self.self_qkv(self.norm_self(q)).view(b, m, 3, self.heads, d // self.heads)
             qs, ks, vs = qkv.permute(2, 0, 3, 1, 4)  # each [B, h, m, dh]
-            sa = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)  # query i sees queries <= i
+            logits = torch.matmul(qs, ks.transpose(-1, -2)) * (d // self.heads) ** -0.5  # [B, h, m, m]
+            later = torch.ones(m, m, dtype=torch.bool, device=q.device).triu(1)
+            sa = torch.matmul(torch.softmax(logits.masked_fill(later, float("-inf")), dim=-1), vs)  # i sees <= i
             q = q + self.self_out(sa.transpose(1, 2).reshape(b, m, d))
 
         def kv_fn(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +123,8 @@ class MatryoshkaQuery(TokenCompressor):
             raise ValueError(f"matryoshka: tokens have D={d} but the module was built with dim={self.dim}")
         if k > self.num_queries:
             raise ValueError(f"matryoshka: budget K={k} exceeds num_queries={self.num_queries}")
-        pos = sincos_positions(grid, d, tokens.device, tokens.dtype) if self.positional else None
-        q = self.queries[:k].to(tokens.dtype).unsqueeze(0).expand(b, -1, -1)
+        pos = utils.sinusoidal_positions(grid, d, tokens.device, tokens.dtype) if self.positional else None
+        q = self.queries[:k].to(tokens.dtype).unsqueeze(0).repeat(b, 1, 1)  # not a parameter view
         for layer in self.layers:
             q = layer(q, tokens, pos, self.chunk_tokens)
         return CompressorOutput(tokens=self.norm(q))

@@ -1,7 +1,7 @@
 """Perceiver resampler (Flamingo; RadFM's 3D visual compressor): learnable latents read the tokens.
 
 Also holds two small helpers that the other query-based methods of this family reuse:
-`sincos_positions` (fixed sinusoidal encoding of a 1D/2D/3D grid) and `chunked_attention`
+`chunked_attention`
 (multi-head attention of a few queries over a long token sequence, computed in chunks of the
 sequence with a running softmax so that N = 32^3 tokens never need a full [B, N, D] key or
 value tensor at once).
@@ -22,24 +22,6 @@ from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, re
 KVFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def sincos_positions(grid: Sequence[int], dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Fixed sin/cos encoding of every cell of a 1D/2D/3D grid, row-major: [N, dim].
-
-    The channels are split evenly over the axes (a remainder of channels stays zero); each axis
-    uses the Transformer's geometric frequencies on its integer coordinate.
-    """
-    pos = utils.grid_positions(grid, device).to(torch.float32)  # [N, R]
-    rank = pos.shape[1]
-    per_axis = (dim // rank) // 2 * 2
-    half = per_axis // 2
-    if half == 0:
-        return torch.zeros(pos.shape[0], dim, device=device, dtype=dtype)
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
-    angles = pos.unsqueeze(-1) * freqs  # [N, R, half]
-    enc = torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(pos.shape[0], rank * per_axis)
-    return F.pad(enc, (0, dim - rank * per_axis)).to(dtype)
-
-
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)
@@ -57,22 +39,24 @@ def chunked_attention(
 
     kv_fn(start, end) returns the projected keys and values [B, end-start, D] of source rows
     [start, end); extra_kv are further keys/values [B, E, D] attended jointly (the Perceiver's
-    latents). When B*n <= chunk_tokens everything goes through one scaled_dot_product_attention
-    call; otherwise the source is read in chunks of chunk_tokens // B rows with a running
-    (max, sum) softmax, which gives the same result with memory O(chunk * D).
+    latents). When B*n <= chunk_tokens everything is one softmax over all rows; otherwise the
+    source is read in chunks of chunk_tokens // B rows with a running (max, sum) softmax, which
+    gives the same result with memory O(chunk * D).
+    Plain matmuls rather than scaled_dot_product_attention, because torch's FlopCounterMode
+    counts no FLOPs for SDPA on CPU and the benchmarks report measured FLOPs.
     Returns [B, Q, D] (heads merged).
     """
     b, nq, d = q.shape
     qh = _split_heads(q, heads)
     rows = max(1, chunk_tokens // b)
+    scale = (d // heads) ** -0.5
     if n <= rows:
         k, v = kv_fn(0, n)
         if extra_kv is not None:
             k, v = torch.cat([k, extra_kv[0]], 1), torch.cat([v, extra_kv[1]], 1)
-        out = F.scaled_dot_product_attention(qh, _split_heads(k, heads), _split_heads(v, heads))
-        return out.transpose(1, 2).reshape(b, nq, d)
+        attn = torch.softmax(torch.matmul(qh, _split_heads(k, heads).transpose(-1, -2)) * scale, dim=-1)
+        return torch.matmul(attn, _split_heads(v, heads)).transpose(1, 2).reshape(b, nq, d)
 
-    scale = (d // heads) ** -0.5
     m = torch.full((b, heads, nq, 1), -math.inf, device=q.device, dtype=q.dtype)
     denom = torch.zeros(b, heads, nq, 1, device=q.device, dtype=q.dtype)
     acc = torch.zeros_like(qh)
@@ -140,8 +124,8 @@ class PerceiverResampler(TokenCompressor):
     keeps the first K latents (K <= num_latents, else ValueError); latents still attend to all
     num_latents latents, so unlike `matryoshka` the first K outputs depend on the others and the
     module is meant to be trained at the K it is used with. Attention over long inputs is
-    chunked (running softmax), so N = 32^3 at D = 768 stays within a few hundred MB beyond the
-    input.
+    chunked (running softmax, `chunk_tokens` rows of the batch at a time): at inference,
+    B = 8, N = 32^3, D = 768 needs about 0.8 GB beyond the input.
 
     Shapes: tokens [B, N, D] (D == dim), grid any rank; out.tokens [B, K, D]; no index, assign,
     size or grid (resampled tokens do not stand for particular source tokens).
@@ -178,7 +162,7 @@ class PerceiverResampler(TokenCompressor):
     def positions(self, grid: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         key = (grid, self.dim, like.device, like.dtype)
         if self._pos_cache is None or self._pos_cache[0] != key:
-            self._pos_cache = (key, sincos_positions(grid, self.dim, like.device, like.dtype))
+            self._pos_cache = (key, utils.sinusoidal_positions(grid, self.dim, like.device, like.dtype))
         return self._pos_cache[1]
 
     def compress(self, tokens, grid, k, *, text, text_mask, scores) -> CompressorOutput:
@@ -188,7 +172,9 @@ class PerceiverResampler(TokenCompressor):
         if k > self.num_latents:
             raise ValueError(f"perceiver: budget K={k} exceeds num_latents={self.num_latents}")
         pos = self.positions(grid, tokens)
-        latents = self.latents.to(tokens.dtype).unsqueeze(0).expand(b, -1, -1)
+        # a fresh tensor, not a view of the parameter (module hooks such as torch's FlopCounterMode
+        # reject parameter views made under no_grad as submodule inputs)
+        latents = self.latents.to(tokens.dtype).unsqueeze(0).repeat(b, 1, 1)
         for layer in self.layers:
             latents = layer(latents, tokens, pos, self.chunk_tokens)
         return CompressorOutput(tokens=self.norm(latents[:, :k]))

@@ -148,9 +148,11 @@ class TokenPacker(TokenCompressor):
         k = self.to_k(region).view(b, c, r, h, dh).transpose(2, 3)  # [B, c, h, R, dh]
         v = self.to_v(region).view(b, c, r, h, dh).transpose(2, 3)
         qh = q.view(b, c, h, 1, dh)
-        mask = None if bool(valid.all()) else valid[:, None, None, :]  # [c, 1, 1, R]
-        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)  # [B, c, h, 1, dh]
-        return out.reshape(b, c, d)
+        logits = torch.matmul(qh, k.transpose(-1, -2)) * dh**-0.5  # [B, c, h, 1, R]
+        if not bool(valid.all()):
+            logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+        # plain matmuls, not SDPA: FlopCounterMode counts no SDPA FLOPs on CPU
+        return torch.matmul(torch.softmax(logits, dim=-1), v).reshape(b, c, d)
 
     def compress(self, tokens, grid, k, *, text, text_mask, scores) -> CompressorOutput:
         b, n, d = tokens.shape

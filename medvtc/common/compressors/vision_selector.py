@@ -50,6 +50,7 @@ class VisionSelector(TokenCompressor):
         gumbel: bool = True,
         budget_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        chunk_tokens: int = 65536,
     ) -> None:
         super().__init__(budget)
         hidden = max(8, dim // 4) if hidden is None else hidden
@@ -59,6 +60,9 @@ class VisionSelector(TokenCompressor):
             raise ValueError(f"vision_selector: temperature must be > 0, got {temperature}")
         if budget_weight < 0 or entropy_weight < 0:
             raise ValueError("vision_selector: budget_weight and entropy_weight must be >= 0")
+        if chunk_tokens <= 0:
+            raise ValueError("vision_selector: chunk_tokens must be positive")
+        self.chunk_tokens = chunk_tokens
         self.dim = dim
         self.score_weight = float(score_weight)
         self.temperature = float(temperature)
@@ -68,8 +72,9 @@ class VisionSelector(TokenCompressor):
         self.scorer = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def scorer_logits(self, tokens: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
-        """One keep-logit per token: [B, N]."""
-        logits = self.scorer(tokens).squeeze(-1)
+        """One keep-logit per token: [B, N] (the scorer reads chunks of chunk_tokens // B rows)."""
+        rows = max(1, self.chunk_tokens // tokens.shape[0])
+        logits = torch.cat([self.scorer(tokens[:, s : s + rows]) for s in range(0, tokens.shape[1], rows)], 1).squeeze(-1)
         if scores is not None and self.score_weight != 0.0:
             s = scores.to(logits.dtype)
             z = (s - s.mean(dim=1, keepdim=True)) / s.std(dim=1, keepdim=True, unbiased=False).clamp_min(1e-6)
