@@ -95,7 +95,7 @@ class CompressorsConfig:
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
     model: CompressorModelConfig = field(default_factory=CompressorModelConfig)
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(max_steps=300, batch_size=16, lr=1e-3, warmup_steps=20, save_every=100, eval_every=100, log_every=10)
+        default_factory=lambda: TrainConfig(max_steps=600, batch_size=16, lr=3e-3, warmup_steps=30, save_every=200, eval_every=200, log_every=10)
     )
     bench: CompressorBenchConfig = field(default_factory=CompressorBenchConfig)
 
@@ -114,6 +114,9 @@ class CompressionAutoencoder(nn.Module):
         self.compressor = create_compressor(name, dim=dim, text_dim=text_dim, **(args or {}))
         self.register_buffer("queries", sinusoidal_positions(self.grid, dim), persistent=False)
         self.query_proj = nn.Linear(dim, dim)
+        # Where each kept token came from: without it the decoder's position queries cannot
+        # find the token that covers them (content alone does not say where it was).
+        self.memory_pos = nn.Linear(dim, dim)
         layer = nn.TransformerDecoderLayer(dim, decoder_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, decoder_layers)
         self.out = nn.Linear(dim, dim)
@@ -121,6 +124,12 @@ class CompressionAutoencoder(nn.Module):
     def forward(self, tokens: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None):
         comp = self.compressor(tokens, grid=self.grid, budget=self.budget, text=text, text_mask=text_mask)
         memory = comp.tokens
+        if memory.shape[-1] == self.queries.shape[-1]:
+            if comp.index is not None:
+                memory = memory + self.memory_pos(self.queries[comp.index])
+            elif comp.assign is not None:
+                weights = comp.assign / comp.assign.sum(-1, keepdim=True).clamp_min(1e-6)
+                memory = memory + self.memory_pos(weights @ self.queries)
         pad = None if comp.mask is None else ~comp.mask
         q = self.query_proj(self.queries).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         recon = self.out(self.decoder(q, memory, memory_key_padding_mask=pad))
@@ -196,7 +205,8 @@ class CompressorsTask(Task):
                 focus = (batch["labels"] == batch["target"].unsqueeze(1)).float()
                 focus_sse += float((err * focus).sum())
                 focus_sst += float((var * focus).sum())
-            if comp.tokens.shape[-1] == x.shape[-1]:
+            if not model.compressor.learnable and comp.tokens.shape[-1] == x.shape[-1]:
+                # Task-free measures mean something only for outputs in the tokens' own space.
                 kept += reconstruction_kept(x, comp.tokens, comp.mask)
                 cov += coverage(x, comp.tokens)
             n_batches += 1

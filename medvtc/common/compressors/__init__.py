@@ -17,7 +17,7 @@ from typing import Any
 
 from medvtc.common.compressors.base import COMPRESSORS, CompressorOutput, TokenCompressor, register
 
-_INFRA = {"base", "utils", "metrics"}
+_INFRA = {"base", "utils", "metrics", "references"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRA and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
