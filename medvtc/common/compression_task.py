@@ -56,7 +56,7 @@ class TokenDataConfig:
 class CompressorModelConfig:
     """`model.*`: which compressor, its budget and arguments, and the reconstruction decoder."""
 
-    name: str = "perceiver"
+    name: str = "pixel_shuffle"
     budget: float | int = 32
     args: dict[str, Any] = field(default_factory=dict)
     decoder_layers: int = 1
@@ -172,10 +172,18 @@ class CompressorsTask(Task):
         cls = COMPRESSORS.get(cfg.model.name)
         if cls.needs_text and not ds.has_text:
             raise UserError(f"compressor {cfg.model.name!r} is instruction-guided but {ds.root} has no 'text'")
-        return CompressionAutoencoder(
+        model = CompressionAutoencoder(
             cfg.model.name, int(meta["dim"]), int(meta.get("text_dim") or 1), ds.grid, cfg.model.budget,
             cfg.model.args, cfg.model.decoder_layers, cfg.model.decoder_heads,
         )
+        # Some compressors create parameters on their first call (pixel-shuffle's projection for
+        # the group shape the budget implies): make them exist before the optimizer is built
+        # and before a checkpoint is loaded.
+        sample = ds[0]
+        with torch.no_grad():
+            model(sample["tokens"][None], sample["text"][None] if "text" in sample else None,
+                  sample["text_mask"][None] if "text_mask" in sample else None)
+        return model
 
     def _step_fn(self, cfg: CompressorsConfig):
         def step(model: nn.Module, batch: dict[str, torch.Tensor]):
