@@ -86,6 +86,8 @@ class CompressorBenchConfig:
     info_batch: int = 1
     seed: int = 0
     references: bool = True
+    target_grid: list[int] = field(default_factory=lambda: [16, 16, 16])
+    target_budget: int = 410
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -11,6 +10,14 @@ import torch.nn.functional as F
 
 from medvtc.common.compressors import create_compressor, metrics
 from medvtc.common.compressors.floc import FLoC, _singleton_gains
+from medvtc.common.compressors.references import facility_location as objective
+from medvtc.common.compressors.references import floc_one
+
+
+def naive_greedy(x: torch.Tensor, k: int) -> tuple[list[int], float]:
+    """The package's naive greedy (every gain every step) and the objective it reaches."""
+    idx = floc_one(x, k)
+    return idx, objective(x, idx)
 
 
 @pytest.fixture(autouse=True)
@@ -20,28 +27,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def naive_greedy(x: torch.Tensor, k: int) -> tuple[list[int], float]:
-    """Plain greedy for one sample [N, D]: every step evaluates the marginal gain of every
-    unselected token from the full N x N similarity matrix, takes the best (first on ties)."""
-    xn = F.normalize(x, dim=-1)
-    sim = xn @ xn.T
-    cur = torch.zeros(x.shape[0], dtype=x.dtype)
-    chosen: list[int] = []
-    for _ in range(k):
-        gains = (sim - cur.unsqueeze(0)).clamp_min(0).sum(dim=1)
-        if chosen:
-            gains[chosen] = -float("inf")
-        c = int(gains.argmax())
-        chosen.append(c)
-        cur = torch.maximum(cur, sim[c].clamp_min(0))
-    return chosen, float(cur.sum())
-
-
-def objective(x: torch.Tensor, idx: list[int]) -> float:
-    xn = F.normalize(x, dim=-1)
-    return float((xn @ xn[idx].T).clamp_min(0).max(dim=1).values.sum())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -109,20 +94,16 @@ def test_block_argument_checked():
         FLoC(block=0)
 
 
-@pytest.mark.slow
-def test_speed_vs_naive_greedy():
-    """Speed guard at N=2048, D=768, K=205 (the full N=4096 benchmark is in the report)."""
-    torch.manual_seed(0)
-    x = torch.randn(1, 2048, 768)
-    comp = FLoC(sort_positions=False)
-    comp.select(x, 4)  # warm-up
-    ts = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fast = comp.select(x, 205)[0].tolist()
-        ts.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    _, ref_val = naive_greedy(x[0], 205)
-    t_ref = time.perf_counter() - t0
-    assert objective(x[0], fast) == pytest.approx(ref_val, rel=1e-5)
-    assert t_ref / sorted(ts)[1] >= 2.0, (t_ref, ts)
+def test_small_blocks_and_streaming_reach_the_same_objective(monkeypatch):
+    """Streamed gains (no cached matrix) with a tiny block cap still match the naive greedy."""
+    import medvtc.common.compressors.floc as mod
+
+    monkeypatch.setattr(mod, "_BLOCK_ELEMENTS", 400)  # at most 4 rows per block at N=100
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 100, 8, generator=g, dtype=torch.float64)
+    comp = FLoC(block=16, cache_bytes=0, sort_positions=False)
+    order = comp.select(x, 20)
+    for b in range(2):
+        ref_idx, ref_val = naive_greedy(x[b], 20)
+        assert order[b].tolist() == ref_idx
+        assert float(comp.last_objective[b]) == pytest.approx(ref_val, rel=1e-9)

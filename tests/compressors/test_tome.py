@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from medvtc.common.compressors.references import tome as reference_tome
 from medvtc.common.compressors import create_compressor
 from medvtc.common.compressors import tome as tome_mod
 from medvtc.common.compressors.tome import ToMe, proportional_attention_bias
@@ -15,49 +16,6 @@ from medvtc.common.compressors.tome import ToMe, proportional_attention_bias
 def _tokens(n, b=2, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, n, d, generator=g, dtype=torch.float64)
-
-
-def _cos(u, v):
-    return float(torch.dot(u, v) / (u.norm() * v.norm()))
-
-
-def reference_tome(x, k, r_max=None):
-    """Plain ToMe on one sample x [N, D]: a list of (vector, size, id, members) in source
-    order; each round splits it alternately into A (even) and B (odd), matches every A token
-    to its most similar B token, merges the r best-matched A tokens (ties: lower A first) into
-    their B match by size-weighted average, and keeps the survivors in order."""
-    toks = [(x[i].clone(), 1.0, i, [i]) for i in range(x.shape[0])]
-    while len(toks) > k:
-        m = len(toks)
-        a_side, b_side = toks[0::2], toks[1::2]
-        r = min(m - k, len(a_side), r_max if r_max is not None else m)
-        best = []
-        for a in a_side:
-            best_j, best_v = 0, -math.inf
-            for j, bt in enumerate(b_side):
-                v = _cos(a[0], bt[0])
-                if v > best_v:
-                    best_j, best_v = j, v
-            best.append((best_v, best_j))
-        order = sorted(range(len(a_side)), key=lambda i: (-best[i][0], i))
-        merged = set(order[:r])
-        new_b = [list(bt) for bt in b_side]
-        for i in sorted(merged):
-            vec, size, _, members = a_side[i]
-            j = best[i][1]
-            total = new_b[j][1] + size
-            new_b[j][0] = (new_b[j][0] * new_b[j][1] + vec * size) / total
-            new_b[j][1] = total
-            new_b[j][3] = new_b[j][3] + members
-        out = []
-        for pos in range(m):
-            if pos % 2 == 0:
-                if pos // 2 not in merged:
-                    out.append(a_side[pos // 2])
-            else:
-                out.append(tuple(new_b[pos // 2]))
-        toks = out
-    return toks
 
 
 @pytest.mark.parametrize("n,k,r", [(64, 16, None), (64, 40, None), (37, 5, None), (50, 11, 7), (16, 15, None), (9, 1, None)])

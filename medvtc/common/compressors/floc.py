@@ -11,6 +11,7 @@ from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, re
 # Entries per sample in one similarity block; a function of N only (never of the batch), so a
 # sample's numbers do not depend on what else is in the batch.
 _BLOCK_ELEMENTS = 1 << 22
+_BLOCK_ROWS = 256  # rows per block below the element cap: small blocks stay in cache (measured)
 
 
 def _work_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,7 @@ def _singleton_gains(xn: torch.Tensor) -> torch.Tensor:
     N^2 * D / 2 multiply-adds and never more than `_BLOCK_ELEMENTS` entries per sample.
     """
     b, n, _ = xn.shape
-    rows = max(1, _BLOCK_ELEMENTS // n)
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_ELEMENTS // n))
     col_acc = torch.zeros(b, n, device=xn.device, dtype=xn.dtype)  # sums over earlier row blocks
     gains = torch.empty(b, n, device=xn.device, dtype=xn.dtype)
     for start in range(0, n, rows):
@@ -47,13 +48,14 @@ class FLoC(TokenCompressor):
     Lazy greedy, batched: every token keeps an upper bound of its marginal gain (its last
     evaluated gain; by submodularity gains only shrink). Each step re-evaluates the `block`
     tokens with the largest stale bounds at once per sample, and accepts the best fresh gain if
-    it is >= the largest bound left stale; otherwise the block doubles over the next stale
-    tokens, for the samples still undecided only. The first step's gains are exact (all
-    singleton values), so it needs no re-evaluation. A gain is sum_i max(0, cos(x_i, c) - cur_i)
-    with cur_i the current coverage. When one sample's N x N similarity fits in `cache_bytes`
-    (default 64 MiB: N <= 4096 in float32) it is computed once and a gain costs O(N); above that
-    nothing N x N is kept: singleton values come from symmetric row blocks and each
-    re-evaluation from one [m, D] x [D, N] product, so N=32768 with B=8 fits in memory.
+    it is >= the largest bound left stale; otherwise the block doubles (capped at
+    `_BLOCK_ELEMENTS` / N rows) over the next stale tokens, for the undecided samples only. The
+    first step's gains are exact (all singleton values), so it needs no re-evaluation. A gain
+    is sum_i max(0, cos(x_i, c) - cur_i) with cur_i the current coverage. When one sample's
+    N x N similarity fits in `cache_bytes` (default 64 MiB: N <= 4096 in float32) it is
+    computed once and a gain costs O(N); above that nothing N x N is kept: singleton values
+    come from symmetric row blocks and each re-evaluation from one [m, D] x [D, N] product, so
+    N=32768 with B=8 fits in memory.
     `last_evaluations` [B] counts marginal-gain evaluations per sample (the N singleton gains
     included; the naive greedy needs N * K); `last_objective` [B] holds F(S).
 
@@ -136,7 +138,8 @@ class FLoC(TokenCompressor):
         fresh = torch.zeros(b, n, dtype=torch.bool, device=dev)
         pick = torch.empty(b, dtype=torch.long, device=dev)
         active = torch.arange(b, device=dev)
-        m = self.block
+        max_rows = max(1, _BLOCK_ELEMENTS // n)  # a block of gains never exceeds this many rows
+        m = min(self.block, max_rows)
         while active.numel() > 0:
             cur_a = cur if active.numel() == b else cur[active]
             stale = bounds[active].masked_fill(fresh[active], neg_inf)
@@ -154,7 +157,7 @@ class FLoC(TokenCompressor):
             done = best_val >= next_bound
             pick[active[done]] = best_idx[done]
             active = active[~done]
-            m *= 2
+            m = min(2 * m, max_rows)
         return pick
 
     def compress(self, tokens, grid, k, *, text, text_mask, scores) -> CompressorOutput:

@@ -32,12 +32,12 @@ def sinusoidal_grid_features(grid: tuple[int, ...], num_freqs: int, device=None,
 
 @register
 class SemanticTaskCompressor(TokenCompressor):
-    """Semantic Task Compressor (STC) of Compressor-VLA (Gao et al., "Compressor-VLA:
-    Instruction-Guided Visual Token Compression for Efficient Robotic Manipulation",
-    arXiv 2511.18950, 2025): `num_queries` learnable queries, modulated by FiLM from the pooled
-    instruction, q' = q * (1 + gamma) + beta with (gamma, beta) = MLP(mean of the real text
-    tokens), read ALL visual tokens through multi-head cross-attention, then a LayerNorm + MLP
-    residual block: q'' = q' + Attn(LN(q'), LN(x) [+ pos], LN(x)); out = q'' + MLP(LN(q'')).
+    """Semantic Task Compressor (STC) of Compressor-VLA ("Compressor-VLA: Instruction-Guided
+    Visual Token Compression for Efficient Robotic Manipulation", arXiv 2511.18950, 2025):
+    `num_queries` learnable queries, modulated by FiLM from the pooled instruction,
+    q' = q * (1 + gamma) + beta with (gamma, beta) = MLP(mean of the real text tokens), read ALL
+    visual tokens through multi-head cross-attention, then a LayerNorm + MLP residual block:
+    q'' = q' + Attn(LN(q'), LN(x) [+ pos], LN(x)); out = q'' + MLP(LN(q'')).
     Budget K <= num_queries: the output is the first K queries (queries do not interact, so
     they are the same as when all are computed). `out.assign` is the cross-attention weights
     [B, K, N], averaged over heads.
@@ -47,8 +47,9 @@ class SemanticTaskCompressor(TokenCompressor):
     zero-initialised, added to the keys only, so the queries can attend by location.
 
     Differences from the paper: no public code; the block layout (pre-norm, MLP ratio 4, FiLM
-    MLP width, query init N(0, 0.02)) follows the explainer's description and common practice,
-    and the paper's per-camera use is left to the caller. Without text (only reachable through
+    MLP width, query init N(0, 1) so that the FiLM shift does not swamp the queries at
+    initialisation) follows the explainer's description and common practice, and the paper's
+    per-camera use is left to the caller. Without text (only reachable through
     `compressor_vla(use_instruction=False)`, the "no instruction guidance" ablation) FiLM is
     the identity (gamma = beta = 0).
 
@@ -73,7 +74,8 @@ class SemanticTaskCompressor(TokenCompressor):
         pos_freqs: int = 8,
     ) -> None:
         super().__init__(budget)
-        for arg, val in (("dim", dim), ("num_queries", num_queries), ("num_heads", num_heads), ("pos_freqs", pos_freqs)):
+        ints = (("dim", dim), ("num_queries", num_queries), ("num_heads", num_heads), ("pos_freqs", pos_freqs))
+        for arg, val in ints:
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"stc: {arg} must be a positive int, got {val!r}")
         if dim % num_heads:
@@ -84,7 +86,7 @@ class SemanticTaskCompressor(TokenCompressor):
         self.num_heads = num_heads
         self.pos_freqs = pos_freqs
         hidden = max(1, int(round(dim * mlp_ratio)))
-        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.queries = nn.Parameter(torch.randn(num_queries, dim))  # unit scale: not swamped by beta
         self.film = nn.Sequential(nn.Linear(self.text_dim, dim), nn.GELU(), nn.Linear(dim, 2 * dim))
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -103,7 +105,9 @@ class SemanticTaskCompressor(TokenCompressor):
             zero = torch.zeros(batch, self.dim, device=ref.device, dtype=ref.dtype)
             return zero, zero
         if text.shape[-1] != self.text_dim:
-            raise ValueError(f"{self.name}: text embeddings have Dt={text.shape[-1]}, expected text_dim={self.text_dim}")
+            raise ValueError(
+                f"{self.name}: text embeddings have Dt={text.shape[-1]}, expected text_dim={self.text_dim}"
+            )
         gamma, beta = self.film(utils.pooled_text(text, text_mask).to(ref.dtype)).chunk(2, dim=-1)
         return gamma, beta
 

@@ -1,0 +1,59 @@
+"""FLOPs, parameters, latency, peak memory, and the benchmark results writer."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from medvtc.common import accounting
+from medvtc.common.results import ResultRow, write_results
+
+
+def test_flops_of_a_linear_layer_are_two_macs_per_weight_use():
+    layer = torch.nn.Linear(16, 8, bias=False)
+    x = torch.randn(4, 16)
+    assert accounting.module_flops(layer, x) == 2 * 4 * 16 * 8
+
+
+def test_cpu_attention_is_counted():
+    q, k, v = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 32, 8), torch.randn(1, 2, 32, 8)
+    flops = accounting.count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    assert flops == 2 * (2 * 16 * 32 * 8) * 2
+
+
+def test_params_count_shared_weights_once():
+    a = torch.nn.Linear(4, 4)
+    model = torch.nn.Sequential(a, a)
+    assert accounting.count_params(model) == 20
+    a.bias.requires_grad_(False)
+    assert accounting.count_params(model, trainable_only=True) == 16
+
+
+def test_peak_memory_sees_a_large_temporary():
+    def allocate():
+        x = torch.ones(64, 2**20)  # 256 MiB, touched
+        return float(x[0, 0])
+
+    peak = accounting.measure_peak_memory(allocate)
+    assert 200 < peak < 1024, peak
+    assert accounting.measure_peak_memory(lambda: None) < 50
+
+
+def test_latency_is_a_median_of_positive_times():
+    t = accounting.measure_latency(lambda: torch.randn(100, 100) @ torch.randn(100, 100), warmup=1, repeats=3)
+    assert t > 0
+
+
+def test_results_writer_follows_the_design_shape(tmp_path):
+    rows = [ResultRow("a", 10, 1e9, 5, 1.5, 2.0, {"score": 0.5}), ResultRow("b", 20, 2e9, 0, 3.0, 1.0, {"score": 0.7})]
+    paths = write_results("demo", rows, {"x": 1}, tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    assert set(doc) == {"task", "created", "machine", "config", "rows"}
+    assert set(doc["machine"]) >= {"cpu", "gpu", "torch"}
+    assert doc["rows"][1] == {"method": "b", "tokens": 20, "flops": 2e9, "params": 0, "latency_ms": 3.0,
+                              "peak_mem_mb": 1.0, "metrics": {"score": 0.7}}
+    md = paths["md"].read_text()
+    assert "| a | 10 |" in md and "score" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
