@@ -13,7 +13,6 @@ replaced atomically after it, so a kill at any moment leaves the previous latest
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path

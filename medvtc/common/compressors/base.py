@@ -128,6 +128,16 @@ class TokenCompressor(nn.Module):
         return f"name={self.name!r}, budget={self.budget!r}"
 
 
+def selection_output(tokens: torch.Tensor, index: torch.Tensor) -> CompressorOutput:
+    """The output of a pure selection: the kept tokens, their source ids, size 1 each."""
+    b, k = index.shape
+    return CompressorOutput(
+        tokens=utils.gather_tokens(tokens, index),
+        index=index,
+        size=torch.ones(b, k, device=tokens.device, dtype=tokens.dtype),
+    )
+
+
 COMPRESSORS: Registry[TokenCompressor] = Registry("compressor")
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from medvtc.common.compressors import utils
-from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
+from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register, selection_output
 
 # Entries per sample in one similarity block; a function of N only (never of the batch), so a
 # sample's numbers do not depend on what else is in the batch.
@@ -161,15 +161,10 @@ class FLoC(TokenCompressor):
         return pick
 
     def compress(self, tokens, grid, k, *, text, text_mask, scores) -> CompressorOutput:
-        b = tokens.shape[0]
         index = self.select(tokens.detach(), k)
         if self.sort_positions:
             index = index.sort(dim=1).values
-        return CompressorOutput(
-            tokens=utils.gather_tokens(tokens, index),
-            index=index,
-            size=torch.ones(b, k, device=tokens.device, dtype=tokens.dtype),
-        )
+        return selection_output(tokens, index)
 
     @staticmethod
     def cost(n: int, k: int, d: int) -> float:

@@ -10,10 +10,9 @@ value tensor at once).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medvtc.common.compressors import utils

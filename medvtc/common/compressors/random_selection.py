@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from medvtc.common.compressors import utils
-from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
+from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register, selection_output
 
 
 @register
@@ -31,11 +31,7 @@ class RandomSelection(TokenCompressor):
             gen = torch.Generator(device=tokens.device).manual_seed(self.seed)
         noise = torch.rand(b, n, generator=gen, device=tokens.device)
         index = utils.topk_index(noise, k)
-        return CompressorOutput(
-            tokens=utils.gather_tokens(tokens, index),
-            index=index,
-            size=torch.ones(b, k, device=tokens.device, dtype=tokens.dtype),
-        )
+        return selection_output(tokens, index)
 
     @staticmethod
     def cost(n: int, k: int, d: int) -> float:

@@ -3,12 +3,11 @@ the budget over spatial partitions."""
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from medvtc.common.compressors import utils
-from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
+from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register, selection_output
 
 
 def partition_ids(grid: tuple[int, ...], partitions: int, device: torch.device) -> torch.Tensor:
@@ -70,11 +69,7 @@ class ScoreTopK(TokenCompressor):
             index = utils.topk_index(scores, k)
         else:
             index = self._allocated(scores, grid, k)
-        return CompressorOutput(
-            tokens=utils.gather_tokens(tokens, index),
-            index=index,
-            size=torch.ones(b, k, device=tokens.device, dtype=tokens.dtype),
-        )
+        return selection_output(tokens, index)
 
     def _allocated(self, scores: torch.Tensor, grid: tuple[int, ...], k: int) -> torch.Tensor:
         b, n = scores.shape
