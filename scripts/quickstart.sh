@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install.sh
 export MUJOCO_GL="${MUJOCO_GL:-osmesa}" PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-osmesa}"
-# The main job until the CT-report task lands: train a learned compressor (Perceiver resampler)
-# on the embedded token grids, then evaluate it on the held-out split.
-.venv/bin/medvtc train --task compressors "$@"
+# The main job until the CT-report task lands: train a learned compressor (pixel-shuffle)
+# on the embedded token grids, then evaluate it on the held-out split. --resume makes a second
+# run continue (or just re-evaluate) the first instead of refusing to touch its output folder.
+.venv/bin/medvtc train --task compressors --resume "$@"
 .venv/bin/medvtc eval --task compressors "$@"
