@@ -96,5 +96,6 @@ def test_benchmark_writes_every_method_and_checks_references(tmp_path):
     assert sorted(r["tokens"] for r in pooled) == [16, 32]
     assert all(0.0 <= r["metrics"]["coverage"] <= 1.0 for r in pooled)
     assert "nearest_kept" not in next(r for r in doc["rows"] if r["method"] == "stc")["metrics"]
+    assert not list(tmp_path.glob("compressors.partial.*")), "a finished run removes its partial results"
     targets = doc["config"]["targets"]
     assert targets["divprune"]["same_output"] is True and targets["floc"]["same_output"] is True

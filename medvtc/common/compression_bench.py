@@ -133,6 +133,11 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
                 rows.extend(_reference_rows(references, inputs, grid, cfg, rows, skipped, log))
             del inputs
             gc.collect()
+            # Partial results after every grid and batch: a run stopped part-way (hours at
+            # N=32768 on a small CPU) still leaves everything it measured.
+            write_results("compressors", rows, {**asdict(cfg), "partial": True, "skipped": skipped,
+                                                "elapsed_s": round(time.perf_counter() - t_start, 1)},
+                          output, plot=plot_information_kept, name="compressors.partial")
     targets_md, targets = _targets(cfg, references, log)
     elapsed = time.perf_counter() - t_start
     config = {**asdict(cfg), "elapsed_s": round(elapsed, 1), "skipped": skipped, "targets": targets,
@@ -140,6 +145,8 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
                        "excluded); information-kept measures only for training-free methods."}
     extra = targets_md + ("\n### Skipped rows\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n" if skipped else "")
     paths = write_results("compressors", rows, config, output, plot=plot_information_kept, markdown_extra=extra)
+    for suffix in ("json", "md", "png"):
+        (Path(output) / f"compressors.partial.{suffix}").unlink(missing_ok=True)
     log(f"wrote {paths['json']}, {paths['md']}, {paths['png']} in {elapsed:.0f} s")
     return paths
 
