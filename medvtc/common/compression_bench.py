@@ -105,7 +105,7 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
                         skipped.append(f"{name} N={n} B={batch} K={k}: expected ~{est:.0f} s > {cfg.max_seconds:.0f} s")
                         continue
                     torch.manual_seed(cfg.seed)
-                    comp = create_compressor(name, dim=cfg.dim, text_dim=cfg.text_dim).eval()
+                    comp = create_compressor(name, dim=cfg.dim, text_dim=cfg.text_dim, **_sized_for(cls, name, k)).eval()
                     fn = _call(comp, inputs, grid, k)
                     try:
                         flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
@@ -149,6 +149,21 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
         (Path(output) / f"compressors.partial.{suffix}").unlink(missing_ok=True)
     log(f"wrote {paths['json']}, {paths['md']}, {paths['png']} in {elapsed:.0f} s")
     return paths
+
+
+def _sized_for(cls, name: str, k: int) -> dict[str, int]:
+    """Query-based resamplers hold a fixed number of queries; build them with at least K so
+    that every budget is measured (Compressor-VLA splits its budget itself)."""
+    import inspect
+
+    if name == "compressor_vla":
+        return {}
+    params = inspect.signature(cls.__init__).parameters
+    out = {}
+    for p in ("num_latents", "num_queries"):
+        if p in params and params[p].default is not inspect.Parameter.empty and k > params[p].default:
+            out[p] = k
+    return out
 
 
 def _estimate(cls, last: tuple[int, int, float] | None, n: int, k: int, d: int) -> float:
