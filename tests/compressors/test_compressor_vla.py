@@ -13,14 +13,6 @@ from medvtc.common.compressors.compressor_vla import CompressorVLA
 D, DT = 32, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(seed=0, **kw) -> CompressorVLA:
     torch.manual_seed(seed)
     return create_compressor("compressor_vla", dim=D, text_dim=DT, **kw).eval()

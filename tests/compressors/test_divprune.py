@@ -13,15 +13,6 @@ from medvtc.common.compressors.divprune import DivPrune
 from medvtc.common.compressors.references import divprune_one as reference_divprune
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machines running the suite are shared: one thread keeps timings stable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reference_divprune_recompute(x: torch.Tensor, k: int) -> list[int]:
     """The other obvious version: no stored matrix for the greedy; every step recomputes the
     distances from every token to every selected token and takes the min over the set."""

@@ -20,15 +20,6 @@ def naive_greedy(x: torch.Tensor, k: int) -> tuple[list[int], float]:
     return idx, objective(x, idx)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machines running the suite are shared: one thread keeps timings stable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("grid,d", [((8, 8), 16), ((4, 4, 4), 8), ((2, 6, 10), 32)])
 def test_same_objective_as_naive_greedy(grid, d, dtype):

@@ -14,14 +14,6 @@ from medvtc.common.compressors.qg_vtc import QGVTC
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def identity_qg(**kw) -> QGVTC:
     comp = QGVTC(dim=D, text_dim=D, **kw)
     with torch.no_grad():

@@ -13,14 +13,6 @@ from medvtc.common.compressors.semantic_task_compressor import SemanticTaskCompr
 D, DT = 32, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(seed=0, **kw) -> SemanticTaskCompressor:
     torch.manual_seed(seed)
     return create_compressor("stc", dim=D, text_dim=DT, **kw).eval()
