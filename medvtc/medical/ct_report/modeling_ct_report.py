@@ -1,0 +1,379 @@
+"""CT report generation: 3D ViT -> visual-token compressor -> MLP projector -> causal LM.
+
+After Argus (Liu et al., "Argus: Benchmarking and Enhancing Vision-Language Models for 3D
+Radiology Report Generation", arXiv 2406.07146, ACL Findings 2025): a 3D ViT encodes the CT
+volume, a visual-token compressor (Argus favours pixel shuffle) cuts the token count, an MLP
+projector maps the tokens into the LM's embedding space, and the LM writes the report.
+Training follows Argus' stages plus a text-only warm-up for our from-scratch LM
+(`freeze_for_stage`): "lm" (LM only, reports without images), 1 (projector + compressor,
+encoder and LM frozen), 2 (everything).
+
+Shapes (defaults in brackets):
+    pixel_values   [B, 1, X, Y, Z]                [B, 1, 64, 64, 32]
+    ViT tokens     [B, N, Dv], grid (X/px, ...)   [B, 512, 192], grid (8, 8, 8)
+    compressed     [B, K, Dc]                     [B, 64, 192]  (pixel shuffle, groups 2x2x2)
+    visual embeds  [B, K, H]                      [B, 64, 256]  (H = LM width)
+    LM sequence    [B, K + P + T, H]: [K visual][P prompt][T report tokens incl. eos]
+    logits         [B, K + P + T, V]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.blocks import PatchEmbeddingBlock
+from monai.networks.layers import trunc_normal_
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from medvtc.common.compressors import TokenCompressor, create_compressor
+from medvtc.common.compressors.matryoshka_query import MatryoshkaQuery
+from medvtc.common.compressors.perceiver_resampler import PerceiverResampler
+from medvtc.common.compressors.pixel_shuffle import PixelShuffle, group_factors
+from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
+from medvtc.medical.ct_report.vision_encoder import CTViTEncoder
+
+IGNORE_INDEX = -100  # label of positions without a loss (visual, prompt, padding)
+
+
+class CTReportProjector(nn.Module):
+    """The 2-layer MLP projector of LLaVA-1.5 / Argus: Linear -> GELU -> Linear.
+    [B, K, Dc] -> [B, K, H]."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, act: str = "gelu") -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, hidden_dim)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def build_compressor(config: CTReportConfig, text_dim: int) -> TokenCompressor:
+    """The configured compressor for the ViT's tokens (width vision_hidden_size), with the
+    arguments that make it produce exactly K = config.num_visual_tokens tokens:
+    pixel shuffle gets explicit `factors` (so its Linear exists before an optimiser or a state
+    dict sees the model), perceiver/matryoshka get K latents/queries and the ViT's head count
+    unless `compressor_args` says otherwise."""
+    name, k = config.compressor_name, config.num_visual_tokens
+    args = dict(config.compressor_args)
+    args.pop("text_dim", None)
+    if name == "pixel_shuffle":
+        args.setdefault("factors", group_factors(config.grid, k))
+    elif name == "perceiver":
+        args.setdefault("num_latents", k)
+        args.setdefault("heads", config.vision_heads)
+    elif name == "matryoshka":
+        args.setdefault("num_queries", k)
+        args.setdefault("heads", config.vision_heads)
+    return create_compressor(name, dim=config.vision_hidden_size, text_dim=text_dim, budget=k, **args)
+
+
+class CTReportModel(PreTrainedModel, GenerationMixin):
+    """Report generation from a CT volume (Argus-style, arXiv 2406.07146).
+
+    Submodules: `vision_encoder` (CTViTEncoder), `compressor` (a `TokenCompressor`),
+    `projector` (CTReportProjector), `text_projector` (LM width -> the compressor's text_dim,
+    only for an instruction-guided compressor with a text_dim different from the LM's),
+    `language_model` (LlamaForCausalLM by default).
+
+    forward(pixel_values [B, 1, X, Y, Z] | None, input_ids [B, T], attention_mask [B, T],
+            labels [B, T]) -> CausalLMOutputWithPast
+        input_ids are the report tokens followed by eos, right-padded (`encode_reports`); the
+        model prepends the K visual and P prompt tokens itself, so logits are
+        [B, K + P + T, V] and the loss (only when labels are given) covers the report tokens
+        and eos only: visual and prompt positions get label -100. pixel_values=None gives the
+        text-only sequence [prompt][report] of the "lm" stage. A compressor's aux_loss is added.
+
+    generate(pixel_values, max_new_tokens, num_beams, ...) -> LongTensor [B, <= max_new_tokens]
+        the generated report ids only (greedy by default, beam search with num_beams > 1).
+    """
+
+    config_class = CTReportConfig
+    base_model_prefix = "ct_report"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["TransformerBlock", "LlamaDecoderLayer"]
+
+    def __init__(self, config: CTReportConfig) -> None:
+        super().__init__(config)
+        self.vision_encoder = CTViTEncoder(
+            spatial_dims=3,
+            in_channels=config.in_channels,
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            hidden_size=config.vision_hidden_size,
+            num_layers=config.vision_layers,
+            num_heads=config.vision_heads,
+            mlp_dim=config.vision_mlp_dim,
+            dropout_rate=config.vision_dropout,
+            qkv_bias=config.vision_qkv_bias,
+            gradient_checkpointing=config.vision_gradient_checkpointing,
+        )
+        self.language_model = self._build_language_model()
+        lm_dim = self.config.text_config.hidden_size
+
+        text_dim = int(config.compressor_args.get("text_dim", lm_dim))
+        self.compressor = build_compressor(config, text_dim)
+        # The instruction reaches the compressor as the prompt's LM input embeddings; a Linear
+        # maps them to the compressor's text width only when the two differ.
+        self.text_projector = (
+            nn.Linear(lm_dim, text_dim) if self.compressor.needs_text and text_dim != lm_dim else None
+        )
+        comp_dim = int(getattr(self.compressor, "out_dim", None) or config.vision_hidden_size)
+        self.projector = CTReportProjector(
+            comp_dim, config.projector_hidden_size or lm_dim, lm_dim, config.projector_hidden_act
+        )
+        if config.prompt and config.prompt_token_ids is None:
+            raise ValueError(
+                "prompt_token_ids: the prompt's token ids are missing; build the config with "
+                "CTReportConfig.from_tokenizer(tokenizer, ...) or pass prompt_token_ids"
+            )
+        self.post_init()
+
+    def _build_language_model(self) -> PreTrainedModel:
+        config = self.config
+        if config.text_config is not None:
+            # From a config (fresh model, or inside from_pretrained, which then loads all weights):
+            # never read language_model_path again, so a saved model is self-contained.
+            return AutoModelForCausalLM.from_config(config.text_config)
+        lm = AutoModelForCausalLM.from_pretrained(config.language_model_path, local_files_only=True)
+        for module in lm.modules():
+            # keep the pretrained weights through our post_init's weight initialisation
+            module._is_hf_initialized = True
+        config.text_config = lm.config
+        return lm
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Re-create each module's own initialisation rather than transformers' generic
+        normal(0, 0.02): MONAI's truncated-normal position embeddings, torch's default Linear /
+        Conv / LayerNorm init, the pixel-shuffle projection's group average (so an untrained
+        shuffle equals average pooling) and the resamplers' 0.02-scaled latents. The LM is a
+        `PreTrainedModel` and is initialised by its own `_init_weights`. Runs in post_init and
+        for keys missing from a checkpoint."""
+        if isinstance(module, PixelShuffle):
+            for lin in module.proj.values():
+                r = len(lin.weight[0]) // module.dim
+                eye = torch.eye(module.out_dim, module.dim, device=lin.weight.device, dtype=lin.weight.dtype)
+                lin.weight.data.copy_(eye.repeat(1, r) / r)
+                if lin.bias is not None:
+                    lin.bias.data.zero_()
+        elif isinstance(module, PatchEmbeddingBlock) and module.pos_embed_type == "learnable":
+            trunc_normal_(module.position_embeddings, mean=0.0, std=0.02, a=-2.0, b=2.0)
+        elif isinstance(module, PerceiverResampler):
+            module.latents.data.normal_(0.0, 0.02)
+        elif isinstance(module, MatryoshkaQuery):
+            module.queries.data.normal_(0.0, 0.02)
+        elif isinstance(module, (nn.Linear, nn.Conv3d, nn.LayerNorm)):
+            module.reset_parameters()
+
+    # -- embeddings (delegated so resize_token_embeddings and weight tying work) -------------
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """K, the number of visual tokens per volume the LM receives."""
+        return self.config.num_visual_tokens
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def freeze_for_stage(self, stage: str | int) -> dict[str, int]:
+        """Set requires_grad for a training stage and return the trainable parameter counts.
+
+        "lm": only the language model (text-only pretraining on reports; our default LM starts
+              from random weights, Argus starts from a pretrained LLM instead)
+        1:    only compressor + projector (+ text_projector); ViT and LM frozen (Argus stage 1,
+              feature alignment). A frozen ViT runs under no_grad in `encode_images`.
+        2:    everything, the ViT included (Argus stage 2 fine-tunes end to end).
+        """
+        key = str(stage).lower().removeprefix("stage").strip("_ ")
+        parts = {
+            "lm": [self.language_model],
+            "1": [self.compressor, self.projector, self.text_projector],
+            "2": [self],
+        }
+        if key not in parts:
+            raise ValueError(f"stage must be 'lm', 1 or 2, got {stage!r}")
+        self.requires_grad_(False)
+        for module in parts[key]:
+            if module is not None:
+                module.requires_grad_(True)
+        counts = {
+            name: sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
+            for name in ("vision_encoder", "compressor", "projector", "language_model")
+        }
+        if self.text_projector is not None:
+            counts["text_projector"] = sum(p.numel() for p in self.text_projector.parameters() if p.requires_grad)
+        return counts
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def prompt_ids(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """The prompt's token ids [B, P] (P = 0 without a prompt)."""
+        ids = torch.tensor(self.config.prompt_token_ids or [], dtype=torch.long, device=device)
+        return ids.unsqueeze(0).expand(batch_size, -1)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """pixel_values [B, C, X, Y, Z] -> (visual_embeds [B, K, H], info).
+
+        info: "compressor_output" (the `CompressorOutput`, tokens [B, K, Dc]), "index" [B, K]
+        and "assign" [B, K, N] (None where the method has none) to draw which ViT tokens were
+        kept or merged, "mask" [B, K] (adaptive budgets) or None, "grid" the ViT grid,
+        "compressed_grid" (or None), "num_visual_tokens" K.
+        """
+        encoder = self.vision_encoder
+        dtype = encoder.patch_embedding.patch_embeddings.weight.dtype
+        # A frozen encoder (stage 1) needs no autograd graph: saves its activations' memory.
+        frozen = not any(p.requires_grad for p in encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            tokens = encoder(pixel_values.to(dtype))  # [B, N, Dv]
+        text = text_mask = None
+        if self.compressor.needs_text:
+            b = tokens.shape[0]
+            text = self.get_input_embeddings()(self.prompt_ids(b, tokens.device))  # [B, P, H]
+            if self.text_projector is not None:
+                text = self.text_projector(text)
+            text_mask = torch.ones(text.shape[:2], dtype=torch.long, device=tokens.device)
+        out = self.compressor(tokens, grid=encoder.grid, budget=self.num_visual_tokens, text=text, text_mask=text_mask)
+        embeds = self.projector(out.tokens)  # [B, K, H]
+        info = {
+            "compressor_output": out,
+            "index": out.index,
+            "assign": out.assign,
+            "mask": out.mask,
+            "grid": encoder.grid,
+            "compressed_grid": out.grid,
+            "num_visual_tokens": out.num_tokens,
+        }
+        return embeds, info
+
+    def _sequence(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+        """[visual][prompt][input_ids] as inputs_embeds [B, L, H], attention_mask [B, L] and
+        labels [B, L] (-100 before the report; None without labels)."""
+        embed = self.get_input_embeddings()
+        if pixel_values is not None:
+            b, device = pixel_values.shape[0], pixel_values.device
+        elif input_ids is not None:
+            b, device = input_ids.shape[0], input_ids.device
+        else:
+            b, device = batch_size or 1, embed.weight.device
+        embeds, masks, labs, info = [], [], [], None
+        if pixel_values is not None:
+            vis, info = self.encode_images(pixel_values)
+            embeds.append(vis)
+            # an adaptive-budget compressor pads with zeros: its mask keeps the LM off the padding
+            vis_mask = info["mask"]
+            masks.append(vis_mask.long() if vis_mask is not None else torch.ones(vis.shape[:2], dtype=torch.long, device=device))
+            labs.append(torch.full(vis.shape[:2], IGNORE_INDEX, dtype=torch.long, device=device))
+        prompt = self.prompt_ids(b, device)
+        if prompt.shape[1]:
+            embeds.append(embed(prompt))
+            masks.append(torch.ones_like(prompt))
+            labs.append(torch.full_like(prompt, IGNORE_INDEX))
+        if input_ids is not None:
+            embeds.append(embed(input_ids))
+            masks.append(attention_mask.long() if attention_mask is not None else torch.ones_like(input_ids))
+            labs.append(labels if labels is not None else torch.full_like(input_ids, IGNORE_INDEX))
+        if not embeds:
+            raise ValueError("CTReportModel: nothing to encode (no pixel_values, no prompt and no input_ids)")
+        dtype = embed.weight.dtype
+        inputs_embeds = torch.cat([e.to(dtype) for e in embeds], dim=1)
+        full_labels = torch.cat(labs, dim=1) if labels is not None else None
+        return inputs_embeds, torch.cat(masks, dim=1), full_labels, info
+
+    # -- training forward ------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """See the class docstring. Extra kwargs (output_hidden_states, logits_to_keep, ...) go
+        to the language model."""
+        if labels is not None and input_ids is None:
+            raise ValueError("labels need input_ids (the report tokens they label)")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+        inputs_embeds, mask, full_labels, info = self._sequence(pixel_values, input_ids, attention_mask, labels)
+        out = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=mask, labels=full_labels, return_dict=True, **kwargs
+        )
+        loss = out.loss
+        aux = info["compressor_output"].aux_loss if info is not None else None
+        if loss is not None and aux is not None:
+            loss = loss + aux
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+    # -- generation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Write reports: [B, <= max_new_tokens] generated token ids (prefix not included).
+
+        LLaVA-style: the prefix [visual][prompt] is built as inputs_embeds and handed to the
+        LM's own `generate`; for a decoder-only LM given inputs_embeds without input_ids,
+        transformers returns only the new tokens. Finished sequences are padded with
+        pad_token_id. pixel_values=None writes from the prompt alone (`batch_size` reports),
+        to check the "lm" stage. Other kwargs (length_penalty, early_stopping,
+        num_return_sequences, return_dict_in_generate, ...) go to the LM's `generate`.
+        """
+        inputs_embeds, mask, _, _ = self._sequence(pixel_values, None, None, None, batch_size=batch_size)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(self.config, key) is not None:
+                kwargs.setdefault(key, getattr(self.config, key))
+        return self.language_model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            **kwargs,
+        )
+
+
+AutoModel.register(CTReportConfig, CTReportModel, exist_ok=True)
+
+__all__ = ["CTReportModel", "CTReportProjector", "IGNORE_INDEX", "build_compressor"]

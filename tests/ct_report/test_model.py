@@ -1,0 +1,344 @@
+"""CTReportModel (Argus-style CT report generation, arXiv 2406.07146) on tiny configs.
+
+Volumes (16, 16, 8) with patches (4, 4, 2) give a 4x4x4 grid of N = 64 ViT tokens of width 32;
+the LM is a 32-wide, 1-2 layer LLaMA. Everything runs on CPU in well under a minute.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from medvtc.medical.ct_report import (
+    CTReportConfig,
+    CTReportModel,
+    CTViTEncoder,
+    encode_reports,
+    train_report_tokenizer,
+)
+
+REPORTS = [
+    "The lungs are clear. No pleural effusion.",
+    "The lungs show a 5.2 cm mass in the right upper lobe; small effusion.",
+]
+CORPUS = REPORTS * 4 + ["Heart size is normal.", "No nodules (n=0).", "Mild T2-weighted hyperintensity."]
+N_TOKENS = 64  # (16/4) * (16/4) * (8/2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The 2-core test machines are shared: one torch thread keeps timings steady."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_report_tokenizer(CORPUS, vocab_size=300)
+
+
+def tiny_config(tok, **kw) -> CTReportConfig:
+    base = dict(
+        image_size=(16, 16, 8),
+        patch_size=(4, 4, 2),
+        vision_hidden_size=32,
+        vision_layers=1,
+        vision_heads=2,
+        vision_mlp_dim=64,
+        compressor="pixel_shuffle",
+        compressor_budget=8,
+        text_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64
+        ),
+    )
+    base.update(kw)
+    return CTReportConfig.from_tokenizer(tok, **base)
+
+
+def volumes(b: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 1, 16, 16, 8, generator=g)
+
+
+def test_tokenizer_round_trip_and_determinism(tok):
+    again = train_report_tokenizer(CORPUS, vocab_size=300)
+    assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+    for text in REPORTS + ["Unseen words: Übersicht, 12.5 mm (n=3)\nImpression: none."]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == text  # byte-level BPE is lossless
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    enc = encode_reports(tok, REPORTS)
+    lengths = enc["attention_mask"].sum(1)
+    assert enc["input_ids"][0, lengths[0] - 1] == tok.eos_token_id
+    assert (enc["labels"][enc["attention_mask"] == 0] == -100).all()
+
+
+def test_forward_shapes_and_loss(tok):
+    torch.manual_seed(0)
+    cfg = tiny_config(tok)
+    model = CTReportModel(cfg)
+    enc = encode_reports(tok, REPORTS)
+    out = model(pixel_values=volumes(), **enc)
+    k, p, t = 8, len(cfg.prompt_token_ids), enc["input_ids"].shape[1]
+    assert model.num_visual_tokens == k and p > 0
+    assert out.logits.shape == (2, k + p + t, len(tok))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    # the defaults build: 512 tokens -> 64, LM width 256
+    big = CTReportConfig.from_tokenizer(tok)
+    assert big.grid == (8, 8, 8) and big.num_visual_tokens == 64 and big.text_config.hidden_size == 256
+
+
+def test_loss_covers_only_report_tokens(tok):
+    torch.manual_seed(0)
+    cfg = tiny_config(tok)
+    model = CTReportModel(cfg)
+    enc = encode_reports(tok, REPORTS)
+    out = model(pixel_values=volumes(), **enc)
+    k, p = model.num_visual_tokens, len(cfg.prompt_token_ids)
+    # the logit at position i predicts token i + 1: report token j (at K + P + j) comes from K + P + j - 1
+    pred = out.logits[:, k + p - 1 : -1]
+    manual = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), enc["labels"].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, manual)
+    # text-only ("lm" stage) sequence [prompt][report]: the same holds without visual tokens
+    out = model(**enc)
+    pred = out.logits[:, p - 1 : -1]
+    manual = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), enc["labels"].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, manual)
+    # no labels, no loss
+    assert model(pixel_values=volumes(), input_ids=enc["input_ids"]).loss is None
+
+
+@pytest.mark.parametrize(
+    "compressor, budget, k",
+    [
+        ("pixel_shuffle", 8, 8),
+        ("pooling", 8, 8),
+        ("perceiver", 6, 6),
+        ("matryoshka", 5, 5),
+        ("qg_vtc", 0.25, 16),
+        ("none", 8, N_TOKENS),
+    ],
+)
+def test_visual_token_count_equals_budget(tok, compressor, budget, k):
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok, compressor=compressor, compressor_budget=budget))
+    embeds, info = model.encode_images(volumes())
+    assert embeds.shape == (2, k, 32)
+    assert model.num_visual_tokens == k and info["num_visual_tokens"] == k
+    assert info["grid"] == (4, 4, 4)
+    if compressor in ("pixel_shuffle", "pooling", "qg_vtc", "none"):
+        assert info["index"].shape == (2, k) and int(info["index"].max()) < N_TOKENS
+    enc = encode_reports(tok, REPORTS)
+    out = model(pixel_values=volumes(), **enc)
+    assert out.logits.shape[1] == k + len(model.config.prompt_token_ids) + enc["input_ids"].shape[1]
+    assert torch.isfinite(out.loss)
+
+
+def test_instruction_guided_compressor_reads_the_prompt(tok):
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok, compressor="qg_vtc", compressor_budget=16, compressor_args={"text_dim": 16}))
+    assert model.compressor.needs_text and model.text_projector.in_features == 32
+    x = volumes()
+    before = model.encode_images(x)[1]["index"]
+    with torch.no_grad():  # a different instruction embedding changes which tokens are relevant
+        model.get_input_embeddings().weight[model.config.prompt_token_ids] = torch.randn(
+            len(model.config.prompt_token_ids), 32
+        )
+    after = model.encode_images(x)[1]["index"]
+    assert not torch.equal(before, after)
+    # gradients reach the text side (projector + compressor) in stage 1
+    model.freeze_for_stage(1)
+    model(pixel_values=x, **encode_reports(tok, REPORTS)).loss.backward()
+    assert model.text_projector.weight.grad is not None and model.compressor.proj.weight.grad is not None
+
+
+def _grads(module: torch.nn.Module) -> list[bool]:
+    return [p.grad is not None for p in module.parameters()]
+
+
+@pytest.mark.parametrize("stage", ["lm", 1, 2])
+def test_gradients_per_stage(tok, stage):
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok))
+    counts = model.freeze_for_stage(stage)
+    enc = encode_reports(tok, REPORTS)
+    model(pixel_values=volumes(), **enc).loss.backward()
+    parts = (model.vision_encoder, model.compressor, model.projector, model.language_model)
+    enc_g, comp_g, proj_g, lm_g = (_grads(m) for m in parts)
+    if stage == "lm":
+        assert all(lm_g) and not any(enc_g + comp_g + proj_g)
+        assert counts["vision_encoder"] == counts["projector"] == 0
+    elif stage == 1:
+        assert all(comp_g) and all(proj_g) and not any(enc_g) and not any(lm_g)
+        assert counts["vision_encoder"] == counts["language_model"] == 0
+    else:
+        assert all(enc_g + comp_g + proj_g + lm_g)
+        assert counts["vision_encoder"] > 0 and counts["language_model"] > 0
+    with pytest.raises(ValueError, match="stage"):
+        model.freeze_for_stage(3)
+
+
+def test_save_load_round_trip(tok, tmp_path):
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok)).eval()
+    with torch.no_grad():  # leave the init (tied embeddings, averaging pixel shuffle) behind
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+
+    loaded = CTReportModel.from_pretrained(tmp_path).eval()
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.language_model.lm_head.weight is loaded.language_model.get_input_embeddings().weight
+    assert tok2.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+    enc, enc2 = encode_reports(tok, REPORTS), encode_reports(tok2, REPORTS)
+    assert torch.equal(enc["input_ids"], enc2["input_ids"])
+
+    x = volumes()
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x, **enc).logits, loaded(pixel_values=x, **enc2).logits)
+    g1, g2 = model.generate(x, max_new_tokens=12), loaded.generate(x, max_new_tokens=12)
+    assert torch.equal(g1, g2)
+    assert tok.batch_decode(g1, skip_special_tokens=True) == tok2.batch_decode(g2, skip_special_tokens=True)
+
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), CTReportConfig)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), CTReportModel)
+
+
+def test_language_model_path_loads_local_weights_and_saves_self_contained(tok, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ))
+    lm.save_pretrained(tmp_path / "lm")
+    cfg = tiny_config(tok, text_config=None, language_model_path=str(tmp_path / "lm"))
+    assert cfg.text_config is None
+    model = CTReportModel(cfg).eval()
+    assert model.config.text_config.hidden_size == 48 and model.projector.linear_2.out_features == 48
+    for a, b in zip(lm.state_dict().values(), model.language_model.state_dict().values()):
+        assert torch.equal(a, b)  # pretrained weights kept through post_init
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "lm" / "model.safetensors").unlink()  # the saved model must not need the LM path
+    loaded = CTReportModel.from_pretrained(tmp_path / "model").eval()
+    enc = encode_reports(tok, REPORTS)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=volumes(), **enc).logits, loaded(pixel_values=volumes(), **enc).logits)
+
+
+def test_beam_search_returns_valid_ids(tok):
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok)).eval()
+    out = model.generate(volumes(), max_new_tokens=8, num_beams=3)
+    assert out.dtype == torch.long and out.shape[0] == 2 and 1 <= out.shape[1] <= 8
+    assert int(out.min()) >= 0 and int(out.max()) < len(tok)
+    multi = model.generate(volumes(), max_new_tokens=8, num_beams=3, num_return_sequences=2)
+    assert multi.shape[0] == 4
+    # text-only generation from the prompt alone (to check the "lm" stage)
+    assert model.generate(None, max_new_tokens=4, batch_size=3).shape[0] == 3
+
+
+def test_overfit_two_volumes_reproduces_each_report(tok):
+    """Two volumes, two reports that share their first words: after training, greedy decoding
+    reproduces each report exactly. The prompt is the same for both, so only the image can tell
+    the LM which report to write; this proves the image conditioning end to end."""
+    torch.manual_seed(0)
+    cfg = tiny_config(tok, text_config=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64
+    ))
+    model = CTReportModel(cfg)
+    model.freeze_for_stage(2)
+    x = volumes()
+    enc = encode_reports(tok, REPORTS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    max_new = enc["input_ids"].shape[1] + 2
+    decoded = None
+    for step in range(300):
+        model.train()
+        loss = model(pixel_values=x, **enc).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 24:
+            model.eval()
+            decoded = tok.batch_decode(model.generate(x, max_new_tokens=max_new), skip_special_tokens=True)
+            if decoded == REPORTS:
+                break
+    assert decoded == REPORTS, decoded
+    # and with the volumes swapped, the reports swap too
+    swapped = tok.batch_decode(model.generate(x.flip(0), max_new_tokens=max_new), skip_special_tokens=True)
+    assert swapped == REPORTS[::-1]
+
+
+def test_vit_sdpa_and_activation_checkpointing():
+    torch.manual_seed(0)
+    enc = CTViTEncoder(
+        in_channels=1, img_size=(16, 16, 8), patch_size=(4, 4, 2), hidden_size=32, num_layers=2,
+        num_heads=2, mlp_dim=64, dropout_rate=0.1,
+    )
+    assert enc.grid == (4, 4, 4)
+    assert all(b.attn.use_flash_attention for b in enc.blocks)  # SDPA, no N x N matrix kept
+    x = volumes()
+    enc.eval()
+    with torch.no_grad():  # MONAI passes dropout_p to SDPA even in eval; the encoder turns it off
+        assert torch.equal(enc(x), enc(x))
+    enc.dropout_rate = 0.0
+    enc.train()  # re-applies the (now zero) attention dropout
+    for m in enc.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    out = enc(x)
+    assert out.shape == (2, N_TOKENS, 32)
+    out.square().mean().backward()
+    ref = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    enc.gradient_checkpointing = True
+    out2 = enc(x)
+    out2.square().mean().backward()
+    torch.testing.assert_close(out2, out)
+    for a, p in zip(ref, enc.parameters()):
+        torch.testing.assert_close(p.grad, a)
+
+
+def test_gradient_checkpointing_enable_reaches_the_vit(tok):
+    model = CTReportModel(tiny_config(tok))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.vision_encoder.gradient_checkpointing and model.language_model.is_gradient_checkpointing
+    loss = model(pixel_values=volumes(), **encode_reports(tok, REPORTS)).loss
+    loss.backward()
+    assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(image_size=(16, 16, 9)), "image_size"),
+        (dict(patch_size=(4, 4, 0)), "patch_size"),
+        (dict(compressor="no_such_method"), "compressor"),
+        (dict(compressor_budget=65), "compressor_budget"),
+        (dict(compressor_budget=1.5), "compressor_budget"),
+        (dict(compressor="pixel_shuffle", compressor_budget=7), "compressor_budget"),
+        (dict(compressor_args={"budget": 4}), "compressor_args"),
+        (dict(compressor_args={"no_such_arg": 1}), "compressor_args"),
+        (dict(compressor="qg_vtc", prompt=""), "prompt"),
+        (dict(vision_heads=3), "vision_heads"),
+    ],
+)
+def test_invalid_config_names_the_field(tok, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(tok, **kwargs)
+
+
+def test_unknown_compressor_lists_the_valid_ones(tok):
+    with pytest.raises(ValueError, match="pixel_shuffle.*") as err:
+        tiny_config(tok, compressor="no_such_method")
+    assert "pooling" in str(err.value) and "none" in str(err.value)
