@@ -4,6 +4,7 @@
     medvtc eval  --task compressors --checkpoint runs/compressors
     medvtc bench --task compressors
     medvtc data  --task compressors
+    medvtc report --checkpoint runs/ct-report scan.nii.gz
 
 User mistakes (unknown task, key or value, a missing file) print one line and exit with code 2;
 no traceback.
@@ -103,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--inspect", action="store_true", help="describe the dataset at data.root instead of generating it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at data.root")
+
+    p = sub.add_parser(
+        "report",
+        help="write radiology reports for CT volumes with a trained ct-report model",
+        description=(
+            "Write the report for one NIfTI CT volume, several, or every .nii/.nii.gz in a folder "
+            "(recursively). Volumes that cannot be read are listed at the end (exit code 1); the others "
+            "still get their reports."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a trained model: a run's output_dir or its final/ folder")
+    p.add_argument("inputs", nargs="+", metavar="VOLUME", help=".nii/.nii.gz files or folders of them")
+    p.add_argument("-o", "--output", metavar="PATH", help="a .txt file (one volume), a .csv file, or a folder for one .txt per volume; default: print")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (default 1: greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest report in tokens (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
 
@@ -115,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medvtc.common.errors import UserError
 
     try:
+        if args.command == "report":
+            from medvtc.medical.ct_report.report_command import run_report
+
+            if args.num_beams < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+                raise UserError("--num-beams, --max-new-tokens and --batch-size must be >= 1")
+            return run_report(args.checkpoint, args.inputs, args.output, args.num_beams, args.max_new_tokens,
+                              args.batch_size, args.overwrite)
         from medvtc.tasks import get_task
 
         task = get_task(args.task)

@@ -12,6 +12,10 @@ TASKS: dict[str, tuple[str, str]] = {
         "medvtc.common.compression_task:CompressorsTask",
         "the shared compressor core: train a learned compressor on token grids, benchmark all methods",
     ),
+    "ct-report": (
+        "medvtc.medical.ct_report.task:CTReportTask",
+        "CT report generation: a 3D ViT, a token compressor and a causal LM write the radiology report",
+    ),
 }
 
 

@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install.sh
 export MUJOCO_GL="${MUJOCO_GL:-osmesa}" PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-osmesa}"
-# The main job until the CT-report task lands: train a learned compressor (pixel-shuffle)
-# on the embedded token grids, then evaluate it on the held-out split. --resume makes a second
-# run continue (or just re-evaluate) the first instead of refusing to touch its output folder.
-.venv/bin/medvtc train --task compressors --resume "$@"
-.venv/bin/medvtc eval --task compressors "$@"
+# The main job: CT report generation. It writes the embedded chest-CT phantom set in the
+# CT-RATE layout (first run only), trains the 3D ViT + pixel-shuffle compressor + LM in its
+# stages, prints the validation metrics and a sample report, then evaluates on the test split.
+# --resume makes a second run continue (or just re-evaluate) the first instead of refusing to
+# touch its output folder.
+.venv/bin/medvtc train --task ct-report --resume "$@"
+.venv/bin/medvtc eval --task ct-report "$@"

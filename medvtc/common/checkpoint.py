@@ -89,9 +89,13 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for a corrupt or foreign file
         raise UserError(f"cannot read weights from {path}: {str(e).splitlines()[0]}") from None
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    own = {k: tuple(v.shape) for k, v in state.items()}
     mismatched = sorted(k for k in own.keys() & shapes.keys() if own[k] != shapes[k])
-    missing = sorted(own.keys() - shapes.keys())
+    # Tied tensors (an LM's input embedding and output head) are stored once by safetensors'
+    # save_model; a key is not missing when a tensor sharing its storage is in the file.
+    stored = {state[k].data_ptr() for k in own.keys() & shapes.keys()}
+    missing = sorted(k for k in own.keys() - shapes.keys() if state[k].data_ptr() not in stored)
     unexpected = sorted(shapes.keys() - own.keys())
     if mismatched or (strict and (missing or unexpected)):
         detail = []

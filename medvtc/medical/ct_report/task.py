@@ -1,0 +1,452 @@
+"""The `ct-report` task: train, evaluate and benchmark the CT report generator.
+
+    medvtc data  --task ct-report            # the embedded phantom dataset, CT-RATE layout
+    medvtc train --task ct-report            # tokenizer, LM warm-up, stage 1, stage 2
+    medvtc eval  --task ct-report            # test split: BLEU, ROUGE-L, METEOR, clinical F1
+    medvtc report --checkpoint runs/ct-report/final scan.nii.gz
+
+Training follows Argus (arXiv 2406.07146) in two stages after a text-only warm-up:
+- stage 0 (`lm`): the language model alone learns the reports' language. Argus starts from a
+  pretrained LLM; ours is built from scratch (no hub access), so without this stage stage 1
+  would align images to a model that cannot write. Skipped when `model.language_model_path`
+  names a local pretrained checkpoint.
+- stage 1 (`align`): only the compressor and projector train; encoder and LM are frozen.
+- stage 2 (`finetune`, the `train.*` keys): everything trains, the ViT unfrozen.
+Each stage is a run of the shared trainer in its own folder under `output_dir`, so `--resume`
+continues whichever stage was interrupted and skips the finished ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+import torch
+
+from medvtc.common import checkpoint as ckpt
+from medvtc.common.config import save_config
+from medvtc.common.errors import UserError
+from medvtc.common.io import atomic_directory, atomic_write_json
+from medvtc.common.task import Task
+from medvtc.common.trainer import TrainConfig, Trainer
+from medvtc.datasets.ct_rate import report_text
+from medvtc.medical.ct_report.pipeline import PREPROCESSOR_FILE
+
+DEFAULT_ROOT = "data/ct_rate_phantom"
+STAGES = ("lm", "align", "finetune")
+
+
+@dataclass
+class CTReportDataConfig:
+    """`data.*`: where the CT-RATE-layout data is, how volumes are preprocessed, and the settings
+    of the embedded phantom generator (used only when `root` is the default and missing)."""
+
+    root: str = DEFAULT_ROOT
+    spatial_size: tuple[int, int, int] = (64, 64, 32)
+    spacing: tuple[float, float, float] | None = None  # mm; null keeps the scan's own before resizing
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    resize: Literal["resize", "crop_pad"] = "resize"
+    val_fraction: float = 0.1
+    cache: bool = True
+    num_train: int = 400
+    num_val: int = 50
+    num_test: int = 50
+    phantom_shape: tuple[int, int, int] = (128, 128, 64)
+    phantom_spacing: tuple[float, float, float] = (3.0, 3.0, 5.0)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if any(s < 1 for s in self.spatial_size):
+            raise ValueError(f"spatial_size must be positive, got {list(self.spatial_size)}")
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"hu_window must be [low, high] with low < high, got {list(self.hu_window)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "spatial_size": list(self.spatial_size),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "hu_window": list(self.hu_window),
+            "resize": self.resize,
+        }
+
+
+@dataclass
+class CTReportModelConfig:
+    """`model.*`: the 3D ViT, the compressor from the core, and the language model."""
+
+    patch_size: tuple[int, int, int] = (8, 8, 4)
+    vision_hidden_size: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_mlp_dim: int = 256
+    compressor: str = "pixel_shuffle"  # any core compressor, or "none"
+    budget: float | int = 64  # visual tokens kept (int) or keep-ratio (float)
+    compressor_args: dict[str, Any] = field(default_factory=dict)
+    language_model_path: str | None = None  # a local causal-LM checkpoint; null builds a small Llama
+    lm_hidden_size: int = 192
+    lm_layers: int = 3
+    lm_heads: int = 4
+    lm_intermediate_size: int = 512
+    vocab_size: int = 2000
+    max_report_tokens: int = 256
+    prompt: str = "Findings:"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class CTReportStagesConfig:
+    """`stages.*`: the stages before the end-to-end one (which uses `train.*`)."""
+
+    lm_steps: int = 200
+    lm_lr: float = 1e-3
+    lm_batch_size: int = 16
+    align_steps: int = 100
+    align_lr: float = 1e-3
+
+    def validate(self) -> None:
+        for name in ("lm_steps", "align_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class CTReportGenerationConfig:
+    """`generation.*`: decoding for eval and `medvtc report`."""
+
+    max_new_tokens: int = 256
+    num_beams: int = 1
+    batch_size: int = 16
+    max_eval_samples: int = 0  # 0 = the whole split
+
+
+@dataclass
+class CTReportBenchConfig:
+    """`bench.*`: each variant `compressor@budget` is trained with the same config and budget."""
+
+    variants: list[str] = field(default_factory=lambda: [
+        "none", "pooling@64", "pixel_shuffle@64", "pixel_shuffle@8", "perceiver@64", "matryoshka@64", "qg_vtc@64",
+    ])
+    output_dir: str = "runs/bench-ct-report"
+    repeats: int = 3
+    scale: bool = True  # also the full-size 512 x 512 x 256 CT figures
+    scale_size: tuple[int, int, int] = (512, 512, 256)
+    scale_patch: tuple[int, int, int] = (16, 16, 16)
+    scale_budget: int = 2048
+
+
+@dataclass
+class CTReportTaskConfig:
+    seed: int = 0
+    output_dir: str = "runs/ct-report"
+    data: CTReportDataConfig = field(default_factory=CTReportDataConfig)
+    model: CTReportModelConfig = field(default_factory=CTReportModelConfig)
+    stages: CTReportStagesConfig = field(default_factory=CTReportStagesConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(max_steps=200, batch_size=8, lr=5e-4, warmup_steps=20, save_every=50, eval_every=0, log_every=10)
+    )
+    generation: CTReportGenerationConfig = field(default_factory=CTReportGenerationConfig)
+    bench: CTReportBenchConfig = field(default_factory=CTReportBenchConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches
+# ------------------------------------------------------------------------------------------------
+class ReportCollator:
+    """Items of `CTReportDataset` (or plain report strings, for the text-only stage) -> the
+    model's keyword arguments: pixel_values [B, 1, X, Y, Z] and the report tokens."""
+
+    def __init__(self, tokenizer, max_report_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_report_tokens = max_report_tokens
+
+    def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        from medvtc.medical.ct_report.tokenizer import encode_reports
+
+        if isinstance(items[0], str):
+            return dict(encode_reports(self.tokenizer, items, max_length=self.max_report_tokens))
+        batch = dict(encode_reports(self.tokenizer, [it["report"] for it in items], max_length=self.max_report_tokens))
+        batch["pixel_values"] = torch.stack([it["image"] for it in items])
+        return batch
+
+
+def _loss_step(model, batch):
+    return model(**batch).loss
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, device, collate: ReportCollator, batch_size: int = 16) -> dict[str, float]:
+    """Teacher-forced loss on a split: cheap enough to run during training (generation is not)."""
+    total, n = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        batch = {k: v.to(device) for k, v in collate(items).items()}
+        total += float(model(**batch).loss) * len(items)
+        n += len(items)
+    return {"loss": total / max(n, 1)}
+
+
+@torch.no_grad()
+def generate_reports(model, tokenizer, dataset, device, gen: CTReportGenerationConfig, progress: bool = True) -> list[str]:
+    """Greedy (or beam) reports for every item of `dataset`, in order."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    n = len(dataset) if gen.max_eval_samples <= 0 else min(len(dataset), gen.max_eval_samples)
+    out: list[str] = []
+    for start in tqdm(range(0, n, gen.batch_size), desc="generate", unit="batch", disable=not progress, dynamic_ncols=True):
+        pixels = torch.stack([dataset[i]["image"] for i in range(start, min(n, start + gen.batch_size))]).to(device)
+        ids = model.generate(pixels, max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams)
+        out.extend(t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return out
+
+
+def score_reports(predictions: list[str], dataset) -> dict[str, float]:
+    """NLG metrics and clinical efficacy (labeler on both sides), plus clinical F1 of the
+    predictions against the dataset's label CSV (the phantom's ground truth) when it has one."""
+    from medvtc.medical.ct_report.labeler import label_reports
+    from medvtc.medical.ct_report.metrics import clinical_efficacy, report_metrics
+
+    records = dataset.records[: len(predictions)]
+    references = [report_text(r) for r in records]
+    metrics = report_metrics(predictions, references, labeler=label_reports)
+    if records and records[0].labels is not None:
+        truth = np.stack([r.labels for r in records])
+        ce = clinical_efficacy(label_reports(predictions), truth)
+        metrics["label_micro_f1"] = ce["micro_f1"]
+        metrics["label_macro_f1"] = ce["macro_f1"]
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The task
+# ------------------------------------------------------------------------------------------------
+class CTReportTask(Task):
+    name = "ct-report"
+    description = "CT report generation (Argus-style 3D VLM with visual-token compression)"
+    config_class = CTReportTaskConfig
+    commands = ("train", "eval", "bench", "data")
+
+    # -- data ------------------------------------------------------------------------------------
+    def _ensure_data(self, cfg: CTReportTaskConfig) -> None:
+        root = Path(cfg.data.root)
+        if root.exists():
+            return
+        if cfg.data.root != DEFAULT_ROOT:
+            raise UserError(f"data.root {root} does not exist (expected a CT-RATE-layout folder)")
+        print(f"medvtc: generating the embedded CT phantom dataset at {root} (CT-RATE layout)")
+        self._generate(cfg, overwrite=False)
+
+    def _generate(self, cfg: CTReportTaskConfig, overwrite: bool) -> Path:
+        from medvtc.datasets.ct_phantom import generate_ct_rate
+
+        d = cfg.data
+        return generate_ct_rate(
+            d.root, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test, seed=d.seed,
+            shape=tuple(d.phantom_shape), spacing=tuple(d.phantom_spacing), overwrite=overwrite,
+        )
+
+    def data(self, cfg: CTReportTaskConfig, inspect: bool = False, overwrite: bool = False) -> int:
+        if not inspect:
+            if Path(cfg.data.root).exists() and not overwrite:
+                raise UserError(f"{cfg.data.root} already exists; pass --overwrite to replace it or choose another data.root")
+            self._generate(cfg, overwrite=overwrite)
+        print(self._describe(cfg))
+        return 0
+
+    def _describe(self, cfg: CTReportTaskConfig) -> str:
+        from medvtc.datasets.ct_rate import read_ct_rate
+        from medvtc.datasets.ct_rate_layout import CT_RATE_LABELS
+
+        lines = [f"CT-RATE-layout dataset at {cfg.data.root}"]
+        for split in ("train", "val", "test"):
+            records = read_ct_rate(cfg.data.root, split, cfg.data.val_fraction)
+            labels = np.stack([r.labels for r in records]) if records and records[0].labels is not None else None
+            lines.append(f"  {split}: {len(records)} volumes" + (f", {labels.sum(1).mean():.2f} positive labels per volume" if labels is not None else ""))
+            if split == "train" and labels is not None:
+                prev = labels.mean(0)
+                lines.append("  train prevalence: " + ", ".join(f"{n} {p:.0%}" for n, p in zip(CT_RATE_LABELS, prev)))
+        return "\n".join(lines)
+
+    def datasets(self, cfg: CTReportTaskConfig, splits: Sequence[str]) -> dict[str, Any]:
+        from medvtc.datasets.ct_rate import CTReportDataset, read_ct_rate
+
+        d = cfg.data
+        return {
+            s: CTReportDataset(
+                read_ct_rate(d.root, s, d.val_fraction), spatial_size=d.spatial_size, spacing=d.spacing,
+                hu_window=d.hu_window, resize=d.resize, cache=d.cache,
+            )
+            for s in splits
+        }
+
+    # -- model -----------------------------------------------------------------------------------
+    def tokenizer(self, cfg: CTReportTaskConfig, train_set, out: Path, is_main: bool = True):
+        """The user's LM tokenizer, or one trained on the training reports (saved in out/tokenizer
+        so that a resumed run uses the same one)."""
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+        from medvtc.medical.ct_report.tokenizer import train_report_tokenizer
+
+        if cfg.model.language_model_path:
+            try:
+                return AutoTokenizer.from_pretrained(cfg.model.language_model_path, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise UserError(f"could not load a tokenizer from model.language_model_path={cfg.model.language_model_path}: {e}") from None
+        path = out / "tokenizer"
+        if not (path / "tokenizer.json").is_file():
+            tok = train_report_tokenizer([report_text(r) for r in train_set.records], vocab_size=cfg.model.vocab_size)
+            if is_main:
+                with atomic_directory(path, overwrite=True) as tmp:
+                    tok.save_pretrained(tmp)
+            from medvtc.common.distributed import barrier, init_distributed
+
+            barrier(init_distributed("cpu"))
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+
+    def build_model(self, cfg: CTReportTaskConfig, tokenizer):
+        from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
+        from medvtc.medical.ct_report.modeling_ct_report import CTReportModel
+
+        m = cfg.model
+        text_config = None
+        if not m.language_model_path:
+            text_config = dict(
+                hidden_size=m.lm_hidden_size, num_hidden_layers=m.lm_layers, num_attention_heads=m.lm_heads,
+                num_key_value_heads=m.lm_heads, intermediate_size=m.lm_intermediate_size,
+            )
+        try:
+            config = CTReportConfig.from_tokenizer(
+                tokenizer, image_size=tuple(cfg.data.spatial_size), patch_size=tuple(m.patch_size),
+                vision_hidden_size=m.vision_hidden_size, vision_layers=m.vision_layers, vision_heads=m.vision_heads,
+                vision_mlp_dim=m.vision_mlp_dim, vision_gradient_checkpointing=m.gradient_checkpointing,
+                compressor=m.compressor, compressor_budget=m.budget, compressor_args=dict(m.compressor_args),
+                text_config=text_config, language_model_path=m.language_model_path or None, prompt=m.prompt,
+            )
+        except ValueError as e:
+            raise UserError(f"model config: {e}") from None
+        return CTReportModel(config)
+
+    # -- train -----------------------------------------------------------------------------------
+    def _stage_configs(self, cfg: CTReportTaskConfig) -> dict[str, TrainConfig]:
+        s = cfg.stages
+        base = cfg.train
+        return {
+            "lm": replace(base, max_steps=s.lm_steps, lr=s.lm_lr, batch_size=s.lm_batch_size, warmup_steps=min(base.warmup_steps, s.lm_steps // 5), eval_every=0),
+            "align": replace(base, max_steps=s.align_steps, lr=s.align_lr, warmup_steps=min(base.warmup_steps, s.align_steps // 5), eval_every=0),
+            "finetune": base,
+        }
+
+    def train(self, cfg: CTReportTaskConfig, resume: bool = False) -> int:
+        from medvtc.common.distributed import cleanup, init_distributed
+
+        out = Path(cfg.output_dir)
+        started = [p for p in out.glob("stage_*/checkpoints") if ckpt.latest_checkpoint(p) is not None]
+        if not resume and (started or (out / "final").exists()):
+            raise UserError(f"{out} already holds a ct-report run; pass --resume to continue it or choose another output_dir")
+        dist_info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+        if dist_info.is_main:
+            self._ensure_data(cfg)
+        from medvtc.common.distributed import barrier
+
+        barrier(dist_info)
+        sets = self.datasets(cfg, ("train", "val"))
+        train_set, val_set = sets["train"], sets["val"]
+        if dist_info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        tokenizer = self.tokenizer(cfg, train_set, out, dist_info.is_main)
+        torch.manual_seed(cfg.seed)
+        model = self.build_model(cfg, tokenizer)
+        collate = ReportCollator(tokenizer, cfg.model.max_report_tokens)
+        stage_cfgs = self._stage_configs(cfg)
+        reports = [report_text(r) for r in train_set.records]
+        t0 = time.perf_counter()
+        for stage in STAGES:
+            tcfg = stage_cfgs[stage]
+            if tcfg.max_steps == 0 or (stage == "lm" and cfg.model.language_model_path):
+                continue
+            stage_dir = out / f"stage_{stage}"
+            done = stage_dir / "done.json"
+            if done.is_file():
+                ckpt.load_weights(model, ckpt.latest_checkpoint(stage_dir / "checkpoints"))
+                if dist_info.is_main:
+                    print(f"medvtc: stage {stage} already finished; weights from {stage_dir}")
+                continue
+            counts = model.freeze_for_stage({"lm": "lm", "align": 1, "finetune": 2}[stage])
+            if dist_info.is_main:
+                print(f"medvtc: stage {stage}: {tcfg.max_steps} steps, trainable " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v))
+            eval_fn = None
+            if stage != "lm":
+                eval_fn = lambda m, ds, dev: validation_loss(m, ds, dev, collate)  # noqa: E731
+            trainer = Trainer(
+                model, reports if stage == "lm" else train_set, tcfg, stage_dir, seed=cfg.seed, step_fn=_loss_step,
+                eval_fn=eval_fn, eval_set=None if stage == "lm" else val_set, collate_fn=collate,
+            )
+            has_ckpt = ckpt.latest_checkpoint(stage_dir / "checkpoints") is not None
+            metrics = trainer.fit(resume=resume and has_ckpt)
+            if dist_info.is_main:
+                atomic_write_json(done, {"stage": stage, "steps": tcfg.max_steps, "metrics": metrics})
+                if metrics:
+                    print(f"medvtc: stage {stage} done: " + ", ".join(f"val {k}={v:.4f}" for k, v in metrics.items()))
+            barrier(dist_info)
+        model.requires_grad_(True)
+        if dist_info.is_main:
+            self._save_final(cfg, model, tokenizer, out / "final")
+            print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; model in {out / 'final'}")
+            self._report_split(cfg, model, tokenizer, val_set, "val", out / "final" / "val_metrics.json")
+        cleanup(dist_info)
+        return 0
+
+    def _save_final(self, cfg: CTReportTaskConfig, model, tokenizer, path: Path) -> None:
+        with atomic_directory(path, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / PREPROCESSOR_FILE, cfg.data.preprocessing())
+            save_config(cfg, tmp / "medvtc_config.yaml")
+
+    def _report_split(self, cfg: CTReportTaskConfig, model, tokenizer, dataset, split: str, path: Path | None) -> dict[str, float]:
+        device = next(model.parameters()).device
+        predictions = generate_reports(model, tokenizer, dataset, device, cfg.generation)
+        metrics = score_reports(predictions, dataset)
+        print(f"medvtc: {split} split ({len(predictions)} volumes, {model.num_visual_tokens} visual tokens):")
+        keys = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu1", "bleu4", "rouge_l", "meteor"]
+        print("  " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics))
+        if predictions:
+            print(f"  sample {dataset.records[0].volume_name}:")
+            print(f"    generated: {predictions[0]}")
+            print(f"    reference: {report_text(dataset.records[0])}")
+        if path is not None:
+            atomic_write_json(path, {"split": split, "metrics": metrics, "reports": [
+                {"volume": r.volume_name, "generated": p, "reference": report_text(r)}
+                for r, p in zip(dataset.records, predictions)
+            ]})
+        return metrics
+
+    # -- eval ------------------------------------------------------------------------------------
+    def eval(self, cfg: CTReportTaskConfig, checkpoint: str | None) -> int:
+        from medvtc.medical.ct_report.pipeline import CTReportGenerator
+
+        gen = CTReportGenerator.from_pretrained(checkpoint or cfg.output_dir)
+        if gen.preprocessing != cfg.data.preprocessing():
+            # Evaluate as the model was trained, whatever the current config says.
+            cfg = replace(cfg, data=replace(cfg.data, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in gen.preprocessing.items()}))
+        self._ensure_data(cfg)
+        test_set = self.datasets(cfg, ("test",))["test"]
+        self._report_split(cfg, gen.model, gen.tokenizer, test_set, "test", None)
+        return 0
+
+    # -- bench -----------------------------------------------------------------------------------
+    def bench(self, cfg: CTReportTaskConfig, output: str) -> int:
+        from medvtc.medical.ct_report.bench import run_benchmark
+
+        run_benchmark(self, cfg, output)
+        return 0
+
+
+__all__ = ["CTReportTask", "CTReportTaskConfig", "ReportCollator", "generate_reports", "score_reports"]

@@ -1,0 +1,175 @@
+"""The ct-report task end to end on a tiny phantom set: data, the staged training with resume,
+eval, `medvtc report` on good and bad volumes, and the two-line Python API."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medvtc.datasets.ct_rate_layout import volume_relpath
+
+TINY = [
+    "data.num_train=10", "data.num_val=2", "data.num_test=2", "data.phantom_shape=[32,32,16]",
+    "data.spatial_size=[16,16,8]", "model.patch_size=[4,4,2]", "model.vision_hidden_size=32", "model.vision_layers=1",
+    "model.vision_heads=2", "model.vision_mlp_dim=64", "model.budget=8", "model.lm_hidden_size=32", "model.lm_layers=1",
+    "model.lm_heads=2", "model.lm_intermediate_size=64", "model.vocab_size=300", "stages.lm_steps=4", "stages.lm_batch_size=4",
+    "stages.align_steps=2", "train.max_steps=4", "train.batch_size=2", "train.save_every=2", "train.progress=false",
+    "generation.max_new_tokens=12",
+]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medvtc", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny dataset and one trained run, shared by the tests below."""
+    work = tmp_path_factory.mktemp("ct")
+    common = [f"data.root={work / 'data'}", f"output_dir={work / 'run'}", *TINY]
+    r = cli("data", "--task", "ct-report", *common, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "train: 10 volumes" in r.stdout
+    r = cli("train", "--task", "ct-report", *common, cwd=work)
+    assert r.returncode == 0, r.stderr
+    return work, common, r
+
+
+def test_train_runs_all_stages_and_prints_metrics(run):
+    work, _, r = run
+    out = work / "run"
+    for stage in ("lm", "align", "finetune"):
+        done = json.loads((out / f"stage_{stage}" / "done.json").read_text())
+        assert done["stage"] == stage
+    final = out / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        assert (final / name).is_file(), name
+    assert "clinical_micro_f1=" in r.stdout and "bleu4=" in r.stdout
+    assert "generated:" in r.stdout and "reference:" in r.stdout
+    saved = json.loads((final / "val_metrics.json").read_text())
+    assert len(saved["reports"]) == 2 and 0.0 <= saved["metrics"]["clinical_micro_f1"] <= 1.0
+
+
+def test_second_train_refuses_then_resume_skips_finished_stages(run):
+    work, common, _ = run
+    r = cli("train", "--task", "ct-report", *common, cwd=work)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    before = (work / "run" / "final" / "model.safetensors").read_bytes()
+    r = cli("train", "--task", "ct-report", *common, "--resume", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("already finished") == 3
+    # Nothing retrained: the same weights are written again.
+    assert (work / "run" / "final" / "model.safetensors").read_bytes() == before
+
+
+def test_eval_on_test_split(run):
+    work, common, _ = run
+    r = cli("eval", "--task", "ct-report", *common, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "test split (2 volumes, 8 visual tokens)" in r.stdout
+
+
+def _test_volumes(work: Path) -> list[Path]:
+    return sorted((work / "data" / "dataset" / "valid_fixed").rglob("*.nii.gz"))
+
+
+def test_python_api_path_and_array(run):
+    from medvtc.medical.ct_report.pipeline import CTReportGenerator
+
+    work, _, _ = run
+    volume = _test_volumes(work)[0]
+    generator = CTReportGenerator.from_pretrained(work / "run")
+    from_path = generator(volume)
+    img = nib.load(str(volume))
+    from_array = generator(np.asarray(img.dataobj), spacing=img.header.get_zooms()[:3])
+    assert isinstance(from_path, str) and from_path
+    assert from_path == from_array  # same volume, same preprocessing, greedy decoding
+
+
+def test_report_command_files_folders_and_failures(run, tmp_path):
+    work, _, _ = run
+    good = _test_volumes(work)
+    ckpt = str(work / "run")
+    r = cli("report", "--checkpoint", ckpt, str(good[0]), cwd=work)
+    assert r.returncode == 0, r.stderr
+    single = r.stdout.strip()
+    assert single
+
+    # -o for one volume writes the file; a second call refuses to overwrite it.
+    out_txt = tmp_path / "one.txt"
+    assert cli("report", "--checkpoint", ckpt, str(good[0]), "-o", str(out_txt), cwd=work).returncode == 0
+    assert out_txt.read_text().strip() == single
+    r = cli("report", "--checkpoint", ckpt, str(good[0]), "-o", str(out_txt), cwd=work)
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+    # A folder with good volumes and bad ones: the bad ones are listed at the end, the rest done.
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for v in good:
+        (folder / v.name).write_bytes(v.read_bytes())
+    data = gzip.decompress(good[0].read_bytes())
+    (folder / "truncated.nii.gz").write_bytes(gzip.compress(data[: len(data) // 3]))
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), str(folder / "flat.nii.gz"))
+    nan = np.zeros((16, 16, 8), np.float32)
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(folder / "nan.nii.gz"))
+    out_csv = tmp_path / "reports.csv"
+    r = cli("report", "--checkpoint", ckpt, str(folder), "-o", str(out_csv), cwd=work)
+    assert r.returncode == 1
+    assert "3 of 5 volume(s) failed" in r.stderr
+    for name in ("truncated.nii.gz", "flat.nii.gz", "nan.nii.gz"):
+        assert name in r.stderr
+    rows = out_csv.read_text().strip().splitlines()
+    assert rows[0] == "VolumeName,Report" and len(rows) == 1 + len(good)
+    assert any(line.startswith(good[0].name) and single in line for line in rows)
+
+
+def test_report_command_bad_checkpoint_and_missing_input(run, tmp_path):
+    work, _, _ = run
+    r = cli("report", "--checkpoint", str(tmp_path), str(_test_volumes(work)[0]), cwd=work)
+    assert r.returncode == 2 and "not a trained ct-report model folder" in r.stderr
+    r = cli("report", "--checkpoint", str(work / "run"), str(tmp_path / "nope.nii.gz"), cwd=work)
+    assert r.returncode == 2 and "nope.nii.gz does not exist" in r.stderr
+
+
+def test_reader_rejects_a_volume_without_its_report(run, tmp_path):
+    """The layout check runs before training: a stray volume in the split folder is named."""
+    import shutil
+
+    work, common, _ = run
+    data = tmp_path / "data"
+    shutil.copytree(work / "data", data)
+    stray = data / "dataset" / volume_relpath("train_999_a_1.nii.gz")
+    stray.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(stray))
+    args = [a for a in common if not a.startswith(("data.root=", "output_dir="))]
+    r = cli("train", "--task", "ct-report", f"data.root={data}", f"output_dir={tmp_path / 'run'}", *args, cwd=work)
+    assert r.returncode == 2 and "train_999_a_1.nii.gz" in r.stderr
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_instruction_guided_and_uncompressed_variants_build(run):
+    """Each bench variant kind builds from the task config with the right visual token count."""
+    from medvtc.common.config import load_config
+    from medvtc.medical.ct_report.bench import _variant_config
+    from medvtc.medical.ct_report.task import CTReportTask, CTReportTaskConfig
+    from medvtc.medical.ct_report.tokenizer import train_report_tokenizer
+
+    work, common, _ = run
+    task = CTReportTask()
+    cfg = load_config(CTReportTaskConfig, None, common)
+    tok = train_report_tokenizer(["no pleural effusion.", "a lung nodule."] * 8, vocab_size=300)
+    expected = {"none": 4 * 4 * 4, "qg_vtc@8": 8, "pooling@8": 8, "perceiver@4": 4}
+    for variant, k in expected.items():
+        model = task.build_model(_variant_config(cfg, variant), tok)
+        with torch.no_grad():
+            embeds, info = model.encode_images(torch.rand(1, 1, 16, 16, 8))
+        assert embeds.shape[1] == k == info["num_visual_tokens"], variant
