@@ -1,0 +1,419 @@
+"""A scripted pick-and-place expert for LIBERO, driven by the simulator's privileged state.
+
+It reads the task's goal from LIBERO's parsed BDDL problem (``env.parsed_problem["goal_state"]``),
+so it needs no per-task tables:
+
+* ``(In <object> <container>_contain_region)`` - LIBERO-Object "pick up the X and place it in the
+  basket": the place target is the container's ``contain_region`` site;
+* ``(On <object> <target>)`` - LIBERO-Spatial "pick up the black bowl ... and place it on the plate":
+  the place target is the target object's body.
+
+Object geometry comes from the collision geoms of the object's body subtree (world-frame corners of
+their local AABBs): the top-down grasp is centred on the footprint, with the fingers closing across
+the narrowest horizontal width; objects wider than the open gripper (bowls) are grasped by the rim,
+one finger inside, one outside.
+
+Phases: approach above the object -> descend -> close -> lift -> move above the target -> lower ->
+open -> retreat. Each phase is a proportional controller on the OSC_POSE delta action (the
+controller scales +-1 to +-0.05 m and +-0.5 rad per step), with a step budget; a grasp that did not
+lift the object is retried from the approach.
+
+Usage::
+
+    env = LiberoEnv("libero_object", 0, cameras=())
+    expert = ScriptedExpert(env)
+    obs, info = env.reset(seed=0)
+    expert.reset()
+    while True:
+        obs, r, terminated, truncated, info = env.step(expert.act())
+        if terminated or truncated:
+            break
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medvtc.common.errors import ConfigError
+
+# OSC_POSE scaling of a +-1 action (robosuite's default osc_pose.json, which LIBERO uses).
+POS_SCALE = 0.05  # metres per step
+ROT_SCALE = 0.5  # radians per step
+
+# Panda gripper geometry, measured in robosuite 1.4's model:
+# the finger pads are 0.0036 m above the grip site, the lowest finger point ~0.008 m below it, and
+# the pads are 0.084 m apart when open.
+FINGER_BELOW_SITE = 0.009
+MAX_GRASP_WIDTH = 0.072  # widest footprint we grasp across; wider objects are grasped by the rim
+RIM_INSET = 0.012  # rim grasp: how far inside the outer edge the grip site goes
+
+OPEN, CLOSE = -1.0, 1.0
+
+
+@dataclass
+class ExpertConfig:
+    """Gains and margins (defaults tuned on libero_object official init states)."""
+
+    pos_gain: float = 2.0  # action per (error / POS_SCALE)
+    rot_gain: float = 1.5  # action per (error / ROT_SCALE)
+    hover: float = 0.06  # approach height above the object's top
+    clearance: float = 0.04  # margin above the container rim while carrying
+    release_above_floor: float = 0.04  # object bottom height above the container floor at release
+    grasp_depth: float = 0.03  # how far below the object top the grip site goes
+    grasp_max_frac: float = 0.65  # ... but never above this fraction of the object height
+    xy_tol: float = 0.008
+    z_tol: float = 0.01
+    close_steps: int = 12
+    open_steps: int = 10
+    phase_budget: int = 60  # steps before a phase gives up and moves on
+    max_attempts: int = 3
+
+
+def _body_subtree(model, root: int) -> set[int]:
+    bodies = {root}
+    for b in range(model.nbody):
+        p = b
+        while p != 0:
+            if p == root:
+                bodies.add(b)
+                break
+            p = model.body_parentid[p]
+    return bodies
+
+
+def _collision_corners(sim, geoms: list[int]) -> np.ndarray:
+    """World-frame corners of the geoms' local AABBs, (8 * len(geoms), 3)."""
+    model, data = sim.model._model, sim.data._data
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=3)))
+    pts = []
+    for g in geoms:
+        centre, half = model.geom_aabb[g, :3], model.geom_aabb[g, 3:]
+        rot = data.geom_xmat[g].reshape(3, 3)
+        pts.append(data.geom_xpos[g] + (centre + signs * half) @ rot.T)
+    return np.concatenate(pts)
+
+
+def _axis_angle_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle of target @ current.T: the world-frame rotation the OSC goal applies to current."""
+    err = target @ current.T
+    cos = np.clip((np.trace(err) - 1.0) / 2.0, -1.0, 1.0)
+    angle = math.acos(cos)
+    if angle < 1e-6:
+        return np.zeros(3)
+    axis = np.array([err[2, 1] - err[1, 2], err[0, 2] - err[2, 0], err[1, 0] - err[0, 1]])
+    n = np.linalg.norm(axis)
+    if n < 1e-9:  # angle ~ pi: axis from the symmetric part
+        w, v = np.linalg.eigh((err + err.T) / 2.0)
+        axis = v[:, np.argmax(w)]
+        n = 1.0
+    return axis / n * angle
+
+
+class ScriptedExpert:
+    """Privileged-state pick-and-place policy for LIBERO tasks with one ``In``/``On`` goal.
+
+    Args:
+        env: a `medvtc.robotics.libero_env.LiberoEnv` (or a gymnasium wrapper of one).
+        config: gains and margins.
+    """
+
+    PHASES = ("approach", "descend", "close", "lift", "transport", "lower", "release", "retreat", "done")
+
+    def __init__(self, env, config: ExpertConfig | None = None) -> None:
+        self.env = getattr(env, "unwrapped", env)
+        self.cfg = config or ExpertConfig()
+        problem = self.env.libero_env.env.parsed_problem
+        self.predicate, self.object_name, self.target_name, self.target_kind = parse_goal(problem)
+
+    # ------------------------------------------------------------------ scene queries
+
+    @property
+    def _robosuite(self):
+        return self.env.libero_env.env
+
+    @property
+    def _sim(self):
+        return self._robosuite.sim
+
+    def _geoms_of(self, name: str) -> list[int]:
+        rs = self._robosuite
+        model = self._sim.model._model
+        bodies = _body_subtree(model, rs.obj_body_id[name])
+        return [
+            g
+            for g in range(model.ngeom)
+            if model.geom_bodyid[g] in bodies and (model.geom_contype[g] or model.geom_conaffinity[g])
+        ]
+
+    def _eef(self) -> tuple[np.ndarray, np.ndarray]:
+        robot = self._robosuite.robots[0]
+        data = self._sim.data
+        return np.array(data.site_xpos[robot.eef_site_id]), np.array(data.site_xmat[robot.eef_site_id]).reshape(3, 3)
+
+    def _footprint(self, name: str) -> dict[str, Any]:
+        """Grasp frame of an object: narrowest horizontal direction, its width, centre, z range."""
+        pts = _collision_corners(self._sim, self._obj_geoms[name])
+        xy = pts[:, :2]
+        best = None
+        for theta in np.linspace(0.0, math.pi, 72, endpoint=False):
+            u = np.array([math.cos(theta), math.sin(theta)])
+            v = np.array([-u[1], u[0]])
+            pu, pv = xy @ u, xy @ v
+            width = pu.max() - pu.min()
+            if best is None or width < best[0]:
+                centre = u * (pu.max() + pu.min()) / 2 + v * (pv.max() + pv.min()) / 2
+                best = (width, u, centre, pv.max() - pv.min())
+        width, u, centre, length = best
+        return {
+            "width": float(width),
+            "length": float(length),
+            "axis": u,
+            "centre": centre,
+            "bottom": float(pts[:, 2].min()),
+            "top": float(pts[:, 2].max()),
+        }
+
+    def _target_xy_and_floor(self) -> tuple[np.ndarray, float, float]:
+        """Place point (xy), the container's floor and rim heights."""
+        rs = self._robosuite
+        if self.target_kind == "site":
+            site = self.target_name
+            pos = np.array(self._sim.data.get_site_xpos(site))
+            container = rs.object_sites_dict[site].parent_name
+            pts = _collision_corners(self._sim, self._obj_geoms[container])
+            return pos[:2], float(pts[:, 2].min()), float(pts[:, 2].max())
+        pts = _collision_corners(self._sim, self._obj_geoms[self.target_name])
+        pos = np.array(self._sim.data.body_xpos[rs.obj_body_id[self.target_name]])
+        top = float(pts[:, 2].max())
+        return pos[:2], top, top
+
+    # ------------------------------------------------------------------ policy
+
+    def reset(self) -> None:
+        """Plan from the current scene; call after every ``env.reset()``."""
+        self._obj_geoms = {n: self._geoms_of(n) for n in self._names_needed()}
+        self.phase = "approach"
+        self.attempt = 1
+        self._phase_steps = 0
+        self._plan_grasp()
+
+    def _names_needed(self) -> list[str]:
+        names = [self.object_name]
+        if self.target_kind == "site":
+            names.append(self._robosuite.object_sites_dict[self.target_name].parent_name)
+        else:
+            names.append(self.target_name)
+        return names
+
+    def _plan_grasp(self) -> None:
+        cfg = self.cfg
+        fp = self._footprint(self.object_name)
+        pos, rot = self._eef()
+        axis = np.array([fp["axis"][0], fp["axis"][1], 0.0])
+        # Fingers close along the grip site's x axis; the gripper is symmetric, so pick the sign
+        # needing the smaller yaw.
+        if axis @ rot[:, 0] < 0:
+            axis = -axis
+        grasp_xy = fp["centre"].copy()
+        height = fp["top"] - fp["bottom"]
+        self.rim_grasp = fp["width"] > MAX_GRASP_WIDTH
+        if self.rim_grasp:
+            # Too wide to pinch (a bowl): put the site just inside the rim along the finger axis,
+            # on the side nearest the gripper, so one finger goes inside, one outside.
+            side = axis if (pos[:2] - grasp_xy) @ axis[:2] >= 0 else -axis
+            grasp_xy = grasp_xy + side[:2] * (fp["width"] / 2 - RIM_INSET)
+            grasp_z = fp["top"] - 0.02
+        else:
+            grasp_z = min(fp["top"] - cfg.grasp_depth, fp["bottom"] + cfg.grasp_max_frac * height)
+        grasp_z = max(grasp_z, fp["bottom"] + FINGER_BELOW_SITE + 0.003)
+        self.grasp_rot = np.column_stack([axis, np.cross([0.0, 0.0, -1.0], axis), [0.0, 0.0, -1.0]])
+        self.grasp_xy = grasp_xy
+        self.grasp_z = grasp_z
+        self.hover_z = max(fp["top"] + cfg.hover, grasp_z + 0.05)
+        self.obj_offset_xy = fp["centre"] - grasp_xy  # object centre relative to the grip site
+        self.grip_above_bottom = grasp_z - fp["bottom"]
+        self.obj_bottom0 = fp["bottom"]
+        target_xy, floor, rim = self._target_xy_and_floor()
+        self.place_xy = target_xy - self.obj_offset_xy
+        self.carry_z = max(rim, fp["top"]) + cfg.clearance + self.grip_above_bottom
+        if self.target_kind == "site":
+            self.release_z = floor + cfg.release_above_floor + self.grip_above_bottom
+        else:  # On: set it down gently on the target's top surface
+            self.release_z = rim + 0.01 + self.grip_above_bottom
+        self.carry_z = max(self.carry_z, self.hover_z)
+
+    def _move(self, xyz: np.ndarray, speed: float = 1.0, rot_target: np.ndarray | None = None) -> np.ndarray:
+        pos, rot = self._eef()
+        a = np.zeros(7)
+        a[:3] = np.clip(self.cfg.pos_gain * (xyz - pos) / POS_SCALE, -speed, speed)
+        target = self.grasp_rot if rot_target is None else rot_target
+        a[3:6] = np.clip(self.cfg.rot_gain * _axis_angle_error(target, rot) / ROT_SCALE, -1.0, 1.0)
+        return a
+
+    def _next(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_steps = 0
+
+    def act(self, obs: Any = None) -> np.ndarray:
+        """Action for the current simulator state (``obs`` is ignored: the expert is privileged)."""
+        cfg = self.cfg
+        pos, rot = self._eef()
+        self._phase_steps += 1
+        timed_out = self._phase_steps > cfg.phase_budget
+        grip = OPEN
+        if self.phase == "approach":
+            goal = np.array([*self.grasp_xy, self.hover_z])
+            yaw_err = np.linalg.norm(_axis_angle_error(self.grasp_rot, rot))
+            a = self._move(goal)
+            if (np.linalg.norm(goal[:2] - pos[:2]) < cfg.xy_tol and abs(goal[2] - pos[2]) < 0.02 and yaw_err < 0.08) or timed_out:
+                self._next("descend")
+        elif self.phase == "descend":
+            goal = np.array([*self.grasp_xy, self.grasp_z])
+            a = self._move(goal, speed=0.6)
+            if abs(goal[2] - pos[2]) < 0.006 or timed_out:
+                self._next("close")
+        elif self.phase == "close":
+            a = self._move(np.array([*self.grasp_xy, self.grasp_z]), speed=0.3)
+            grip = CLOSE
+            if self._phase_steps >= cfg.close_steps:
+                self._next("lift")
+        elif self.phase == "lift":
+            goal = np.array([pos[0], pos[1], self.carry_z])
+            a = self._move(goal, speed=0.8)
+            grip = CLOSE
+            if abs(goal[2] - pos[2]) < 0.02 or timed_out:
+                lifted = self._footprint(self.object_name)["bottom"] > self.obj_bottom0 + 0.03
+                if lifted:
+                    self._next("transport")
+                elif self.attempt < cfg.max_attempts:
+                    self.attempt += 1
+                    self._plan_grasp()
+                    self._next("approach")
+                else:
+                    self._next("done")
+        elif self.phase == "transport":
+            goal = np.array([*self.place_xy, self.carry_z])
+            a = self._move(goal)
+            grip = CLOSE
+            if (np.linalg.norm(goal[:2] - pos[:2]) < cfg.xy_tol * 1.5 and abs(goal[2] - pos[2]) < 0.03) or timed_out:
+                self._next("lower")
+        elif self.phase == "lower":
+            goal = np.array([*self.place_xy, self.release_z])
+            a = self._move(goal, speed=0.5)
+            grip = CLOSE
+            if abs(goal[2] - pos[2]) < cfg.z_tol or timed_out:
+                self._next("release")
+        elif self.phase == "release":
+            a = self._move(np.array([*self.place_xy, self.release_z]), speed=0.2)
+            if self._phase_steps >= cfg.open_steps:
+                self._next("retreat")
+        elif self.phase == "retreat":
+            goal = np.array([pos[0], pos[1], self.carry_z])
+            a = self._move(goal, speed=0.6)
+            if abs(goal[2] - pos[2]) < 0.02 or timed_out:
+                self._next("done")
+        else:  # done: hold still, gripper open
+            a = np.zeros(7)
+        a[6] = grip
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+def parse_goal(problem: dict) -> tuple[str, str, str, str]:
+    """(predicate, object, target, "site"|"object") of a single In/On goal, or a ConfigError."""
+    goal = problem["goal_state"]
+    if len(goal) != 1 or len(goal[0]) != 3 or goal[0][0] not in ("in", "on"):
+        raise ConfigError(f"scripted expert handles one (In obj region) / (On obj target) goal, got {goal}")
+    predicate, obj, target = goal[0]
+    regions = problem["regions"]
+    if predicate == "in":
+        if target not in regions:
+            raise ConfigError(f"(In {obj} {target}): {target} is not a region of this task")
+        return predicate, obj, target, "site"
+    if target in regions:
+        raise ConfigError(f"scripted expert places only onto objects, not onto the region {target!r} (goal {goal})")
+    return predicate, obj, target, "object"
+
+
+def run_episode(env, expert: ScriptedExpert, *, seed: int | None = None, options: dict | None = None) -> dict[str, Any]:
+    """Roll the expert out for one episode; returns success, steps and the final phase."""
+    env.reset(seed=seed, options=options)
+    expert.reset()
+    steps, success = 0, False
+    while True:
+        _, _, terminated, truncated, info = env.step(expert.act())
+        steps += 1
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
+    return {"success": success, "steps": steps, "phase": expert.phase, "attempts": expert.attempt}
+
+
+def measure(suite: str, task_ids: list[int], episodes: int, mode: str, camera_size: int = 0) -> dict[int, dict]:
+    """Success rate of the expert per task.
+
+    mode ``"random"``: episode e uses ``reset(seed=e, options={"init_state": "random"})`` (LIBERO's own
+    placement sampler); ``"official"``: episode e loads official init state e.
+    Cameras are off unless `camera_size` > 0 (the expert does not look at images).
+    """
+    from medvtc.robotics.libero_env import LiberoEnv
+
+    results: dict[int, dict] = {}
+    for task_id in task_ids:
+        cams = ("agentview", "wrist") if camera_size > 0 else ()
+        env = LiberoEnv(suite, task_id, cameras=cams, camera_size=max(camera_size, 1))
+        try:
+            expert = ScriptedExpert(env)
+            runs = []
+            for e in range(episodes):
+                if mode == "random":
+                    runs.append(run_episode(env, expert, seed=e, options={"init_state": "random"}))
+                else:
+                    runs.append(run_episode(env, expert, options={"init_state_id": e % env.num_init_states}))
+            ok = [r for r in runs if r["success"]]
+            results[task_id] = {
+                "task": env.task_name,
+                "success_rate": len(ok) / len(runs),
+                "episodes": len(runs),
+                "mean_steps_success": float(np.mean([r["steps"] for r in ok])) if ok else None,
+                "failures": [(i, r["phase"], r["attempts"]) for i, r in enumerate(runs) if not r["success"]],
+            }
+            print(f"{suite} task {task_id} ({env.task_name}): {results[task_id]['success_rate']:.0%} "
+                  f"over {len(runs)} {mode} episodes, mean steps {results[task_id]['mean_steps_success']}, "
+                  f"failures {results[task_id]['failures']}", flush=True)
+        finally:
+            env.close()
+    return results
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="Measure the scripted LIBERO expert's success rate per task.")
+    p.add_argument("--suite", default="libero_object")
+    p.add_argument("--tasks", default="0-9", help="task ids: '0-9' or '0,3,5'")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--mode", choices=("random", "official"), default="random")
+    p.add_argument("--camera-size", type=int, default=0, help="render cameras too (0: off, fastest)")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    if "-" in args.tasks:
+        lo, hi = (int(v) for v in args.tasks.split("-"))
+        task_ids = list(range(lo, hi + 1))
+    else:
+        task_ids = [int(v) for v in args.tasks.split(",")]
+    results = measure(args.suite, task_ids, args.episodes, args.mode, args.camera_size)
+    rates = [r["success_rate"] for r in results.values()]
+    print(f"mean success over {len(rates)} tasks: {np.mean(rates):.1%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"suite": args.suite, "mode": args.mode, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    _main()
