@@ -264,7 +264,7 @@ def _read_labels(dataset: Path, official: str, require: bool) -> tuple[Path, dic
     return csv_path, out
 
 
-def _is_nifti_name(name: str) -> bool:
+def is_nifti_name(name: str) -> bool:
     low = name.lower()
     return low.endswith(".nii") or low.endswith(".nii.gz")
 
@@ -301,7 +301,7 @@ def _read_official(
     orphans = sorted(
         str(p)
         for p in vol_dir.rglob("*")
-        if _is_nifti_name(p.name) and p.is_file() and p.name not in reports
+        if is_nifti_name(p.name) and p.is_file() and p.name not in reports
     )
     if orphans:
         others = f" (nor do {len(orphans) - 1} more: {_listing(orphans[1:])})" if len(orphans) > 1 else ""
@@ -595,7 +595,7 @@ def _read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"CT volume {p}: file not found")
     if not p.is_file():
         raise UserError(f"CT volume {p}: not a file (expected a .nii or .nii.gz NIfTI file)")
-    if not _is_nifti_name(p.name):
+    if not is_nifti_name(p.name):
         raise UserError(f"CT volume {p}: expected a NIfTI file named *.nii or *.nii.gz")
     try:
         with open(p, "rb") as f:

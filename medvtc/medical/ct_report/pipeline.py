@@ -26,7 +26,9 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
 
 def is_volume_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+    from medvtc.datasets.ct_rate import is_nifti_name
+
+    return path.is_file() and is_nifti_name(path.name)
 
 
 def volume_stem(path: Path) -> str:
