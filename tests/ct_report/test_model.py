@@ -342,3 +342,72 @@ def test_unknown_compressor_lists_the_valid_ones(tok):
     with pytest.raises(ValueError, match="pixel_shuffle.*") as err:
         tiny_config(tok, compressor="no_such_method")
     assert "pooling" in str(err.value) and "none" in str(err.value)
+
+
+# -- the conv stem and the warm-up wrappers (pretraining.py) ---------------------------------------
+
+
+def test_conv_stem_shapes_and_power_of_two_check():
+    from medvtc.medical.ct_report.vision_encoder import CTViTEncoder, conv_stem
+
+    stem = conv_stem(3, 1, (8, 8, 4), 24)
+    assert stem(torch.zeros(2, 1, 32, 32, 16)).shape == (2, 24, 4, 4, 4)
+    enc = CTViTEncoder(img_size=(16, 16, 8), patch_size=(4, 4, 2), hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, stem="conv")
+    assert enc(volumes()).shape == (2, 64, 32) and enc.grid == (4, 4, 4)
+    with pytest.raises(ValueError, match="power-of-two"):
+        conv_stem(3, 1, (6, 6, 4), 24)
+    with pytest.raises(ValueError, match="vision_stem"):
+        CTReportConfig.from_tokenizer(train_report_tokenizer(CORPUS, vocab_size=300), image_size=(24, 24, 8), patch_size=(6, 6, 2), vision_stem="conv")
+
+
+def test_frozen_conv_stem_keeps_its_batchnorm_statistics(tok):
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok, vision_stem="conv"))
+    bn = next(m for m in model.vision_encoder.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    model.freeze_for_stage(1)
+    model.train()
+    before = bn.running_mean.clone()
+    model(pixel_values=volumes() * 5 + 3, **encode_reports(tok, REPORTS)).loss.backward()
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    model.freeze_for_stage(2)
+    model.train()
+    model(pixel_values=volumes() * 5 + 3, **encode_reports(tok, REPORTS))
+    assert bn.training and not torch.equal(bn.running_mean, before)  # unfrozen: statistics move again
+
+
+def test_text_only_wrapper_matches_the_models_text_path(tok):
+    from medvtc.medical.ct_report.pretraining import TextOnlyLM
+
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok)).eval()
+    enc = encode_reports(tok, REPORTS)
+    wrapper = TextOnlyLM(model)
+    torch.testing.assert_close(wrapper(**enc), model(**enc).loss)
+    assert set(wrapper.state_dict()) == {f"language_model.{k}" for k in model.language_model.state_dict()}
+
+
+def test_label_probe_learns_and_holds_only_the_encoder(tok):
+    from medvtc.medical.ct_report.pretraining import LabelProbe, label_pos_weight, label_probe_metrics
+
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok, vision_stem="conv"))
+    x = volumes(8, seed=3)
+    y = (x.mean(dim=(1, 2, 3, 4)) > x.mean()).float()[:, None].repeat(1, 3)  # brighter volumes positive
+    y[:, 2] = 1 - y[:, 2]
+    w = label_pos_weight(y)
+    assert w.shape == (3,) and (w > 0).all()
+    probe = LabelProbe(model, 3, w)
+    keys = set(probe.state_dict())
+    assert {k.split(".")[0] for k in keys} == {"vision_encoder", "head"}
+    model.freeze_for_stage("vision")
+    opt = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=3e-3)
+    first = float(probe(x, y))
+    for _ in range(30):
+        opt.zero_grad()
+        probe(x, y).backward()
+        opt.step()
+    assert float(probe(x, y)) < 0.5 * first
+    items = [{"image": x[i], "labels": y[i]} for i in range(8)]
+    probe.eval()
+    metrics = label_probe_metrics(probe, items, torch.device("cpu"), batch_size=3)
+    assert metrics["auc"] > 0.9 and metrics["loss"] >= 0

@@ -21,7 +21,7 @@ TINY = [
     "data.spatial_size=[16,16,8]", "model.patch_size=[4,4,2]", "model.vision_hidden_size=32", "model.vision_layers=1",
     "model.vision_heads=2", "model.vision_mlp_dim=64", "model.budget=8", "model.lm_hidden_size=32", "model.lm_layers=1",
     "model.lm_heads=2", "model.lm_intermediate_size=64", "model.vocab_size=300", "stages.lm_steps=4", "stages.lm_batch_size=4",
-    "stages.align_steps=2", "train.max_steps=4", "train.batch_size=2", "train.save_every=2", "train.progress=false",
+    "stages.vision_steps=2", "stages.vision_batch_size=2", "stages.align_steps=2", "train.max_steps=4", "train.batch_size=2", "train.save_every=2", "train.progress=false",
     "generation.max_new_tokens=12",
 ]
 
@@ -46,7 +46,7 @@ def run(tmp_path_factory):
 def test_train_runs_all_stages_and_prints_metrics(run):
     work, _, r = run
     out = work / "run"
-    for stage in ("lm", "align", "finetune"):
+    for stage in ("lm", "vision", "align", "finetune"):
         done = json.loads((out / f"stage_{stage}" / "done.json").read_text())
         assert done["stage"] == stage
     final = out / "final"
@@ -65,9 +65,25 @@ def test_second_train_refuses_then_resume_skips_finished_stages(run):
     before = (work / "run" / "final" / "model.safetensors").read_bytes()
     r = cli("train", "--task", "ct-report", *common, "--resume", cwd=work)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("already finished") == 3
+    assert r.stdout.count("already finished") == 4
     # Nothing retrained: the same weights are written again.
     assert (work / "run" / "final" / "model.safetensors").read_bytes() == before
+
+
+def test_shared_stages_are_reused_across_compressors_and_checked(run):
+    work, common, _ = run
+    shared = [f"stages.shared_dir={work / 'shared'}"]
+    r = cli("train", "--task", "ct-report", *common, *shared, f"output_dir={work / 'pool'}", "model.compressor=pooling", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / "shared" / "stage_lm" / "done.json").is_file() and (work / "shared" / "stage_vision" / "done.json").is_file()
+    assert not (work / "pool" / "stage_lm").exists() and (work / "pool" / "stage_align" / "done.json").is_file()
+    r = cli("train", "--task", "ct-report", *common, *shared, f"output_dir={work / 'none'}", "model.compressor=none", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "stage lm already finished" in r.stdout and "stage vision already finished" in r.stdout
+    assert "stage align: " in r.stdout  # the compressor-dependent stages train anew
+    r = cli("train", "--task", "ct-report", *common, *shared, f"output_dir={work / 'deeper'}", "model.vision_layers=2", cwd=work)
+    assert r.returncode == 2 and "stage vision" in r.stderr and "vision_layers" in r.stderr
+    assert not (work / "deeper" / "final").exists()
 
 
 def test_eval_on_test_split(run):

@@ -2,7 +2,8 @@
 
 Each variant `compressor@budget` (or `none`: all ViT tokens go to the LM) is trained with the same
 config, data, seed and step budget (the task's `stages.*` and `train.*`), under
-`bench.output_dir/<variant>`; a finished variant is reused when the bench is run again (its
+`bench.output_dir/<variant>`; the compressor-independent warm-ups (tokenizer, `lm`, `vision`) are
+trained once under `bench.output_dir/shared` and loaded by every variant; a finished variant is reused when the bench is run again (its
 training resumes instead of restarting). Then on the test split: clinical efficacy (micro/macro
 F1 from the labeler on generated vs reference reports, and against the label CSV), BLEU-4,
 ROUGE-L, METEOR; and per volume: visual tokens, FLOPs of encoder + compressor + LM prefill,
@@ -54,7 +55,9 @@ def _variant_config(cfg, variant: str):
     name, budget = parse_variant(variant)
     model = replace(cfg.model, compressor=name, budget=budget if budget is not None else cfg.model.budget)
     out = Path(cfg.bench.output_dir) / variant.replace("@", "_")
-    return replace(cfg, model=model, output_dir=str(out))
+    # The tokenizer and the lm/vision warm-ups do not depend on the compressor: train them once.
+    shared = cfg.stages.shared_dir or str(Path(cfg.bench.output_dir) / "shared")
+    return replace(cfg, model=model, output_dir=str(out), stages=replace(cfg.stages, shared_dir=shared))
 
 
 def _cost(model, pixel_values: torch.Tensor, repeats: int, gen) -> dict[str, float]:

@@ -64,6 +64,8 @@ class CTReportConfig(PretrainedConfig):
       patch_size        (px, py, pz); the token grid is (X/px, Y/py, Z/pz), N = its product
       vision_hidden_size, vision_layers, vision_heads, vision_mlp_dim, vision_dropout
       vision_qkv_bias   bias of the fused qkv projection (MONAI's ViT default: False)
+      vision_stem       "patch" (MONAI's one strided convolution per patch, the plain ViT) or
+                        "conv" (a small convolutional stem, `vision_encoder.conv_stem`)
       vision_gradient_checkpointing
                         recompute each ViT block in the backward pass (activation checkpointing);
                         named with the vision_ prefix because `PretrainedConfig` treats a plain
@@ -111,6 +113,7 @@ class CTReportConfig(PretrainedConfig):
         vision_mlp_dim: int = 384,
         vision_dropout: float = 0.0,
         vision_qkv_bias: bool = False,
+        vision_stem: str = "patch",
         vision_gradient_checkpointing: bool = False,
         compressor: str = "pixel_shuffle",
         compressor_budget: int | float = 64,
@@ -145,6 +148,11 @@ class CTReportConfig(PretrainedConfig):
             raise ValueError(f"vision_dropout must lie in [0, 1), got {vision_dropout!r}")
         self.vision_dropout = float(vision_dropout)
         self.vision_qkv_bias = bool(vision_qkv_bias)
+        if vision_stem not in ("patch", "conv"):
+            raise ValueError(f"vision_stem must be 'patch' or 'conv', got {vision_stem!r}")
+        if vision_stem == "conv" and any(p & (p - 1) for p in self.patch_size):
+            raise ValueError(f"vision_stem='conv' needs power-of-two patch sizes, got {self.patch_size}")
+        self.vision_stem = vision_stem
         self.vision_gradient_checkpointing = bool(vision_gradient_checkpointing)
 
         self.compressor = str(compressor)

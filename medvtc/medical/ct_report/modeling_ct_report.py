@@ -115,6 +115,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             mlp_dim=config.vision_mlp_dim,
             dropout_rate=config.vision_dropout,
             qkv_bias=config.vision_qkv_bias,
+            stem=getattr(config, "vision_stem", "patch"),
             gradient_checkpointing=config.vision_gradient_checkpointing,
         )
         self.language_model = self._build_language_model()
@@ -171,7 +172,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             module.latents.data.normal_(0.0, 0.02)
         elif isinstance(module, MatryoshkaQuery):
             module.queries.data.normal_(0.0, 0.02)
-        elif isinstance(module, (nn.Linear, nn.Conv3d, nn.LayerNorm)):
+        elif isinstance(module, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.BatchNorm3d)):
             module.reset_parameters()
 
     # -- embeddings (delegated so resize_token_embeddings and weight tying work) -------------
@@ -200,6 +201,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
 
         "lm": only the language model (text-only pretraining on reports; our default LM starts
               from random weights, Argus starts from a pretrained LLM instead)
+        "vision": only the vision encoder (the label warm-up, `pretraining.LabelProbe`; Argus
+              starts from a pretrained ViT instead)
         1:    only compressor + projector (+ text_projector); ViT and LM frozen (Argus stage 1,
               feature alignment). A frozen ViT runs under no_grad in `encode_images`.
         2:    everything, the ViT included (Argus stage 2 fine-tunes end to end).
@@ -207,11 +210,12 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         key = str(stage).lower().removeprefix("stage").strip("_ ")
         parts = {
             "lm": [self.language_model],
+            "vision": [self.vision_encoder],
             "1": [self.compressor, self.projector, self.text_projector],
             "2": [self],
         }
         if key not in parts:
-            raise ValueError(f"stage must be 'lm', 1 or 2, got {stage!r}")
+            raise ValueError(f"stage must be 'lm', 'vision', 1 or 2, got {stage!r}")
         self.requires_grad_(False)
         for module in parts[key]:
             if module is not None:
@@ -223,6 +227,14 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         if self.text_projector is not None:
             counts["text_projector"] = sum(p.numel() for p in self.text_projector.parameters() if p.requires_grad)
         return counts
+
+    def train(self, mode: bool = True) -> "CTReportModel":
+        """As nn.Module.train, except that a frozen vision encoder stays in eval mode: stage 1
+        must not move its BatchNorm statistics (conv stem) while its weights are fixed."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.vision_encoder.parameters()):
+            self.vision_encoder.eval()
+        return self
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -240,7 +252,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         "compressed_grid" (or None), "num_visual_tokens" K.
         """
         encoder = self.vision_encoder
-        dtype = encoder.patch_embedding.patch_embeddings.weight.dtype
+        dtype = encoder.patch_embedding.position_embeddings.dtype
         # A frozen encoder (stage 1) needs no autograd graph: saves its activations' memory.
         frozen = not any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):

@@ -5,11 +5,14 @@
     medvtc eval  --task ct-report            # test split: BLEU, ROUGE-L, METEOR, clinical F1
     medvtc report --checkpoint runs/ct-report/final scan.nii.gz
 
-Training follows Argus (arXiv 2406.07146) in two stages after a text-only warm-up:
-- stage 0 (`lm`): the language model alone learns the reports' language. Argus starts from a
-  pretrained LLM; ours is built from scratch (no hub access), so without this stage stage 1
-  would align images to a model that cannot write. Skipped when `model.language_model_path`
-  names a local pretrained checkpoint.
+Training follows Argus (arXiv 2406.07146) in two stages after two warm-ups that stand in for
+its pretrained LLM and ViT (we build both from scratch: no hub access; see `pretraining.py`):
+- `lm`: the language model alone learns the reports' language; without it stage 1 would align
+  images to a model that cannot write. Skipped when `model.language_model_path` names a local
+  pretrained checkpoint.
+- `vision`: the ViT learns the 18 CT-RATE labels through a linear probe (skipped when the
+  training split has no labels CSV). These two do not depend on the compressor, so they (and the
+  tokenizer) live in `stages.shared_dir` when it is set: the benchmark's variants share them.
 - stage 1 (`align`): only the compressor and projector train; encoder and LM are frozen.
 - stage 2 (`finetune`, the `train.*` keys): everything trains, the ViT unfrozen.
 Each stage is a run of the shared trainer in its own folder under `output_dir`, so `--resume`
@@ -18,6 +21,7 @@ continues whichever stage was interrupted and skips the finished ones.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +41,8 @@ from medvtc.datasets.ct_rate import report_text
 from medvtc.medical.ct_report.pipeline import PREPROCESSOR_FILE
 
 DEFAULT_ROOT = "data/ct_rate_phantom"
-STAGES = ("lm", "align", "finetune")
+STAGES = ("lm", "vision", "align", "finetune")
+SHARED_STAGES = ("lm", "vision")  # independent of the compressor: can live in stages.shared_dir
 
 
 @dataclass
@@ -85,6 +90,7 @@ class CTReportModelConfig:
     vision_layers: int = 3
     vision_heads: int = 4
     vision_mlp_dim: int = 256
+    vision_stem: Literal["patch", "conv"] = "conv"  # conv: a small convolutional stem (see vision_encoder.conv_stem)
     compressor: str = "pixel_shuffle"  # any core compressor, or "none"
     budget: float | int = 64  # visual tokens kept (int) or keep-ratio (float)
     compressor_args: dict[str, Any] = field(default_factory=dict)
@@ -106,11 +112,15 @@ class CTReportStagesConfig:
     lm_steps: int = 200
     lm_lr: float = 1e-3
     lm_batch_size: int = 16
+    vision_steps: int = 400
+    vision_lr: float = 1e-3
+    vision_batch_size: int = 8
     align_steps: int = 100
     align_lr: float = 1e-3
+    shared_dir: str | None = None  # where the tokenizer, lm and vision stages live (null: output_dir)
 
     def validate(self) -> None:
-        for name in ("lm_steps", "align_steps"):
+        for name in ("lm_steps", "vision_steps", "align_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -176,7 +186,8 @@ class ReportCollator:
 
 
 def _loss_step(model, batch):
-    return model(**batch).loss
+    out = model(**batch)
+    return out if isinstance(out, torch.Tensor) else out.loss
 
 
 @torch.no_grad()
@@ -324,7 +335,7 @@ class CTReportTask(Task):
             config = CTReportConfig.from_tokenizer(
                 tokenizer, image_size=tuple(cfg.data.spatial_size), patch_size=tuple(m.patch_size),
                 vision_hidden_size=m.vision_hidden_size, vision_layers=m.vision_layers, vision_heads=m.vision_heads,
-                vision_mlp_dim=m.vision_mlp_dim, vision_gradient_checkpointing=m.gradient_checkpointing,
+                vision_mlp_dim=m.vision_mlp_dim, vision_stem=m.vision_stem, vision_gradient_checkpointing=m.gradient_checkpointing,
                 compressor=m.compressor, compressor_budget=m.budget, compressor_args=dict(m.compressor_args),
                 text_config=text_config, language_model_path=m.language_model_path or None, prompt=m.prompt,
             )
@@ -338,60 +349,113 @@ class CTReportTask(Task):
         base = cfg.train
         return {
             "lm": replace(base, max_steps=s.lm_steps, lr=s.lm_lr, batch_size=s.lm_batch_size, warmup_steps=min(base.warmup_steps, s.lm_steps // 5), eval_every=0),
+            "vision": replace(base, max_steps=s.vision_steps, lr=s.vision_lr, batch_size=s.vision_batch_size, warmup_steps=min(base.warmup_steps, s.vision_steps // 5), eval_every=0),
             "align": replace(base, max_steps=s.align_steps, lr=s.align_lr, warmup_steps=min(base.warmup_steps, s.align_steps // 5), eval_every=0),
             "finetune": base,
         }
 
+    def _fingerprint(self, cfg: CTReportTaskConfig, stage: str) -> dict[str, Any]:
+        """What a shared stage's weights depend on: reusing them under other settings is an error."""
+        m, d, s = cfg.model, cfg.data, cfg.stages
+        fp: dict[str, Any] = {"seed": cfg.seed, "data_root": str(Path(d.root).resolve()), "val_fraction": d.val_fraction}
+        if stage == "lm":
+            keys = ("lm_hidden_size", "lm_layers", "lm_heads", "lm_intermediate_size", "vocab_size", "max_report_tokens", "prompt")
+            fp.update({k: getattr(m, k) for k in keys}, steps=s.lm_steps, lr=s.lm_lr, batch_size=s.lm_batch_size)
+        else:
+            keys = ("patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "vision_mlp_dim", "vision_stem")
+            fp.update({k: getattr(m, k) for k in keys}, preprocessing=d.preprocessing(), steps=s.vision_steps,
+                      lr=s.vision_lr, batch_size=s.vision_batch_size)
+        return json.loads(json.dumps(fp))  # tuples -> lists, as read back from done.json
+
+    def _check_fingerprint(self, done: Path, fingerprint: dict[str, Any], stage: str) -> None:
+        stored = json.loads(done.read_text()).get("fingerprint")
+        if stored is None or stored == fingerprint:
+            return
+        diff = sorted(k for k in fingerprint.keys() | stored.keys() if stored.get(k) != fingerprint.get(k))
+        k = diff[0]
+        raise UserError(
+            f"stage {stage} in {done.parent} was trained with other settings ({k}: {stored.get(k)!r} there, "
+            f"{fingerprint.get(k)!r} now); choose another stages.shared_dir / output_dir or restore the settings"
+        )
+
+    def _stage_module(self, stage: str, model, train_set):
+        """The module a stage's trainer optimises and checkpoints: the whole model for Argus' stages,
+        a wrapper holding only the LM or the ViT for the warm-ups (see pretraining.py)."""
+        from medvtc.medical.ct_report.pretraining import LabelProbe, TextOnlyLM, label_pos_weight
+
+        if stage == "lm":
+            return TextOnlyLM(model)
+        if stage == "vision":
+            labels = torch.as_tensor(np.stack([r.labels for r in train_set.records]))
+            return LabelProbe(model, labels.shape[1], label_pos_weight(labels))
+        return model
+
     def train(self, cfg: CTReportTaskConfig, resume: bool = False) -> int:
-        from medvtc.common.distributed import cleanup, init_distributed
+        from medvtc.common.distributed import barrier, cleanup, init_distributed
+        from medvtc.medical.ct_report.pretraining import label_collate, label_probe_metrics
 
         out = Path(cfg.output_dir)
+        shared = Path(cfg.stages.shared_dir) if cfg.stages.shared_dir else out
         started = [p for p in out.glob("stage_*/checkpoints") if ckpt.latest_checkpoint(p) is not None]
         if not resume and (started or (out / "final").exists()):
             raise UserError(f"{out} already holds a ct-report run; pass --resume to continue it or choose another output_dir")
         dist_info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
         if dist_info.is_main:
             self._ensure_data(cfg)
-        from medvtc.common.distributed import barrier
-
         barrier(dist_info)
         sets = self.datasets(cfg, ("train", "val"))
         train_set, val_set = sets["train"], sets["val"]
         if dist_info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-        tokenizer = self.tokenizer(cfg, train_set, out, dist_info.is_main)
+        tokenizer = self.tokenizer(cfg, train_set, shared, dist_info.is_main)
         torch.manual_seed(cfg.seed)
         model = self.build_model(cfg, tokenizer)
         collate = ReportCollator(tokenizer, cfg.model.max_report_tokens)
         stage_cfgs = self._stage_configs(cfg)
-        reports = [report_text(r) for r in train_set.records]
+        has_labels = bool(train_set.records) and train_set.records[0].labels is not None
         t0 = time.perf_counter()
         for stage in STAGES:
             tcfg = stage_cfgs[stage]
             if tcfg.max_steps == 0 or (stage == "lm" and cfg.model.language_model_path):
                 continue
-            stage_dir = out / f"stage_{stage}"
+            if stage == "vision" and not has_labels:
+                if dist_info.is_main:
+                    print("medvtc: stage vision skipped: the training split has no labels CSV")
+                continue
+            stage_dir = (shared if stage in SHARED_STAGES else out) / f"stage_{stage}"
+            fingerprint = self._fingerprint(cfg, stage) if stage in SHARED_STAGES else None
+            module = self._stage_module(stage, model, train_set)
             done = stage_dir / "done.json"
             if done.is_file():
-                ckpt.load_weights(model, ckpt.latest_checkpoint(stage_dir / "checkpoints"))
+                if fingerprint is not None:
+                    self._check_fingerprint(done, fingerprint, stage)
+                ckpt.load_weights(module, ckpt.latest_checkpoint(stage_dir / "checkpoints"))
                 if dist_info.is_main:
                     print(f"medvtc: stage {stage} already finished; weights from {stage_dir}")
                 continue
-            counts = model.freeze_for_stage({"lm": "lm", "align": 1, "finetune": 2}[stage])
+            counts = model.freeze_for_stage({"lm": "lm", "vision": "vision", "align": 1, "finetune": 2}[stage])
             if dist_info.is_main:
                 print(f"medvtc: stage {stage}: {tcfg.max_steps} steps, trainable " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v))
-            eval_fn = None
-            if stage != "lm":
+            if stage == "lm":
+                data, eval_set, eval_fn, collate_fn = [report_text(r) for r in train_set.records], None, None, collate
+            elif stage == "vision":
+                data, eval_set, collate_fn = train_set, val_set, label_collate
+                eval_fn = lambda m, ds, dev: label_probe_metrics(m, ds, dev)  # noqa: E731
+            else:
+                data, eval_set, collate_fn = train_set, val_set, collate
                 eval_fn = lambda m, ds, dev: validation_loss(m, ds, dev, collate)  # noqa: E731
             trainer = Trainer(
-                model, reports if stage == "lm" else train_set, tcfg, stage_dir, seed=cfg.seed, step_fn=_loss_step,
-                eval_fn=eval_fn, eval_set=None if stage == "lm" else val_set, collate_fn=collate,
+                module, data, tcfg, stage_dir, seed=cfg.seed, step_fn=_loss_step, eval_fn=eval_fn, eval_set=eval_set,
+                collate_fn=collate_fn,
             )
             has_ckpt = ckpt.latest_checkpoint(stage_dir / "checkpoints") is not None
             metrics = trainer.fit(resume=resume and has_ckpt)
             if dist_info.is_main:
-                atomic_write_json(done, {"stage": stage, "steps": tcfg.max_steps, "metrics": metrics})
+                record = {"stage": stage, "steps": tcfg.max_steps, "metrics": metrics}
+                if fingerprint is not None:
+                    record["fingerprint"] = fingerprint
+                atomic_write_json(done, record)
                 if metrics:
                     print(f"medvtc: stage {stage} done: " + ", ".join(f"val {k}={v:.4f}" for k, v in metrics.items()))
             barrier(dist_info)

@@ -1,5 +1,5 @@
 """The 3D ViT that reads a CT volume (the vision encoder of Argus, Liu et al., arXiv 2406.07146),
-assembled from MONAI's `PatchEmbeddingBlock` and `TransformerBlock`."""
+assembled from MONAI's `PatchEmbeddingBlock`, `Convolution` and `TransformerBlock`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,45 @@ import math
 from typing import Sequence
 
 import torch
-from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
+from monai.networks.blocks import Convolution, PatchEmbeddingBlock, TransformerBlock
 from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def conv_stem(spatial_dims: int, in_channels: int, patch_size: Sequence[int], hidden_size: int, channels: int = 16) -> nn.Sequential:
+    """A convolutional patch embedding (Xiao et al., "Early Convolutions Help Transformers See
+    Better", NeurIPS 2021): stride-2 3x3x3 convolutions (BatchNorm + GELU), doubling the channels
+    from `channels`, until each axis is downsampled by its patch size, then a 1x1x1 projection to
+    `hidden_size`. [B, C, X, Y, Z] -> [B, hidden_size, X/px, Y/py, Z/pz].
+
+    Why: trained from scratch on a few hundred CTs, the plain ViT's single linear patch projection
+    learned next to nothing about the findings in our runs (mean label AUC 0.51 after 300 steps),
+    where this stem reached 0.60. BatchNorm rather than instance/group norm, because those remove
+    each volume's mean intensity, and density is what several findings are (emphysema, effusion).
+    Patch sizes must be powers of two."""
+    for p in patch_size:
+        if p < 1 or p & (p - 1):
+            raise ValueError(f"the conv stem needs power-of-two patch sizes, got {tuple(patch_size)}")
+    steps = max(int(p).bit_length() - 1 for p in patch_size)
+    layers: list[nn.Module] = []
+    remaining, c_in = list(patch_size), in_channels
+    for i in range(steps):
+        strides = tuple(2 if r > 1 else 1 for r in remaining)
+        remaining = [r // s for r, s in zip(remaining, strides)]
+        c_out = channels * 2**i
+        layers.append(Convolution(spatial_dims, c_in, c_out, strides=strides, kernel_size=3, act="GELU", norm="BATCH"))
+        c_in = c_out
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+    layers.append(conv(c_in, hidden_size, kernel_size=1))
+    return nn.Sequential(*layers)
+
+
 class CTViTEncoder(nn.Module):
-    """A plain 3D ViT: non-overlapping patch embedding + learned position embeddings, `num_layers`
-    pre-norm transformer blocks, a final LayerNorm; no [CLS] token (every output is a patch token,
-    so the tokens form a grid a compressor can pool or shuffle).
+    """A 3D ViT: patch embedding + learned position embeddings, `num_layers` pre-norm transformer
+    blocks, a final LayerNorm; no [CLS] token (every output is a patch token, so the tokens form a
+    grid a compressor can pool or shuffle). The patch embedding is MONAI's strided convolution
+    (`stem="patch"`, the plain ViT) or a small convolutional stem (`stem="conv"`, `conv_stem`).
 
     Args:
         spatial_dims: 3 for volumes (2 works too).
@@ -26,6 +55,9 @@ class CTViTEncoder(nn.Module):
         hidden_size: token width D.
         num_layers, num_heads, mlp_dim: transformer depth, heads (D % heads == 0), MLP width.
         dropout_rate: dropout of the embeddings, attention and MLP.
+        stem: "patch" (one strided convolution per patch) or "conv" (`conv_stem`; power-of-two
+            patch sizes; its BatchNorm statistics are frozen with the encoder, see
+            `CTReportModel.train`).
         qkv_bias: bias of the fused qkv projection.
         use_sdpa: run attention through `torch.nn.functional.scaled_dot_product_attention`
             (MONAI's `use_flash_attention=True`). This never materialises the [heads, N, N]
@@ -54,6 +86,7 @@ class CTViTEncoder(nn.Module):
         qkv_bias: bool = False,
         use_sdpa: bool = True,
         gradient_checkpointing: bool = False,
+        stem: str = "patch",
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -81,6 +114,12 @@ class CTViTEncoder(nn.Module):
             dropout_rate=dropout_rate,
             spatial_dims=spatial_dims,
         )
+        if stem == "conv":
+            # MONAI's block flattens whatever `patch_embeddings` returns and adds the positions.
+            self.patch_embedding.patch_embeddings = conv_stem(spatial_dims, in_channels, self.patch_size, hidden_size)
+        elif stem != "patch":
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+        self.stem = stem
         self.blocks = nn.ModuleList(
             [
                 TransformerBlock(
@@ -123,4 +162,4 @@ class CTViTEncoder(nn.Module):
         return self.norm(h)
 
 
-__all__ = ["CTViTEncoder"]
+__all__ = ["CTViTEncoder", "conv_stem"]
