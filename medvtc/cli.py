@@ -5,6 +5,7 @@
     medvtc bench --task compressors
     medvtc data  --task compressors
     medvtc report --checkpoint runs/ct-report scan.nii.gz
+    medvtc segment --checkpoint runs/tokenseg scan.nii.gz -o mask.nii.gz --png
 
 User mistakes (unknown task, key or value, a missing file) print one line and exit with code 2;
 no traceback.
@@ -121,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest report in tokens (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    p = sub.add_parser(
+        "segment",
+        help="segment MRI/CT volumes with a trained tokenseg model (NIfTI masks, optional PNGs)",
+        description=(
+            "Segment one NIfTI scan (-o mask.nii.gz; default <scan>_seg.nii.gz beside it), several, or every "
+            ".nii/.nii.gz in a folder (-o FOLDER). Masks keep the scan's voxel grid, affine and header. Scans "
+            "that cannot be read are listed at the end (exit code 1); the others are still segmented. Outputs "
+            "are written atomically, only once a scan is done."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a trained model: a tokenseg run's output_dir or its final/ folder")
+    p.add_argument("inputs", nargs="+", metavar="SCAN", help=".nii/.nii.gz files (channels as the 4th dimension) or folders of them")
+    p.add_argument("-o", "--output", metavar="PATH", help="the mask file (one scan) or a folder (several scans)")
+    p.add_argument("--png", action="store_true", help="also write <mask>.png: slices with the mask and the kept tokens drawn over them")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
 
@@ -133,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medvtc.common.errors import UserError
 
     try:
+        if args.command == "segment":
+            from medvtc.medical.tokenseg.segment_command import run_segment
+
+            return run_segment(args.checkpoint, args.inputs, args.output, args.png, args.overwrite)
         if args.command == "report":
             from medvtc.medical.ct_report.report_command import run_report
 

@@ -16,6 +16,15 @@ TASKS: dict[str, tuple[str, str]] = {
         "medvtc.medical.ct_report.task:CTReportTask",
         "CT report generation: a 3D ViT, a token compressor and a causal LM write the radiology report",
     ),
+    "tokenseg": (
+        "medvtc.medical.tokenseg.task:TokenSegTask",
+        "TokenSeg 3D segmentation: boundary-aware sparse tokens (400 candidates, 100 kept) against MONAI's UNet, "
+        "SegResNet, UNETR and SwinUNETR on MSD-layout data",
+    ),
+    "libero": (
+        "medvtc.robotics.task:LiberoTask",
+        "Compressor-VLA robot policy on LIBERO: scripted demos as a LeRobotDataset, LeRobot policy, simulator rollouts",
+    ),
 }
 
 

@@ -1,4 +1,12 @@
-"""Robot control: the LIBERO gymnasium environment and its scripted expert (Compressor-VLA work).
+"""Robot control (Compressor-VLA on LIBERO).
+
+- `libero_env`: the LIBERO gymnasium environment (`medvtc/LIBERO-v0`);
+- `scripted_expert`: a privileged-state pick-and-place expert;
+- `demonstrations`: expert demonstrations recorded as a LeRobotDataset v3, and its checked loader;
+- `policies.compressor_vla`: the Compressor-VLA policy in LeRobot's layout (config, model, processors);
+- `rollout`: closed-loop evaluation on the official initial states;
+- `policy_cost`: visual tokens, FLOPs and CPU latency of the policy variants;
+- `task`: the `libero` task of the `medvtc` command line.
 
 Importing `medvtc.robotics.libero_env` picks the headless OpenGL backend (EGL with a GPU, OSMesa
 otherwise) before MuJoCo loads, and `register_envs()` makes

@@ -1,0 +1,40 @@
+"""TokenSeg segmentation (after Zeng, Zhou, Zhu and Liu, "TokenSeg: Efficient 3D Medical Image
+Segmentation via Hierarchical Visual Token Compression", arXiv 2601.04519, 2026): a multi-scale
+hierarchical encoder pools 400 candidate tokens over 4 levels, a boundary-aware tokenizer
+(VQ codebook + learned saliency + boundary proximity) keeps 100 of them, and a sparse-to-dense
+decoder reprojects them and upsamples with encoder skips. MONAI networks (UNet, SegResNet,
+UNETR, SwinUNETR) are trained on the same data for comparison.
+
+    from medvtc.medical.tokenseg import TokenSeg
+    net = TokenSeg(spatial_dims=3, in_channels=2, out_channels=3, img_size=(64, 64, 64))
+
+Names are imported lazily (MONAI loads only when first used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TokenSeg": "tokenseg",
+    "TokenSegOutput": "tokenseg",
+    "HierarchicalEncoder": "hierarchical_encoder",
+    "BoundaryAwareTokenizer": "boundary_tokenizer",
+    "SparseToDenseDecoder": "sparse_decoder",
+    "TokenVectorQuantizer": "vector_quantizer",
+    "plan_cells": "hierarchical_encoder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

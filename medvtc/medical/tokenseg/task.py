@@ -1,0 +1,395 @@
+"""The `tokenseg` task: TokenSeg and MONAI's networks on MSD-layout data.
+
+    medvtc data  --task tokenseg                      # the embedded MRI phantom set (MSD layout)
+    medvtc train --task tokenseg                      # TokenSeg (model.name=unet|segresnet|unetr|swinunetr)
+    medvtc eval  --task tokenseg                      # test split: Dice, IoU, HD95, NSD per class
+    medvtc bench --task tokenseg                      # every network + the selection ablations
+    medvtc segment --checkpoint runs/tokenseg scan.nii.gz -o mask.nii.gz --png
+
+Every network is trained by the shared trainer on the same data (random ROI crops balanced
+between foreground and background by RandCropByPosNegLabeld, flips, 90-degree rotations,
+intensity jitter), with the same loss (MONAI DiceCELoss), optimiser (AdamW), schedule, step
+budget and seed. TokenSeg adds its auxiliary losses: the codebook commitment loss and the BCE
+of its boundary head against the distance of each candidate to the nearest label edge.
+Evaluation runs MONAI's sliding-window inference over whole volumes with the training ROI.
+
+Point `data.root` at a real MSD task (e.g. Task02_Heart, or Task01_BrainTumour with its four
+MRI sequences) to train on it: the reader takes the modalities and classes from dataset.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from medvtc.common import checkpoint as ckpt
+from medvtc.common.config import save_config
+from medvtc.common.errors import UserError
+from medvtc.common.io import atomic_directory, atomic_write_json
+from medvtc.common.task import Task
+from medvtc.common.trainer import TrainConfig, Trainer
+
+DEFAULT_ROOTS = {"phantom": "data/tokenseg_phantom", "mni152": "data/tokenseg_mni152"}
+
+
+@dataclass
+class TokenSegDataConfig:
+    """`data.*`: where the MSD-layout data is, how volumes are prepared, and the embedded
+    generators' settings (used only when `root` is missing)."""
+
+    root: str | None = None  # an MSD task folder; null: data/tokenseg_<dataset>
+    dataset: Literal["phantom", "mni152"] = "phantom"  # which embedded set `medvtc data` writes
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)  # mm after Spacingd; null keeps the scan's
+    intensity: Literal["zscore", "percentile", "none"] = "zscore"
+    samples_per_volume: int = 1  # RandCropByPosNegLabeld crops per volume and step
+    pos: float = 1.0
+    neg: float = 1.0
+    augment: bool = True
+    val_fraction: float = 0.1  # used when the data has no medvtc_splits.json
+    test_fraction: float = 0.2
+    cache: bool = True
+    num_train: int = 40
+    num_val: int = 8
+    num_test: int = 16
+    phantom_shape: tuple[int, int, int] = (64, 64, 64)
+    phantom_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    num_modalities: int = 2
+    seed: int = 0
+
+    @property
+    def resolved_root(self) -> str:
+        return self.root if self.root else DEFAULT_ROOTS[self.dataset]
+
+    def validate(self) -> None:
+        if self.samples_per_volume < 1:
+            raise ValueError(f"samples_per_volume must be >= 1, got {self.samples_per_volume}")
+        if self.pos < 0 or self.neg < 0 or self.pos + self.neg == 0:
+            raise ValueError(f"pos and neg must be >= 0 and not both 0, got {self.pos}, {self.neg}")
+        if self.spacing is not None and any(s <= 0 for s in self.spacing):
+            raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
+
+
+@dataclass
+class TokenSegModelConfig:
+    """`model.*`: which network, and TokenSeg's settings (ignored by the MONAI networks)."""
+
+    name: Literal["tokenseg", "unet", "segresnet", "unetr", "swinunetr"] = "tokenseg"
+    img_size: tuple[int, int, int] = (64, 64, 32)  # training crop and sliding-window ROI (SwinUNETR: multiples of 32)
+    feature_size: int = 8
+    num_tokens: int = 400
+    keep_tokens: int = 100
+    token_dim: int = 128
+    codebook_size: int = 512
+    commitment_cost: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.03
+    saliency_weight: float = 0.5
+    selection: str = "boundary"  # or a core compressor for the ablations: random, pooling, divprune
+    selection_args: dict[str, Any] = field(default_factory=dict)
+    level_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.2, 0.1])
+    tokens_per_level: list[int] | None = None
+    coarse_level: int = 3
+    mixer_layers: int = 2
+    mixer_heads: int = 4
+    boundary_sigma: float = 2.0
+    boundary_loss_weight: float = 0.5
+    commitment_loss_weight: float = 1.0
+    baseline_args: dict[str, Any] = field(default_factory=dict)  # per MONAI network: {swinunetr: {feature_size: 24}}
+
+    def validate(self) -> None:
+        if any(s < 8 for s in self.img_size):
+            raise ValueError(f"img_size sides must be >= 8, got {list(self.img_size)}")
+
+
+@dataclass
+class TokenSegEvalConfig:
+    """`eval.*`: sliding-window inference and metrics."""
+
+    sw_batch_size: int = 4
+    overlap: float = 0.25
+    mode: Literal["constant", "gaussian"] = "gaussian"
+    surface_tolerance_mm: float = 2.0  # NSD tolerance
+    near_boundary_voxels: float = 2.0  # a kept token within this of a label edge counts as near it
+    max_volumes: int = 0  # 0: the whole split
+
+    def validate(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
+
+
+@dataclass
+class TokenSegBenchConfig:
+    """`bench.*`: every network trained with the task's config and budget, then the ablations
+    (TokenSeg with a core compressor in place of its boundary-aware selection)."""
+
+    models: list[str] = field(default_factory=lambda: ["tokenseg", "unet", "segresnet", "unetr", "swinunetr"])
+    ablations: list[str] = field(default_factory=lambda: ["random", "pooling", "divprune"])
+    output_dir: str = "runs/bench-tokenseg"
+    sizes: list[int] = field(default_factory=lambda: [128, 96])  # cubic inputs for memory / latency / FLOPs
+    repeats: int = 5
+    max_steps: int | None = None  # training steps per network; null: train.max_steps
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class TokenSegTaskConfig:
+    seed: int = 0
+    output_dir: str = "runs/tokenseg"
+    data: TokenSegDataConfig = field(default_factory=TokenSegDataConfig)
+    model: TokenSegModelConfig = field(default_factory=TokenSegModelConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(max_steps=300, batch_size=2, lr=5e-4, warmup_steps=20, save_every=100,
+                                            eval_every=0, log_every=10)
+    )
+    eval: TokenSegEvalConfig = field(default_factory=TokenSegEvalConfig)
+    bench: TokenSegBenchConfig = field(default_factory=TokenSegBenchConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Steps
+# ------------------------------------------------------------------------------------------------
+class SegmentationStep:
+    """`step_fn` for the trainer: DiceCE on the logits, plus TokenSeg's auxiliary losses."""
+
+    def __init__(self, cfg: TokenSegTaskConfig) -> None:
+        from monai.losses import DiceCELoss
+
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.cfg = cfg
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        from medvtc.medical.tokenseg.networks import is_tokenseg
+
+        x, y = batch["image"], batch["label"]
+        if not is_tokenseg(model):
+            seg = self.loss(model(x).float(), y)
+            return seg, {"seg": float(seg.detach())}
+        inner = ckpt.unwrap(model)
+        out = model(x, return_tokens=True)  # through DDP's forward when wrapped
+        seg = self.loss(out.logits.float(), y)
+        distance = inner.candidate_edge_distance(out, y)
+        aux = inner.auxiliary_losses(out, y, distance)
+        m = self.cfg.model
+        total = seg + m.commitment_loss_weight * aux["commitment"] + m.boundary_loss_weight * aux["boundary"]
+        logs = {
+            "seg": float(seg.detach()), "commitment": float(aux["commitment"].detach()), "boundary": float(aux["boundary"].detach()),
+            "kept_boundary_fraction": float(inner.kept_boundary_fraction(out, y, self.cfg.eval.near_boundary_voxels, distance).mean()),
+            "candidate_boundary_fraction": float((distance <= self.cfg.eval.near_boundary_voxels).float().mean()),
+        }
+        return total, logs
+
+
+# ------------------------------------------------------------------------------------------------
+# The task
+# ------------------------------------------------------------------------------------------------
+class TokenSegTask(Task):
+    name = "tokenseg"
+    description = "TokenSeg segmentation (boundary-aware sparse tokens) against MONAI's networks"
+    config_class = TokenSegTaskConfig
+    commands = ("train", "eval", "bench", "data")
+
+    # -- data ------------------------------------------------------------------------------------
+    def _generate(self, cfg: TokenSegTaskConfig, overwrite: bool) -> Path:
+        from medvtc.datasets.mri_phantom import generate_mni152, generate_mri_phantom
+
+        d = cfg.data
+        if d.dataset == "mni152":
+            return generate_mni152(d.resolved_root, overwrite=overwrite)
+        return generate_mri_phantom(
+            d.resolved_root, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test, seed=d.seed,
+            shape=d.phantom_shape, spacing=d.phantom_spacing, num_modalities=d.num_modalities, overwrite=overwrite,
+        )
+
+    def _ensure_data(self, cfg: TokenSegTaskConfig) -> None:
+        root = Path(cfg.data.resolved_root)
+        if root.exists():
+            return
+        if cfg.data.root and cfg.data.root not in DEFAULT_ROOTS.values():
+            raise UserError(f"data.root {root} does not exist (expected an MSD task folder with dataset.json)")
+        print(f"medvtc: generating the embedded {cfg.data.dataset} dataset at {root} (MSD layout)")
+        self._generate(cfg, overwrite=False)
+
+    def data(self, cfg: TokenSegTaskConfig, inspect: bool = False, overwrite: bool = False) -> int:
+        root = Path(cfg.data.resolved_root)
+        if not inspect:
+            if root.exists() and not overwrite:
+                raise UserError(f"{root} already exists; pass --overwrite to replace it or choose another data.root")
+            self._generate(cfg, overwrite=overwrite)
+        print(self._describe(cfg))
+        return 0
+
+    def _describe(self, cfg: TokenSegTaskConfig) -> str:
+        from medvtc.datasets.msd import describe, msd_split, read_msd
+
+        info = read_msd(cfg.data.resolved_root)
+        splits = {s: msd_split(info, s, cfg.data.val_fraction, cfg.data.test_fraction) for s in ("train", "val", "test")}
+        return describe(info, splits)
+
+    def info(self, cfg: TokenSegTaskConfig):
+        from medvtc.datasets.msd import read_msd
+
+        return read_msd(cfg.data.resolved_root)
+
+    def dataset(self, cfg: TokenSegTaskConfig, info, split: str, train: bool):
+        from medvtc.datasets.msd import MSDSegmentationDataset, msd_split, msd_transforms
+
+        d = cfg.data
+        records = msd_split(info, split, d.val_fraction, d.test_fraction)
+        if not records:
+            raise UserError(f"the {split} split of {info.root} is empty; add cases or change data.val_fraction / data.test_fraction")
+        transform = msd_transforms(
+            info.in_channels, info.num_classes, train=train, roi_size=cfg.model.img_size, spacing=d.spacing,
+            intensity=d.intensity, samples_per_volume=d.samples_per_volume, pos=d.pos, neg=d.neg, augment=d.augment,
+            modalities=info.modalities,
+        )
+        return MSDSegmentationDataset(records, transform, cache=d.cache)
+
+    # -- model -----------------------------------------------------------------------------------
+    def build_model(self, cfg: TokenSegTaskConfig, in_channels: int, num_classes: int, img_size=None) -> torch.nn.Module:
+        from medvtc.medical.tokenseg.networks import build_network
+
+        return build_network(cfg.model, in_channels, num_classes, img_size)
+
+    def eval_fn(self, cfg: TokenSegTaskConfig, info, progress: bool = False):
+        from medvtc.medical.tokenseg.metrics import class_keys
+        from medvtc.medical.tokenseg.pipeline import evaluate
+
+        e = cfg.eval
+
+        def fn(model, dataset, device):
+            return evaluate(model, dataset, device, cfg.model.img_size, info.num_classes, class_keys(info.labels),
+                            sw_batch_size=e.sw_batch_size, overlap=e.overlap, mode=e.mode,
+                            tolerance_mm=e.surface_tolerance_mm, near_boundary_voxels=e.near_boundary_voxels,
+                            max_volumes=e.max_volumes, progress=progress)
+
+        return fn
+
+    # -- train -----------------------------------------------------------------------------------
+    def train(self, cfg: TokenSegTaskConfig, resume: bool = False) -> int:
+        from medvtc.common.distributed import barrier, cleanup, init_distributed
+        from medvtc.datasets.msd import segmentation_collate
+
+        out = Path(cfg.output_dir)
+        if not resume and (out / "final").exists():
+            raise UserError(f"{out} already holds a finished tokenseg run; pass --resume to continue it or choose another output_dir")
+        dist_info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+        if dist_info.is_main:
+            self._ensure_data(cfg)
+        barrier(dist_info)
+        info = self.info(cfg)
+        train_set = self.dataset(cfg, info, "train", train=True)
+        if len(train_set) < cfg.train.batch_size * dist_info.world_size:
+            raise UserError(
+                f"the train split of {info.root} has {len(train_set)} volume(s), fewer than one batch "
+                f"(train.batch_size={cfg.train.batch_size} x {dist_info.world_size} processes); with few volumes take "
+                f"several crops from each instead, e.g. train.batch_size=1 data.samples_per_volume={cfg.train.batch_size}"
+            )
+        val_set = self.dataset(cfg, info, "val", train=False)
+        torch.manual_seed(cfg.seed)
+        model = self.build_model(cfg, info.in_channels, info.num_classes)
+        if dist_info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+            from medvtc.common.accounting import count_params
+
+            print(f"medvtc: {cfg.model.name}: {count_params(model):,} parameters; {info.in_channels} channel(s) "
+                  f"({', '.join(info.modalities)}), {info.num_classes} classes; {len(train_set)} train / {len(val_set)} val volumes")
+        trainer = Trainer(
+            model, train_set, cfg.train, out, seed=cfg.seed, step_fn=SegmentationStep(cfg),
+            eval_fn=self.eval_fn(cfg, info), eval_set=val_set, collate_fn=segmentation_collate,
+        )
+        t0 = time.perf_counter()
+        metrics = trainer.fit(resume=resume and ckpt.latest_checkpoint(out / "checkpoints") is not None)
+        if dist_info.is_main:
+            self._save_final(cfg, model, info, out / "final", metrics)
+            print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; model in {out / 'final'}")
+            print(self._format_metrics("val", metrics))
+        cleanup(dist_info)
+        return 0
+
+    def _save_final(self, cfg: TokenSegTaskConfig, model, info, path: Path, metrics: dict[str, float]) -> None:
+        from safetensors.torch import save_model
+
+        from medvtc.medical.tokenseg.pipeline import CONFIG_FILE, INFO_FILE
+
+        with atomic_directory(path, overwrite=True) as tmp:
+            save_model(model, str(tmp / ckpt.WEIGHTS))
+            save_config(cfg, tmp / CONFIG_FILE)
+            (tmp / INFO_FILE).write_text(json.dumps({"name": info.name, "modalities": info.modalities,
+                                                     "labels": {str(k): v for k, v in info.labels.items()}}, indent=2) + "\n")
+            atomic_write_json(tmp / "val_metrics.json", {"split": "val", "metrics": metrics})
+
+    @staticmethod
+    def _format_metrics(split: str, metrics: dict[str, float]) -> str:
+        lines = [f"medvtc: {split} split:"]
+        means = [k for k in ("dice_mean", "iou_mean", "hd95_mean", "nsd_mean", "kept_boundary_fraction",
+                             "candidate_boundary_fraction") if k in metrics]
+        lines.append("  " + ", ".join(f"{k}={metrics[k]:.4f}" for k in means))
+        per = [k for k in metrics if k not in means]
+        if per:
+            lines.append("  " + ", ".join(f"{k}={metrics[k]:.4f}" for k in per))
+        return "\n".join(lines)
+
+    # -- eval ------------------------------------------------------------------------------------
+    def resolve_checkpoint(self, cfg: TokenSegTaskConfig, checkpoint: str | None) -> tuple[Path, TokenSegTaskConfig]:
+        """A run folder, its final/ or a checkpoints/step_* folder -> (weights folder, the config
+        with the run's model and preprocessing)."""
+        from medvtc.common.config import load_config
+
+        path = Path(checkpoint or cfg.output_dir)
+        if (path / "final" / ckpt.WEIGHTS).is_file():
+            path = path / "final"
+        elif (path / "checkpoints").is_dir():
+            latest = ckpt.latest_checkpoint(path / "checkpoints")
+            if latest is None:
+                raise UserError(f"no checkpoint under {path / 'checkpoints'}")
+            path = latest
+        if not (path / ckpt.WEIGHTS).is_file():
+            raise UserError(f"{path} holds no {ckpt.WEIGHTS}: pass a tokenseg run's output_dir, its final/ or a step_* folder")
+        run_cfg_path = next((p for p in (path / "config.yaml", path.parent.parent / "config.yaml") if p.is_file()), None)
+        if run_cfg_path is not None:
+            run = load_config(TokenSegTaskConfig, run_cfg_path)
+            # Build and preprocess as trained; data location and eval settings come from the call.
+            data = replace(cfg.data, spacing=run.data.spacing, intensity=run.data.intensity)
+            cfg = replace(cfg, model=run.model, data=data)
+        return path, cfg
+
+    def evaluate_checkpoint(self, cfg: TokenSegTaskConfig, checkpoint: str | None, split: str = "test",
+                            device: torch.device | None = None) -> tuple[dict[str, float], torch.nn.Module, Any]:
+        from medvtc.common.trainer import resolve_device
+
+        path, cfg = self.resolve_checkpoint(cfg, checkpoint)
+        self._ensure_data(cfg)
+        info = self.info(cfg)
+        dataset = self.dataset(cfg, info, split, train=False)
+        model = self.build_model(cfg, info.in_channels, info.num_classes)
+        ckpt.load_weights(model, path)
+        device = device or resolve_device(cfg.train.device)
+        model.to(device).eval()
+        with torch.no_grad():
+            metrics = self.eval_fn(cfg, info, progress=cfg.train.progress)(model, dataset, device)
+        return metrics, model, info
+
+    def eval(self, cfg: TokenSegTaskConfig, checkpoint: str | None) -> int:
+        metrics, model, info = self.evaluate_checkpoint(cfg, checkpoint)
+        path, run_cfg = self.resolve_checkpoint(cfg, checkpoint)
+        print(f"medvtc: {run_cfg.model.name} ({path}) on {info.name}:")
+        print(self._format_metrics("test", metrics))
+        return 0
+
+    # -- bench -----------------------------------------------------------------------------------
+    def bench(self, cfg: TokenSegTaskConfig, output: str) -> int:
+        from medvtc.medical.tokenseg.bench import run_benchmark
+
+        run_benchmark(self, cfg, output)
+        return 0
+
+
+__all__ = ["TokenSegTask", "TokenSegTaskConfig", "SegmentationStep"]

@@ -1,0 +1,508 @@
+"""Scripted-expert demonstrations from the LIBERO simulator, recorded as a LeRobotDataset (v3).
+
+    from medvtc.robotics.demonstrations import record_demonstrations, load_demonstrations
+
+    summary = record_demonstrations("data/libero_object_demos", suite="libero_object",
+                                    task_ids=[0, 1, 2], episodes_per_task=20, seed=0)
+    print(summary.describe())                      # successes, failures, expert success rate
+    ds = load_demonstrations("data/libero_object_demos",
+                             delta_timestamps={"action": [i / 20 for i in range(16)]})
+
+On-disk format: a LeRobotDataset v3 on a local root (no hub), with the feature names of LeRobot's
+LIBERO environment and datasets, so a policy trained here reads the real LIBERO LeRobot datasets
+unchanged (point `data.root` at one):
+
+    observation.images.image    uint8 image [H, W, 3]   agentview camera (LeRobot orientation)
+    observation.images.image2   uint8 image [H, W, 3]   wrist (eye-in-hand) camera
+    observation.state           float32 [8]             eef xyz, eef axis-angle, 2 gripper qpos
+    action                      float32 [7]             OSC_POSE delta in [-1, 1] + gripper
+    task (per frame)            the task's language instruction, e.g. "pick up the ketchup and
+                                place it in the basket"
+
+plus LeRobot's own timestamp / frame_index / episode_index / index / task_index; `fps` is the
+simulator's control rate (20 Hz). Frame t holds the observation the expert saw and the action it
+took from it. Images are stored as PNG inside the parquet files (`dtype: image`, lossless, no
+video codec needed); `video=True` stores them as AV1 videos instead, as the hub datasets do
+(lossy: ~8/255 mean absolute error at 32 px).
+
+Recording is deterministic from `seed`: attempt a of task t resets the simulator with the seed
+`SeedSequence([seed, t, a])` and LIBERO's own randomised object placement (or official init state
+a with `init="official"`, which evaluation uses, so training on it leaks test scenes). Only
+successful episodes are kept; attempts go on until `episodes_per_task` successes or
+`max_attempts_per_task`. The counts of failed attempts and the expert's success rate are written
+to `meta/medvtc_recording.json` and returned.
+
+The dataset is built in a temporary folder beside `root` and renamed into place when complete, so
+an interrupted recording leaves nothing half-written, and an existing dataset is never replaced
+unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvtc.common.errors import ConfigError, UserError
+
+# Feature names (LeRobot's LIBERO env: lerobot/envs/configs.py, LiberoEnv.features_map).
+IMAGE_KEY = "observation.images.image"
+WRIST_IMAGE_KEY = "observation.images.image2"
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+CAMERA_TO_KEY: dict[str, str] = {"agentview": IMAGE_KEY, "wrist": WRIST_IMAGE_KEY}
+
+STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
+               "gripper_qpos_left", "gripper_qpos_right"]
+ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
+STATE_DIM = len(STATE_NAMES)
+ACTION_DIM = len(ACTION_NAMES)
+
+CONTROL_FPS = 20  # LIBERO / robosuite control frequency
+RECORDING_FILE = "meta/medvtc_recording.json"
+REPO_PREFIX = "medvtc"
+INIT_MODES = ("random", "official")
+
+
+def libero_features(camera_size: int | tuple[int, int], cameras: Sequence[str] = ("agentview", "wrist"),
+                    video: bool = False) -> dict[str, dict[str, Any]]:
+    """The LeRobotDataset `features` dict of a recording."""
+    if isinstance(camera_size, (int, np.integer)):
+        camera_size = (int(camera_size), int(camera_size))
+    h, w = (int(v) for v in camera_size)
+    feats: dict[str, dict[str, Any]] = {}
+    for cam in cameras:
+        feats[CAMERA_TO_KEY[cam]] = {
+            "dtype": "video" if video else "image",
+            "shape": (h, w, 3),
+            "names": ["height", "width", "channel"],
+        }
+    feats[STATE_KEY] = {"dtype": "float32", "shape": (STATE_DIM,), "names": list(STATE_NAMES)}
+    feats[ACTION_KEY] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": list(ACTION_NAMES)}
+    return feats
+
+
+def observation_to_frame(obs: Mapping[str, np.ndarray], action: np.ndarray, instruction: str) -> dict[str, Any]:
+    """One env observation plus the action taken from it, as a `LeRobotDataset.add_frame` frame."""
+    frame: dict[str, Any] = {cam_key: np.asarray(obs[cam]) for cam, cam_key in CAMERA_TO_KEY.items() if cam in obs}
+    frame[STATE_KEY] = np.asarray(obs["state"], dtype=np.float32)
+    frame[ACTION_KEY] = np.asarray(action, dtype=np.float32)
+    frame["task"] = instruction
+    return frame
+
+
+def observation_to_batch(obs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                         instruction: str | Sequence[str]) -> dict[str, Any]:
+    """Env observation(s) -> the batch a LeRobot preprocessor expects, as the dataset yields it:
+    images float32 [B, 3, H, W] in [0, 1], state float32 [B, 8], task list[str] of length B."""
+    import torch
+
+    many = not isinstance(obs, Mapping)
+    obs_list = list(obs) if many else [obs]
+    texts = [instruction] * len(obs_list) if isinstance(instruction, str) else list(instruction)
+    if len(texts) != len(obs_list):
+        raise ValueError(f"{len(obs_list)} observations but {len(texts)} instructions")
+    batch: dict[str, Any] = {}
+    for cam, key in CAMERA_TO_KEY.items():
+        if cam in obs_list[0]:
+            imgs = np.stack([np.asarray(o[cam]) for o in obs_list])  # [B, H, W, 3] uint8
+            batch[key] = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
+    batch[STATE_KEY] = torch.from_numpy(np.stack([np.asarray(o["state"], dtype=np.float32) for o in obs_list]))
+    batch["task"] = texts
+    return batch
+
+
+def attempt_seed(seed: int, task_id: int, attempt: int) -> int:
+    """The reset seed of attempt `attempt` of task `task_id` (independent streams per task)."""
+    return int(np.random.SeedSequence([int(seed), int(task_id), int(attempt)]).generate_state(1)[0])
+
+
+@dataclass
+class TaskRecording:
+    task_id: int
+    task: str
+    instruction: str
+    attempts: int = 0
+    successes: int = 0
+    frames: int = 0
+    failed_seeds: list[int] = field(default_factory=list)  # reset seeds (random) or init-state ids (official)
+    kept_seeds: list[int] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        return self.attempts - self.successes
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else math.nan
+
+
+@dataclass
+class RecordingSummary:
+    root: str
+    suite: str
+    seed: int
+    init: str
+    camera_size: tuple[int, int]
+    fps: int
+    episodes_per_task: int
+    tasks: list[TaskRecording]
+    seconds: float = 0.0
+
+    @property
+    def episodes(self) -> int:
+        return sum(t.successes for t in self.tasks)
+
+    @property
+    def attempts(self) -> int:
+        return sum(t.attempts for t in self.tasks)
+
+    @property
+    def failures(self) -> int:
+        return sum(t.failures for t in self.tasks)
+
+    @property
+    def frames(self) -> int:
+        return sum(t.frames for t in self.tasks)
+
+    @property
+    def expert_success_rate(self) -> float:
+        return self.episodes / self.attempts if self.attempts else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["camera_size"] = list(self.camera_size)
+        d.update(episodes=self.episodes, attempts=self.attempts, failures=self.failures, frames=self.frames,
+                 expert_success_rate=self.expert_success_rate)
+        for t, td in zip(self.tasks, d["tasks"]):
+            td.update(failures=t.failures, success_rate=t.success_rate)
+        return d
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.episodes} successful episodes ({self.frames} frames) of {self.suite} at {self.fps} fps in "
+            f"{self.root}; the expert failed {self.failures} of {self.attempts} attempts "
+            f"(success rate {self.expert_success_rate:.1%}, {self.init} initial states, seed {self.seed})",
+        ]
+        for t in self.tasks:
+            short = "" if t.successes >= self.episodes_per_task else f"  (wanted {self.episodes_per_task})"
+            lines.append(f"  task {t.task_id}: {t.successes}/{t.attempts} attempts succeeded, {t.frames} frames"
+                         f" - {t.instruction!r}{short}")
+        if self.seconds:
+            lines.append(f"  recorded in {self.seconds:.0f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)")
+        return "\n".join(lines)
+
+
+def _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task) -> None:
+    if init not in INIT_MODES:
+        raise ConfigError(f"init must be one of {INIT_MODES}, got {init!r}")
+    if episodes_per_task < 1:
+        raise ConfigError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if max_attempts_per_task is not None and max_attempts_per_task < episodes_per_task:
+        raise ConfigError(
+            f"max_attempts_per_task ({max_attempts_per_task}) must be >= episodes_per_task ({episodes_per_task})"
+        )
+    if not task_ids:
+        raise ConfigError("no task ids given")
+    if len(set(task_ids)) != len(task_ids):
+        raise ConfigError(f"task ids repeat: {list(task_ids)}")
+
+
+def record_demonstrations(
+    root: str | Path,
+    suite: str = "libero_object",
+    task_ids: Sequence[int] = (0,),
+    episodes_per_task: int = 10,
+    *,
+    seed: int = 0,
+    camera_size: int | tuple[int, int] = 128,
+    init: str = "random",
+    max_attempts_per_task: int | None = None,
+    max_episode_steps: int | None = None,
+    fps: int = CONTROL_FPS,
+    video: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    expert_config: Any = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> RecordingSummary:
+    """Roll the scripted expert out and keep its successful episodes as a LeRobotDataset at `root`.
+
+    Args:
+        root: the dataset folder (must not exist unless `overwrite`).
+        suite, task_ids: which LIBERO tasks (bad names/ids raise a ConfigError listing valid ones).
+        episodes_per_task: successful episodes wanted per task.
+        seed: every reset seed derives from it (see `attempt_seed`).
+        camera_size: image height/width in pixels (int = square).
+        init: "random" (LIBERO's placement sampler, seeded) or "official" (init state a for
+            attempt a, cycling; these are the evaluation scenes).
+        max_attempts_per_task: give up on a task after this many attempts (default
+            2 * episodes_per_task + 5); a task with fewer successes is reported, not an error,
+            unless no task succeeded at all.
+        max_episode_steps: episode limit (default: the suite's).
+        video: store cameras as AV1 video instead of PNG frames.
+        expert_config: a `scripted_expert.ExpertConfig` (default gains).
+        env_kwargs: extra `LiberoEnv` arguments (e.g. ``fast_render=True``).
+
+    Returns the `RecordingSummary` (also saved as meta/medvtc_recording.json).
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from tqdm.auto import tqdm
+
+    from medvtc.common.io import atomic_directory, atomic_write_json
+    from medvtc.robotics.libero_env import LiberoEnv, check_gl_backend, load_suite
+    from medvtc.robotics.scripted_expert import ScriptedExpert
+
+    root = Path(root)
+    task_ids = [int(t) for t in task_ids]
+    _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task)
+    if root.exists() and not overwrite:
+        raise UserError(f"{root} already exists; pass --overwrite (overwrite=True) to replace it or choose another data.root")
+    n_tasks = load_suite(suite).get_num_tasks()  # raises for an unknown suite, listing the valid ones
+    bad = [t for t in task_ids if not 0 <= t < n_tasks]
+    if bad:
+        raise ConfigError(f"task id {bad[0]} is out of range for suite {suite!r}: valid ids are 0..{n_tasks - 1}")
+    check_gl_backend()
+    max_attempts = max_attempts_per_task or 2 * episodes_per_task + 5
+    if isinstance(camera_size, (int, np.integer)):
+        camera_size = (int(camera_size), int(camera_size))
+    cams = ("agentview", "wrist")
+    t_start = time.perf_counter()
+    summary = RecordingSummary(
+        root=str(root), suite=suite, seed=int(seed), init=init, camera_size=tuple(camera_size), fps=int(fps),
+        episodes_per_task=int(episodes_per_task), tasks=[],
+    )
+    bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        with atomic_directory(root, overwrite=overwrite) as tmp:
+            tmp.rmdir()  # LeRobotDataset.create insists on making the folder itself
+            ds = LeRobotDataset.create(
+                repo_id=f"{REPO_PREFIX}/{root.name}", fps=int(fps), root=tmp, robot_type="panda",
+                features=libero_features(camera_size, cams, video=video), use_videos=video,
+            )
+            try:
+                for task_id in task_ids:
+                    env = LiberoEnv(suite, task_id, camera_size=camera_size, cameras=cams,
+                                    max_episode_steps=max_episode_steps, **dict(env_kwargs or {}))
+                    try:
+                        rec = TaskRecording(task_id=task_id, task=env.task_name, instruction=env.instruction)
+                        summary.tasks.append(rec)
+                        expert = ScriptedExpert(env, expert_config)
+                        for attempt in range(max_attempts):
+                            if rec.successes >= episodes_per_task:
+                                break
+                            if init == "random":
+                                ident = attempt_seed(seed, task_id, attempt)
+                                obs, _ = env.reset(seed=ident, options={"init_state": "random"})
+                            else:
+                                ident = attempt % env.num_init_states
+                                obs, _ = env.reset(options={"init_state_id": ident})
+                            expert.reset()
+                            frames, success = [], False
+                            while True:
+                                action = expert.act()
+                                frames.append(observation_to_frame(obs, action, env.instruction))
+                                obs, _, terminated, truncated, info = env.step(action)
+                                if terminated or truncated:
+                                    success = bool(info["is_success"])
+                                    break
+                            rec.attempts += 1
+                            if not success:
+                                rec.failed_seeds.append(int(ident))
+                                bar.set_postfix(failed=summary.failures)
+                                continue
+                            for frame in frames:
+                                ds.add_frame(frame)
+                            ds.save_episode()
+                            rec.successes += 1
+                            rec.frames += len(frames)
+                            rec.kept_seeds.append(int(ident))
+                            bar.update(1)
+                    finally:
+                        env.close()
+            finally:
+                ds.finalize()
+            if summary.episodes == 0:
+                raise UserError(
+                    f"the scripted expert succeeded in none of {summary.attempts} attempts on {suite} tasks "
+                    f"{task_ids}; nothing to record (it handles single (In ...)/(On ...) pick-and-place goals, "
+                    "e.g. libero_object and libero_spatial)"
+                )
+            staging = tmp / "images"  # LeRobot's per-frame PNG staging area, empty once episodes are saved
+            if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
+                shutil.rmtree(staging)
+            summary.seconds = time.perf_counter() - t_start
+            atomic_write_json(tmp / RECORDING_FILE, summary.to_dict())
+    finally:
+        bar.close()
+    return summary
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def required_features(input_features: Mapping[str, Any] | None = None,
+                      output_features: Mapping[str, Any] | None = None) -> dict[str, tuple[int, ...] | None]:
+    """Feature keys a policy needs, with the shape each must have (None: any shape).
+
+    From a policy config's `input_features` / `output_features` (PolicyFeature values; images
+    channel-first as the policy sees them); with none given, the LIBERO defaults: both cameras,
+    the 8-D state and the 7-D action.
+    """
+    if not input_features and not output_features:
+        return {IMAGE_KEY: None, WRIST_IMAGE_KEY: None, STATE_KEY: (STATE_DIM,), ACTION_KEY: (ACTION_DIM,)}
+    need: dict[str, tuple[int, ...] | None] = {}
+    for key, ft in {**dict(input_features or {}), **dict(output_features or {})}.items():
+        shape = getattr(ft, "shape", None)
+        need[key] = tuple(int(s) for s in shape) if shape is not None else None
+    return need
+
+
+def _policy_shape(feature: Mapping[str, Any]) -> tuple[int, ...]:
+    """A dataset feature's shape as a policy sees it (images channel-first)."""
+    shape = tuple(int(s) for s in feature["shape"])
+    names = feature.get("names") or []
+    if feature.get("dtype") in ("image", "video") and len(shape) == 3 and len(names) == 3 and names[2] in ("channel", "channels"):
+        shape = (shape[2], shape[0], shape[1])
+    return shape
+
+
+def check_dataset_features(features: Mapping[str, Mapping[str, Any]], required: Mapping[str, tuple[int, ...] | None],
+                           root: str | Path = "the dataset") -> None:
+    """UserError naming the first missing key (and the keys there are), or a shape mismatch."""
+    present = sorted(k for k in features)
+    for key, shape in required.items():
+        if key not in features:
+            raise UserError(
+                f"dataset {root} has no {key!r} feature, which the policy needs; its features are: "
+                f"{', '.join(present)}. Record it with `medvtc data --task libero` or rename the dataset's keys"
+            )
+        if key.startswith("observation.image") and features[key].get("dtype") not in ("image", "video"):
+            raise UserError(f"dataset {root}: feature {key!r} has dtype {features[key].get('dtype')!r}, expected image or video")
+        if shape is not None:
+            got = _policy_shape(features[key])
+            if key.startswith("observation.image"):
+                ok = len(got) == 3 and got[0] == shape[0]  # any resolution: the policy resizes
+            else:
+                ok = got == tuple(shape)
+            if not ok:
+                raise UserError(f"dataset {root}: feature {key!r} has shape {list(got)}, the policy needs {list(shape)}")
+
+
+def read_info(root: str | Path) -> dict[str, Any]:
+    """meta/info.json of a local LeRobotDataset, with UserErrors for anything that is not one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset root {root} does not exist; record one with `medvtc data --task libero` "
+                        "or point data.root at a LeRobotDataset v3 folder")
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        raise UserError(f"{root} is not a LeRobotDataset: {info_path} is missing")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {info_path}: {e}") from None
+    version = str(info.get("codebase_version", "?"))
+    if not version.startswith("v3"):
+        raise UserError(
+            f"{root} is a LeRobotDataset {version}; this reader needs v3.x. Convert it with LeRobot's "
+            "`python -m lerobot.datasets.v30.convert_dataset_v21_to_v30`"
+        )
+    if not isinstance(info.get("features"), dict):
+        raise UserError(f"{info_path} has no 'features' mapping")
+    for sub in ("data", "meta/episodes"):
+        if not any((root / sub).rglob("*.parquet")):
+            raise UserError(f"{root} is incomplete: no parquet files under {sub}/ (an interrupted recording?)")
+    if not (root / "meta" / "tasks.parquet").is_file():
+        raise UserError(f"{root} is incomplete: meta/tasks.parquet is missing")
+    return info
+
+
+def load_demonstrations(
+    root: str | Path,
+    *,
+    required: Mapping[str, tuple[int, ...] | None] | None = None,
+    delta_timestamps: Mapping[str, list[float]] | None = None,
+    episodes: Sequence[int] | None = None,
+    image_transforms: Any = None,
+    video_backend: str | None = None,
+):
+    """Open a local LeRobotDataset v3 (ours or a real LIBERO one) after checking it has `required`
+    (default: `required_features()`); never touches the hub.
+
+    `delta_timestamps` as in LeRobot (e.g. ``{"action": [i / fps for i in range(chunk)]}`` for
+    action chunks; items then carry ``action_is_pad``).
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    info = read_info(root)
+    check_dataset_features(info["features"], required if required is not None else required_features(), root)
+    if episodes is not None:
+        total = int(info.get("total_episodes", 0))
+        bad = [e for e in episodes if not 0 <= int(e) < total]
+        if bad:
+            raise UserError(f"dataset {root} has episodes 0..{total - 1}; episode {bad[0]} does not exist")
+    try:
+        return LeRobotDataset(
+            repo_id=f"{REPO_PREFIX}/{root.name}", root=root, episodes=list(episodes) if episodes is not None else None,
+            delta_timestamps=dict(delta_timestamps) if delta_timestamps else None, image_transforms=image_transforms,
+            video_backend=video_backend, download_videos=False,
+        )
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - LeRobot raises many types for a malformed folder
+        raise UserError(f"cannot open the LeRobotDataset at {root}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def read_recording_summary(root: str | Path) -> dict[str, Any] | None:
+    """The recording summary written by `record_demonstrations`, None for datasets made elsewhere."""
+    path = Path(root) / RECORDING_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def describe_dataset(root: str | Path) -> str:
+    """A few lines about a dataset: episodes, frames, fps, features, tasks, the expert's record."""
+    info = read_info(root)
+    lines = [
+        f"LeRobotDataset {info.get('codebase_version')} at {root}: {info.get('total_episodes')} episodes, "
+        f"{info.get('total_frames')} frames at {info.get('fps')} fps, {info.get('total_tasks')} tasks",
+    ]
+    for key, ft in info["features"].items():
+        if key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+            continue
+        lines.append(f"  {key}: {ft.get('dtype')} {list(ft.get('shape', []))}")
+    try:
+        import pandas as pd
+
+        tasks = pd.read_parquet(Path(root) / "meta" / "tasks.parquet")
+        for name in list(tasks.index)[:20]:
+            lines.append(f"  task: {name}")
+    except Exception:  # noqa: BLE001 - describing is best effort
+        pass
+    rec = read_recording_summary(root)
+    if rec is not None:
+        lines.append(
+            f"  scripted expert: {rec['episodes']} kept of {rec['attempts']} attempts "
+            f"({rec['failures']} failed, success rate {rec['expert_success_rate']:.1%}), seed {rec['seed']}, "
+            f"{rec['init']} initial states"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ACTION_KEY", "CAMERA_TO_KEY", "IMAGE_KEY", "STATE_KEY", "WRIST_IMAGE_KEY", "RecordingSummary",
+    "TaskRecording", "attempt_seed", "check_dataset_features", "describe_dataset", "libero_features",
+    "load_demonstrations", "observation_to_batch", "observation_to_frame", "read_info",
+    "read_recording_summary", "record_demonstrations", "required_features",
+]

@@ -1,0 +1,1 @@
+"""Robot policies in LeRobot's layout (`compressor_vla`)."""

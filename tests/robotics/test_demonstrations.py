@@ -1,0 +1,199 @@
+"""Scripted-expert demonstrations as a LeRobotDataset v3: round trip, values, atomicity, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from medvtc.common.errors import ConfigError, UserError
+from medvtc.robotics import demonstrations as demos
+from medvtc.robotics.demonstrations import (
+    ACTION_KEY,
+    IMAGE_KEY,
+    STATE_KEY,
+    WRIST_IMAGE_KEY,
+    attempt_seed,
+    load_demonstrations,
+    observation_to_batch,
+    record_demonstrations,
+)
+from tests.robotics.conftest import DEMO_ENV_KWARGS, DEMO_SIZE, DEMO_SUITE, DEMO_TASK
+
+INSTRUCTION = "pick up the alphabet soup and place it in the basket"
+
+
+def test_round_trip_features_shapes_and_metadata(recorded_demos):
+    root, summary = recorded_demos
+    assert summary.episodes == 1 and summary.tasks[0].successes == 1
+    assert summary.attempts == summary.tasks[0].attempts >= 1
+    assert summary.failures == summary.attempts - 1
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["codebase_version"].startswith("v3")
+    assert info["fps"] == 20 and info["total_episodes"] == 1 and info["total_tasks"] == 1
+    assert info["total_frames"] == summary.frames > 20
+
+    ds = load_demonstrations(root, delta_timestamps={ACTION_KEY: [i / 20 for i in range(4)]})
+    assert len(ds) == summary.frames and ds.num_episodes == 1
+    first, last = ds[0], ds[len(ds) - 1]
+    for key in (IMAGE_KEY, WRIST_IMAGE_KEY):
+        assert first[key].shape == (3, DEMO_SIZE, DEMO_SIZE) and first[key].dtype == torch.float32
+        # PNG is lossless: pixel values are exact multiples of 1/255 of the uint8 frame
+        assert torch.allclose(first[key] * 255, (first[key] * 255).round(), atol=1e-3)
+        assert first[key].std() > 0.02  # a rendered scene, not a blank buffer
+    assert first[STATE_KEY].shape == (8,)
+    assert first[ACTION_KEY].shape == (4, 7) and first["action_is_pad"].tolist() == [False] * 4
+    assert last["action_is_pad"].tolist() == [False, True, True, True]  # chunks pad past the episode end
+    assert first["task"] == INSTRUCTION
+    actions = torch.stack([ds[i][ACTION_KEY][0] for i in range(len(ds))])
+    assert actions.abs().max() <= 1.0
+    assert set(actions[:, 6].tolist()) == {-1.0, 1.0}  # the expert opens and closes the gripper
+
+    rec = demos.read_recording_summary(root)
+    assert rec["episodes"] == 1 and rec["attempts"] == summary.attempts and rec["suite"] == DEMO_SUITE
+    assert rec["tasks"][0]["kept_seeds"] == [attempt_seed(0, DEMO_TASK, summary.attempts - 1)]
+    text = demos.describe_dataset(root)
+    assert "1 episodes" in text and INSTRUCTION in text and "failed" in text
+    assert not any(p.name.endswith(".tmp") for p in root.parent.iterdir())  # the temp build folder is gone
+    assert not (root / "images").exists()  # LeRobot's PNG staging folder is not left behind
+
+
+def test_recorded_values_replay_in_the_simulator(recorded_demos):
+    """Frame t holds the observation the expert saw and the action it took: resetting with the
+    recorded seed and replaying the actions reproduces states and images exactly."""
+    from medvtc.robotics.libero_env import LiberoEnv
+
+    root, summary = recorded_demos
+    ds = load_demonstrations(root)
+    seed = summary.tasks[0].kept_seeds[0]
+    env = LiberoEnv(DEMO_SUITE, DEMO_TASK, camera_size=DEMO_SIZE, **DEMO_ENV_KWARGS)
+    try:
+        obs, _ = env.reset(seed=seed, options={"init_state": "random"})
+        for t in range(6):
+            item = ds[t]
+            np.testing.assert_array_equal(item[STATE_KEY].numpy(), obs["state"])
+            for cam, key in (("agentview", IMAGE_KEY), ("wrist", WRIST_IMAGE_KEY)):
+                stored = (item[key] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                np.testing.assert_array_equal(stored, obs[cam])
+            obs, *_ = env.step(item[ACTION_KEY].numpy())
+    finally:
+        env.close()
+
+
+def test_existing_dataset_is_never_overwritten(recorded_demos):
+    root, _ = recorded_demos
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(UserError, match="already exists.*overwrite"):
+        record_demonstrations(root, suite=DEMO_SUITE, task_ids=[0], episodes_per_task=1, progress=False)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_interrupted_recording_leaves_nothing(tmp_path, monkeypatch):
+    from medvtc.robotics import libero_env
+
+    calls = {"n": 0}
+    real_step = libero_env.LiberoEnv.step
+
+    def failing_step(self, action):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise RuntimeError("simulated crash")
+        return real_step(self, action)
+
+    monkeypatch.setattr(libero_env.LiberoEnv, "step", failing_step)
+    root = tmp_path / "demos"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        record_demonstrations(root, suite=DEMO_SUITE, task_ids=[0], episodes_per_task=1, camera_size=16,
+                              progress=False, env_kwargs=DEMO_ENV_KWARGS)
+    assert calls["n"] == 6
+    assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary build folder
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        ({"suite": "libero_objekt"}, ConfigError, "libero_spatial"),
+        ({"task_ids": [12]}, ConfigError, "0..9"),
+        ({"init": "fixed"}, ConfigError, "random"),
+        ({"episodes_per_task": 0}, ConfigError, "episodes_per_task"),
+    ],
+)
+def test_bad_recording_arguments(tmp_path, kwargs, error, pattern):
+    args = {"suite": DEMO_SUITE, "task_ids": [0], "episodes_per_task": 1, "progress": False, **kwargs}
+    with pytest.raises(error, match=pattern):
+        record_demonstrations(tmp_path / "demos", **args)
+    assert not (tmp_path / "demos").exists()
+
+
+# ------------------------------------------------------------------------------------- loader
+
+
+def _copy(root, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(root, dst)
+    return dst
+
+
+def test_loader_names_a_missing_feature(recorded_demos, tmp_path):
+    root = _copy(recorded_demos[0], tmp_path)
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"][STATE_KEY]
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(UserError) as e:
+        load_demonstrations(root)
+    msg = str(e.value)
+    assert repr(STATE_KEY) in msg and IMAGE_KEY in msg and ACTION_KEY in msg  # names it, lists what there is
+
+
+def test_loader_checks_the_policy_features(recorded_demos):
+    root, _ = recorded_demos
+    with pytest.raises(UserError, match="'observation.images.front'"):
+        load_demonstrations(root, required={"observation.images.front": None, ACTION_KEY: (7,)})
+    with pytest.raises(UserError, match=r"observation.state.*shape \[8\].*\[9\]"):
+        load_demonstrations(root, required={STATE_KEY: (9,)})
+    ds = load_demonstrations(root, required={IMAGE_KEY: (3, 64, 64), ACTION_KEY: (7,)})  # any resolution
+    assert len(ds) > 0
+
+
+def test_loader_rejects_what_is_not_a_v3_dataset(recorded_demos, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_demonstrations(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a LeRobotDataset"):
+        load_demonstrations(tmp_path / "empty")
+    root = _copy(recorded_demos[0], tmp_path)
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["codebase_version"] = "v2.1"
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(UserError, match="v2.1.*convert"):
+        load_demonstrations(root)
+    info["codebase_version"] = "v3.0"
+    info_path.write_text(json.dumps(info))
+    shutil.rmtree(root / "data")
+    with pytest.raises(UserError, match="incomplete"):
+        load_demonstrations(root)
+
+
+def test_observation_to_batch_matches_the_dataset_layout():
+    obs = {"agentview": np.full((8, 8, 3), 255, np.uint8), "wrist": np.zeros((8, 8, 3), np.uint8),
+           "state": np.arange(8, dtype=np.float32)}
+    batch = observation_to_batch(obs, INSTRUCTION)
+    assert batch[IMAGE_KEY].shape == (1, 3, 8, 8) and batch[IMAGE_KEY].max() == 1.0
+    assert batch[WRIST_IMAGE_KEY].max() == 0.0
+    assert batch[STATE_KEY].tolist() == [list(range(8))]
+    assert batch["task"] == [INSTRUCTION]
+    two = observation_to_batch([obs, obs], [INSTRUCTION, "other"])
+    assert two[IMAGE_KEY].shape == (2, 3, 8, 8) and two["task"] == [INSTRUCTION, "other"]
+
+
+def test_attempt_seeds_are_fixed_and_distinct():
+    seeds = {attempt_seed(0, t, a) for t in range(3) for a in range(20)}
+    assert len(seeds) == 60
+    assert attempt_seed(0, 0, 0) == attempt_seed(0, 0, 0) != attempt_seed(1, 0, 0)
+    # the documented derivation: numpy SeedSequence([seed, task, attempt])
+    assert attempt_seed(7, 2, 5) == int(np.random.SeedSequence([7, 2, 5]).generate_state(1)[0])

@@ -1,0 +1,102 @@
+"""The `libero` task: config, train with the shared trainer on recorded demos, eval rollouts, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medvtc.common.errors import ConfigError, UserError
+from medvtc.robotics.task import LiberoTask, LiberoTaskConfig
+
+TINY_POLICY = [
+    "policy.dim_model=32", "policy.n_heads=4", "policy.n_layers=1", "policy.chunk_size=4", "policy.n_action_steps=2",
+    "policy.text_buckets=64", "policy.tokenizer_max_length=12", "policy.image_shift=2",
+    "policy.compressor_args={num_queries: 2, num_heads: 4}",
+]
+
+
+def test_config_defaults_and_unknown_keys():
+    task = LiberoTask()
+    cfg = task.load_config(None, ["data.tasks=[0,3]", "policy.compressor=none", "train.max_steps=5"])
+    assert isinstance(cfg, LiberoTaskConfig)
+    assert cfg.data.tasks == [0, 3] and cfg.policy.compressor == "none" and cfg.train.max_steps == 5
+    assert cfg.train.batch_size == 32  # the task's default survives a partial train.* override
+    with pytest.raises(ConfigError, match="policy.compresor.*valid keys.*compressor"):
+        task.load_config(None, ["policy.compresor=none"])
+    with pytest.raises(ConfigError, match="init"):
+        task.load_config(None, ["data.init=fixed"])
+
+
+def test_train_then_eval_on_recorded_demos(recorded_demos, tmp_path, capsys):
+    from medvtc.robotics.rollout import load_policy
+
+    root, _ = recorded_demos
+    task = LiberoTask()
+    out = tmp_path / "run"
+    overrides = [f"data.root={root}", f"output_dir={out}", *TINY_POLICY, "train.max_steps=3", "train.batch_size=4",
+                 "train.save_every=0", "train.progress=false", "train.device=cpu", "train.warmup_steps=0",
+                 "eval.tasks=[0]", "eval.episodes=1", "eval.max_episode_steps=3", "eval.progress=false"]
+    cfg = task.load_config(None, overrides)
+    assert task.train(cfg) == 0
+    final = out / "final"
+    names = {p.name for p in final.iterdir()}
+    assert {"config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json",
+            "medvtc_config.yaml"} <= names
+    assert json.loads((final / "medvtc_tokens.json").read_text()) == {
+        "visual_tokens": 12, "uncompressed_tokens": 32, "compressor": "compressor_vla"}
+    assert (out / "metrics.csv").is_file()
+    policy, pre, post = load_policy(out)
+    assert policy.config.chunk_size == 4 and policy.num_visual_tokens == 12
+    with pytest.raises(UserError, match="already holds"):
+        task.train(cfg)
+
+    capsys.readouterr()
+    assert task.eval(cfg, None) == 0
+    text = capsys.readouterr().out
+    assert "task 0: success 0%" in text and "overall success" in text  # 3 steps cannot solve it
+    result = json.loads((final / "eval_libero_object.json").read_text())
+    assert result["tasks"]["0"]["episodes"][0]["steps"] == 3 and result["visual_tokens"] == 12
+    with pytest.raises(ConfigError, match="task id 12 is not in suite 'libero_object': valid ids are 0..9"):
+        task.eval(task.load_config(None, [*overrides, "eval.tasks=[12]"]), None)
+
+
+def test_train_rejects_a_dataset_without_the_policy_features(recorded_demos, tmp_path):
+    import shutil
+
+    src, _ = recorded_demos
+    root = tmp_path / "demos"
+    shutil.copytree(src, root)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["features"]["observation.images.image2"]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    task = LiberoTask()
+    cfg = task.load_config(None, [f"data.root={root}", f"output_dir={tmp_path / 'run'}", "train.device=cpu"])
+    with pytest.raises(UserError, match="'observation.images.image2'"):
+        task.train(cfg)
+
+
+def test_eval_rejects_checkpoints_of_other_tasks(tmp_path):
+    task = LiberoTask()
+    other = tmp_path / "ct"
+    (other / "final").mkdir(parents=True)
+    (other / "final" / "config.json").write_text(json.dumps({"type": "act"}))
+    cfg = task.load_config(None, [])
+    with pytest.raises(UserError, match="'act' model, not a LIBERO compressor_vla policy"):
+        task.eval(cfg, str(other))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "ct_report"}))
+    with pytest.raises(UserError, match="not a LIBERO compressor_vla policy"):
+        task.eval(cfg, str(hf))
+    with pytest.raises(UserError, match="does not exist"):
+        task.eval(cfg, str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a trained LIBERO policy"):
+        task.eval(cfg, str(tmp_path / "empty"))
+
+
+def test_bench_is_refused_with_the_supported_commands():
+    task = LiberoTask()
+    with pytest.raises(UserError, match="no 'bench' command; it supports: train, eval, data"):
+        task.check_command("bench")

@@ -1,0 +1,233 @@
+"""The MSD reader on a generated fixture, its splits and MONAI transforms, every bad input, and
+the embedded generators."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medvtc.common.errors import UserError
+from medvtc.datasets.msd import (
+    MSDSegmentationDataset,
+    msd_split,
+    msd_transforms,
+    read_msd,
+    segmentation_collate,
+)
+
+
+def _dataset(root, split="train", train=True, cache=False, roi=(16, 16, 16), samples=2):
+    info = read_msd(root)
+    transform = msd_transforms(info.in_channels, info.num_classes, train=train, roi_size=roi, spacing=(3.0, 3.0, 3.0),
+                               samples_per_volume=samples, modalities=info.modalities)
+    return MSDSegmentationDataset(msd_split(info, split), transform, cache=cache)
+
+
+def test_reader_layout_and_fixed_splits(phantom_root):
+    info = read_msd(phantom_root)
+    assert info.modalities == ["T1w", "T2w"] and info.in_channels == 2
+    assert info.labels == {0: "background", 1: "organ", 2: "lesion"} and info.num_classes == 3
+    assert len(info.records) == 6 and all(Path(r["image"]).is_file() for r in info.records)
+    splits = {s: [r["id"] for r in msd_split(info, s)] for s in ("train", "val", "test")}
+    assert [len(v) for v in splits.values()] == [3, 1, 2]
+    assert not set(splits["train"]) & set(splits["test"])
+    meta = json.loads((phantom_root / "dataset.json").read_text())
+    assert meta["tensorImageSize"] == "4D" and meta["numTraining"] == 6
+    img = nib.load(str(phantom_root / "imagesTr" / "phantom_001.nii.gz"))
+    assert img.shape == (24, 24, 24, 2) and img.get_data_dtype() == np.float32
+    assert nib.load(str(phantom_root / "labelsTr" / "phantom_001.nii.gz")).get_data_dtype() == np.uint8
+
+
+def test_hash_splits_without_a_splits_file(phantom_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(phantom_root, root)
+    (root / "medvtc_splits.json").unlink()
+    info = read_msd(root)
+    parts = {s: msd_split(info, s, val_fraction=0.2, test_fraction=0.34) for s in ("train", "val", "test")}
+    ids = [r["id"] for p in parts.values() for r in p]
+    assert sorted(ids) == sorted(r["id"] for r in info.records)  # a partition
+    assert len(parts["test"]) == 2 and len(parts["val"]) == 1
+    # the rule depends on the file names only, not on their order in dataset.json
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = meta["training"][::-1]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    again = msd_split(read_msd(root), "test", val_fraction=0.2, test_fraction=0.34)
+    assert [r["id"] for r in again] == [r["id"] for r in parts["test"]]
+    # a MONAI-style "validation" list becomes the val split
+    meta["validation"] = meta["training"][:1]
+    meta["training"] = meta["training"][1:]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    info = read_msd(root)
+    assert [r["id"] for r in msd_split(info, "val")] == [meta["validation"][0]["image"]]
+
+
+def test_training_crops_and_eval_volumes(phantom_root):
+    ds = _dataset(phantom_root, cache=True)
+    torch.manual_seed(0)
+    items = ds[0]
+    assert isinstance(items, list) and len(items) == 2  # samples_per_volume crops
+    for it in items:
+        assert it["image"].shape == (2, 16, 16, 16) and it["image"].dtype == torch.float32
+        assert it["label"].shape == (1, 16, 16, 16) and it["label"].dtype == torch.uint8
+        assert set(it["label"].unique().tolist()) <= {0, 1, 2}
+    batch = segmentation_collate([ds[0], ds[1]])
+    assert batch["image"].shape == (4, 2, 16, 16, 16) and batch["label"].shape == (4, 1, 16, 16, 16)
+    # crops are reseeded from torch's RNG: the same torch seed gives the same crops
+    torch.manual_seed(5)
+    a = ds[1][0]["image"]
+    torch.manual_seed(5)
+    b = ds[1][0]["image"]
+    torch.manual_seed(6)
+    c = ds[1][0]["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    val = _dataset(phantom_root, "test", train=False)
+    item = val[0]
+    assert item["image"].shape == (2, 24, 24, 24) and item["label"].shape == (1, 24, 24, 24)
+    assert torch.allclose(item["spacing"], torch.tensor([3.0, 3.0, 3.0]))
+    # z-scored per channel over the body (non-zero voxels)
+    body = item["image"][0] != 0
+    assert abs(float(item["image"][0][body].mean())) < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad inputs: each is a UserError naming the file
+# ------------------------------------------------------------------------------------------------
+def _broken_copy(phantom_root: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    root = tmp_path / "bad"
+    shutil.copytree(phantom_root, root)
+    first = read_msd(root)
+    rec = msd_split(first, "train")[0]
+    return root, Path(rec["image"]), Path(rec["label"])
+
+
+def _save(path: Path, data: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), str(path))
+
+
+def _expect(root: Path, match: str, name: str) -> None:
+    with pytest.raises(UserError) as e:
+        _dataset(root, cache=True)
+    msg = str(e.value)
+    assert name in msg, msg
+    assert re.search(match, msg), msg
+    assert "\n" not in msg
+
+
+def test_truncated_file(phantom_root, tmp_path):
+    root, image, _ = _broken_copy(phantom_root, tmp_path)
+    raw = gzip.decompress(image.read_bytes())
+    image.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    _expect(root, "not a valid NIfTI file or truncated/corrupt", image.name)
+
+
+def test_not_nifti(phantom_root, tmp_path):
+    root, image, _ = _broken_copy(phantom_root, tmp_path)
+    image.write_text("this is not an image\n")
+    _expect(root, "is not a NIfTI file: not gzip-compressed", image.name)
+    image.write_bytes(gzip.compress(b"\x89PNG\r\n\x1a\n" + bytes(600)))  # gzip, but no NIfTI inside
+    _expect(root, "not a valid NIfTI file", image.name)
+
+
+def test_wrong_channel_count(phantom_root, tmp_path):
+    root, image, _ = _broken_copy(phantom_root, tmp_path)
+    _save(image, np.ones((24, 24, 24, 3), np.float32))
+    _expect(root, "has 3 channel\\(s\\).*expected 2 \\(T1w, T2w\\)", image.name)
+
+
+def test_2d_array(phantom_root, tmp_path):
+    root, image, label = _broken_copy(phantom_root, tmp_path)
+    _save(image, np.ones((24, 24), np.float32))
+    _expect(root, "shape \\(24, 24\\).*not a 2D array", image.name)
+
+
+def test_nans(phantom_root, tmp_path):
+    root, image, _ = _broken_copy(phantom_root, tmp_path)
+    data = np.asarray(nib.load(str(image)).dataobj).copy()
+    data[3, 4, 5, 1] = np.nan
+    data[1, 1, 1, 0] = np.inf
+    _save(image, data)
+    _expect(root, "2 NaN or infinite voxel", image.name)
+
+
+def test_image_label_shape_mismatch(phantom_root, tmp_path):
+    root, _, label = _broken_copy(phantom_root, tmp_path)
+    _save(label, np.zeros((24, 24, 20), np.uint8))
+    _expect(root, "has shape \\(24, 24, 20\\).*image and label must cover the same voxels", label.name)
+
+
+def test_label_values_outside_the_classes(phantom_root, tmp_path):
+    root, _, label = _broken_copy(phantom_root, tmp_path)
+    data = np.zeros((24, 24, 24), np.uint8)
+    data[5, 5, 5] = 7
+    _save(label, data)
+    _expect(root, "value\\(s\\) \\[7\\].*class ids 0..2", label.name)
+
+
+def test_dataset_json_problems(phantom_root, tmp_path):
+    root, image, _ = _broken_copy(phantom_root, tmp_path)
+    image.unlink()
+    with pytest.raises(UserError, match=r"dataset.json training\[\d+\] image './imagesTr/phantom_00\d.nii.gz' points at a missing file"):
+        read_msd(root)
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(UserError, match="dataset.json is not valid JSON"):
+        read_msd(root)
+    (root / "dataset.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(UserError, match="dataset.json has no 'training' list"):
+        read_msd(root)
+    (root / "dataset.json").unlink()
+    with pytest.raises(UserError, match="dataset.json: file not found"):
+        read_msd(root)
+    with pytest.raises(UserError, match="folder not found"):
+        read_msd(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------
+# Generators
+# ------------------------------------------------------------------------------------------------
+def test_phantom_is_deterministic_irregular_and_atomic(phantom_root, tmp_path):
+    from medvtc.datasets.mri_phantom import generate_mri_phantom, render_case, sample_case
+
+    again = generate_mri_phantom(tmp_path / "again", num_train=3, num_val=1, num_test=2, seed=3, shape=(24, 24, 24),
+                                 spacing=(3.0, 3.0, 3.0), progress=False)
+    for sub in ("imagesTr", "labelsTr"):
+        for f in sorted((phantom_root / sub).iterdir()):
+            a = np.asarray(nib.load(str(f)).dataobj)
+            b = np.asarray(nib.load(str(again / sub / f.name)).dataobj)
+            assert np.array_equal(a, b), f.name
+    with pytest.raises(UserError, match="already exists"):
+        generate_mri_phantom(again, progress=False)
+    # cases: an organ and lesions of every kind, with partial-volume (intermediate) edge intensities
+    kinds = set()
+    for i in range(12):
+        case = sample_case(np.random.default_rng([0, 0, i, 0]), (96.0, 96.0, 96.0))
+        kinds |= {les["kind"] for les in case["lesions"]}
+    assert kinds == {"lobulated", "spiculated", "infiltrative"}
+    case = sample_case(np.random.default_rng([0, 0, 1, 0]), (96.0, 96.0, 96.0))
+    image, label = render_case(case, np.random.default_rng(1), (48, 48, 48), (2.0, 2.0, 2.0))
+    assert image.shape == (48, 48, 48, 2) and set(np.unique(label)) == {0, 1, 2}
+    assert (label == 2).sum() > 20 and (label == 1).sum() > (label == 2).sum()
+    # T2w: fluid-like lesions brighter than the organ around them (the tissue table)
+    assert image[..., 1][label == 2].mean() > image[..., 1][label == 1].mean()
+    different = render_case(case, np.random.default_rng(2), (48, 48, 48), (2.0, 2.0, 2.0))[0]
+    assert not np.array_equal(image, different)  # noise and texture come from the rng
+
+
+def test_mni152_from_nilearn(tmp_path):
+    pytest.importorskip("nilearn")
+    from medvtc.datasets.mri_phantom import generate_mni152
+
+    root = generate_mni152(tmp_path / "mni", resolution=2)
+    info = read_msd(root)
+    assert info.modalities == ["T1w"] and info.labels[1] == "grey matter" and info.labels[2] == "white matter"
+    train, test = msd_split(info, "train"), msd_split(info, "test")
+    assert len(train) == 1 and len(test) == 1 and train[0]["id"] != test[0]["id"]
+    lab = np.asarray(nib.load(test[0]["label"]).dataobj)
+    assert (lab == 1).sum() > 1000 and (lab == 2).sum() > 1000
