@@ -77,6 +77,23 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def resolve_weights_dir(path: str | Path, what: str = "a run") -> tuple[Path, Path | None]:
+    """A run's output_dir (its final/, else its latest checkpoints/step_*), a final/ or a step_*
+    folder -> (the folder holding the weights, the run's config.yaml or None)."""
+    path = Path(path)
+    if (path / "final" / WEIGHTS).is_file():
+        path = path / "final"
+    elif (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise UserError(f"no checkpoint under {path / 'checkpoints'}")
+        path = latest
+    if not (path / WEIGHTS).is_file():
+        raise UserError(f"{path} holds no {WEIGHTS}: pass {what}'s output_dir, its final/ or a step_* folder")
+    config = next((p for p in (path / "config.yaml", path.parent.parent / "config.yaml") if p.is_file()), None)
+    return path, config
+
+
 def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
     """Load safetensors weights into `model`; a missing or foreign file is a UserError."""
     path = Path(path)

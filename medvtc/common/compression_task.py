@@ -260,18 +260,8 @@ class CompressorsTask(Task):
     def _resolve_checkpoint(self, cfg: CompressorsConfig, checkpoint: str | None) -> tuple[Path, CompressorsConfig]:
         from medvtc.common.config import load_config
 
-        path = Path(checkpoint or cfg.output_dir)
-        if (path / "final").is_dir():
-            path = path / "final"
-        elif (path / "checkpoints").is_dir():
-            latest = ckpt.latest_checkpoint(path / "checkpoints")
-            if latest is None:
-                raise UserError(f"no checkpoint under {path / 'checkpoints'}")
-            path = latest
-        if not (path / ckpt.WEIGHTS).is_file():
-            raise UserError(f"{path} holds no {ckpt.WEIGHTS}: pass a run's output_dir, its final/ or a step_* folder")
-        run_cfg_path = path / "config.yaml" if (path / "config.yaml").is_file() else path.parent.parent / "config.yaml"
-        if run_cfg_path.is_file():
+        path, run_cfg_path = ckpt.resolve_weights_dir(checkpoint or cfg.output_dir)
+        if run_cfg_path is not None:
             run_cfg = load_config(CompressorsConfig, run_cfg_path)
             # The model must be built as it was trained; data and eval settings come from the call.
             cfg = CompressorsConfig(**{**cfg.__dict__, "model": run_cfg.model})

@@ -269,6 +269,34 @@ def is_nifti_name(name: str) -> bool:
     return low.endswith(".nii") or low.endswith(".nii.gz")
 
 
+def nifti_stem(path: str | Path) -> str:
+    """The file name without its .nii / .nii.gz suffix (any case)."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def find_nifti_files(inputs: Sequence[str | Path], noun: str = "volume") -> list[Path]:
+    """Command-line inputs -> files: a folder gives every .nii/.nii.gz under it (recursively,
+    sorted), a file is taken as it is (a wrong one is reported by the reader, naming it). A
+    missing path or a folder without NIfTI files is a UserError; `noun` names what is expected."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti_name(p.name))
+            if not found:
+                raise UserError(f"folder {path} holds no .nii or .nii.gz {noun}s")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UserError(f"{path} does not exist (expected a .nii/.nii.gz {noun} or a folder of them)")
+    return files
+
+
 def _read_official(
     dataset: Path, official: str, require_labels: bool, skip_missing_volumes: bool
 ) -> tuple[dict[str, CTReportRecord], set[str]]:

@@ -42,11 +42,11 @@ from monai.transforms import LoadImaged, MapTransform
 from torch.utils.data import Dataset
 
 from medvtc.common.errors import UserError
+from medvtc.datasets.ct_rate import is_nifti_name
 
 DATASET_JSON = "dataset.json"
 SPLITS_FILE = "medvtc_splits.json"
 SPLITS = ("train", "val", "test")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 __all__ = [
     "DATASET_JSON",
@@ -67,10 +67,6 @@ __all__ = [
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] if text else type(exc).__name__
-
-
-def is_nifti_name(name: str) -> bool:
-    return name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def unwrap_user_error(exc: BaseException) -> UserError | None:

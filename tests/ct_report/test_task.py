@@ -56,6 +56,8 @@ def test_train_runs_all_stages_and_prints_metrics(run):
     assert "generated:" in r.stdout and "reference:" in r.stdout
     saved = json.loads((final / "val_metrics.json").read_text())
     assert len(saved["reports"]) == 2 and 0.0 <= saved["metrics"]["clinical_micro_f1"] <= 1.0
+    distinct = len({r["generated"] for r in saved["reports"]}) / 2
+    assert saved["metrics"]["distinct_reports"] == distinct and "distinct_reports=" in r.stdout
 
 
 def test_second_train_refuses_then_resume_skips_finished_stages(run):

@@ -22,21 +22,6 @@ import torch
 from medvtc.common.errors import UserError
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
-VOLUME_SUFFIXES = (".nii.gz", ".nii")
-
-
-def is_volume_file(path: Path) -> bool:
-    from medvtc.datasets.ct_rate import is_nifti_name
-
-    return path.is_file() and is_nifti_name(path.name)
-
-
-def volume_stem(path: Path) -> str:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 class CTReportGenerator:
@@ -96,4 +81,4 @@ class CTReportGenerator:
         return self.generate_from_pixels(pixels, max_new_tokens, num_beams)[0]
 
 
-__all__ = ["CTReportGenerator", "PREPROCESSOR_FILE", "is_volume_file", "volume_stem"]
+__all__ = ["CTReportGenerator", "PREPROCESSOR_FILE"]

@@ -17,23 +17,12 @@ from pathlib import Path
 
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_write_text
-from medvtc.medical.ct_report.pipeline import CTReportGenerator, is_volume_file, volume_stem
+from medvtc.datasets.ct_rate import find_nifti_files, nifti_stem
+from medvtc.medical.ct_report.pipeline import CTReportGenerator
 
 
 def find_volumes(inputs: list[str]) -> list[Path]:
-    volumes: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if is_volume_file(p))
-            if not found:
-                raise UserError(f"folder {path} holds no .nii or .nii.gz volumes")
-            volumes.extend(found)
-        elif path.exists():
-            volumes.append(path)  # any file: a wrong one is reported by the reader, naming it
-        else:
-            raise UserError(f"{path} does not exist (expected a .nii/.nii.gz CT volume or a folder of them)")
-    return volumes
+    return find_nifti_files(inputs, "CT volume")
 
 
 def _check_output(output: Path, n_volumes: int, overwrite: bool) -> str:
@@ -55,7 +44,7 @@ def run_report(checkpoint: str, inputs: list[str], output: str | None = None, nu
     out_path = Path(output) if output else None
     kind = _check_output(out_path, len(volumes), overwrite) if out_path else None
     if kind == "dir":
-        clashes = [out_path / f"{volume_stem(v)}.txt" for v in volumes if (out_path / f"{volume_stem(v)}.txt").exists()]
+        clashes = [out_path / f"{nifti_stem(v)}.txt" for v in volumes if (out_path / f"{nifti_stem(v)}.txt").exists()]
         if clashes and not overwrite:
             raise UserError(f"{clashes[0]} already exists; pass --overwrite to replace reports in {out_path}")
     generator = CTReportGenerator.from_pretrained(checkpoint)
@@ -78,7 +67,7 @@ def run_report(checkpoint: str, inputs: list[str], output: str | None = None, nu
             bar.update(len(chunk))
             if kind == "dir":
                 for v, text in zip(chunk, texts):
-                    atomic_write_text(out_path / f"{volume_stem(v)}.txt", text + "\n")
+                    atomic_write_text(out_path / f"{nifti_stem(v)}.txt", text + "\n")
     bar.close()
 
     if out_path is None:

@@ -231,6 +231,9 @@ def score_reports(predictions: list[str], dataset) -> dict[str, float]:
         ce = clinical_efficacy(label_reports(predictions), truth)
         metrics["label_micro_f1"] = ce["micro_f1"]
         metrics["label_macro_f1"] = ce["macro_f1"]
+    # A model that ignores the image writes one report for every volume; its clinical F1 then
+    # only says how well that one report fits the split. This makes that visible.
+    metrics["distinct_reports"] = len(set(predictions)) / max(len(predictions), 1)
     return metrics
 
 
@@ -479,7 +482,8 @@ class CTReportTask(Task):
         predictions = generate_reports(model, tokenizer, dataset, device, cfg.generation)
         metrics = score_reports(predictions, dataset)
         print(f"medvtc: {split} split ({len(predictions)} volumes, {model.num_visual_tokens} visual tokens):")
-        keys = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu1", "bleu4", "rouge_l", "meteor"]
+        keys = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu1", "bleu4", "rouge_l", "meteor",
+                "distinct_reports"]
         print("  " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics))
         if predictions:
             print(f"  sample {dataset.records[0].volume_name}:")

@@ -24,40 +24,20 @@ import numpy as np
 
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_write_bytes
+from medvtc.datasets.ct_rate import find_nifti_files, is_nifti_name, nifti_stem
 
-SUFFIXES = (".nii.gz", ".nii")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def find_scans(inputs: list[str]) -> list[Path]:
-    scans: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUFFIXES))
-            if not found:
-                raise UserError(f"folder {path} holds no .nii or .nii.gz scans")
-            scans.extend(found)
-        elif path.exists():
-            scans.append(path)  # any file: a wrong one is reported by the reader, naming it
-        else:
-            raise UserError(f"{path} does not exist (expected a .nii/.nii.gz scan or a folder of them)")
-    return scans
+    return find_nifti_files(inputs, "scan")
 
 
 def _plan_outputs(scans: list[Path], output: str | None, many: bool) -> list[Path]:
     if not many:
-        out = Path(output) if output else scans[0].with_name(_stem(scans[0]) + "_seg.nii.gz")
+        out = Path(output) if output else scans[0].with_name(nifti_stem(scans[0]) + "_seg.nii.gz")
         if out.is_dir():
-            return [out / f"{_stem(scans[0])}.nii.gz"]
-        if not out.name.lower().endswith(SUFFIXES):
+            return [out / f"{nifti_stem(scans[0])}.nii.gz"]
+        if not is_nifti_name(out.name):
             raise UserError(f"-o {out}: a mask is a NIfTI file, so name it *.nii.gz or *.nii (or give a folder)")
         return [out]
     if not output:
@@ -65,7 +45,7 @@ def _plan_outputs(scans: list[Path], output: str | None, many: bool) -> list[Pat
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"-o {folder} is a file; several scans need a folder")
-    outs = [folder / f"{_stem(s)}.nii.gz" for s in scans]
+    outs = [folder / f"{nifti_stem(s)}.nii.gz" for s in scans]
     if len(set(outs)) != len(outs):
         raise UserError(f"two scans share a file name, so their masks would collide in {folder}")
     return outs
@@ -151,9 +131,9 @@ def run_segment(checkpoint: str, inputs: list[str], output: str | None = None, p
     many = len(scans) > 1 or any(Path(i).is_dir() for i in inputs)
     outs = _plan_outputs(scans, output, many)
     if not overwrite:
-        clash = next((o for o in outs if o.exists() or (png and o.with_name(_stem(o) + ".png").exists())), None)
+        clash = next((o for o in outs if o.exists() or (png and o.with_name(nifti_stem(o) + ".png").exists())), None)
         if clash is not None:
-            existing = clash if clash.exists() else clash.with_name(_stem(clash) + ".png")
+            existing = clash if clash.exists() else clash.with_name(nifti_stem(clash) + ".png")
             raise UserError(f"{existing} already exists; pass --overwrite to replace it")
     segmenter = Segmenter.from_pretrained(checkpoint)
     failures: list[tuple[Path, str]] = []
@@ -171,7 +151,7 @@ def run_segment(checkpoint: str, inputs: list[str], output: str | None = None, p
             continue
         _write(out, data)
         if picture is not None:
-            _write(out.with_name(_stem(out) + ".png"), picture)
+            _write(out.with_name(nifti_stem(out) + ".png"), picture)
         bar.update(1)
         if not many:
             counts = ", ".join(f"{segmenter.labels.get(k, k)} {int((result.mask == k).sum()):,}" for k in sorted(segmenter.labels) if k)

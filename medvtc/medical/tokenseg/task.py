@@ -343,17 +343,7 @@ class TokenSegTask(Task):
         with the run's model and preprocessing)."""
         from medvtc.common.config import load_config
 
-        path = Path(checkpoint or cfg.output_dir)
-        if (path / "final" / ckpt.WEIGHTS).is_file():
-            path = path / "final"
-        elif (path / "checkpoints").is_dir():
-            latest = ckpt.latest_checkpoint(path / "checkpoints")
-            if latest is None:
-                raise UserError(f"no checkpoint under {path / 'checkpoints'}")
-            path = latest
-        if not (path / ckpt.WEIGHTS).is_file():
-            raise UserError(f"{path} holds no {ckpt.WEIGHTS}: pass a tokenseg run's output_dir, its final/ or a step_* folder")
-        run_cfg_path = next((p for p in (path / "config.yaml", path.parent.parent / "config.yaml") if p.is_file()), None)
+        path, run_cfg_path = ckpt.resolve_weights_dir(checkpoint or cfg.output_dir, "a tokenseg run")
         if run_cfg_path is not None:
             run = load_config(TokenSegTaskConfig, run_cfg_path)
             # Build and preprocess as trained; data location and eval settings come from the call.
