@@ -11,8 +11,7 @@ with `AutoConfig` / `AutoModel`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvtc.common.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "CTReportConfig": "configuration_ct_report",
@@ -26,12 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
