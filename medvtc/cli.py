@@ -2,6 +2,7 @@
 
     medvtc train --task compressors model.name=perceiver train.max_steps=500
     medvtc eval  --task compressors --checkpoint runs/compressors
+    medvtc rollout --task libero --checkpoint runs/libero --suite libero_object --tasks 0,1,2 --episodes 10
     medvtc bench --task compressors
     medvtc data  --task compressors
     medvtc report --checkpoint runs/ct-report scan.nii.gz
@@ -57,6 +58,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="medvtc",
@@ -88,6 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a run's output_dir, its final/ folder or one checkpoints/step_* folder (default: output_dir)",
     )
+
+    p = sub.add_parser(
+        "rollout",
+        help="roll a trained robot policy out in its simulator: success per task, videos with the kept tokens",
+        description=(
+            "Run evaluation episodes of a trained policy on the benchmark's official initial states, print the "
+            "success rate per task and overall, optionally save mp4 videos with the kept visual tokens drawn "
+            "over the camera frames and the results as JSON. Options left out come from the config's eval.*."
+        ),
+    )
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a trained policy: a run's output_dir or its final/ folder")
+    p.add_argument("--suite", help="benchmark suite, e.g. libero_object (default: eval.suite, else data.suite)")
+    p.add_argument("--tasks", type=_int_list, metavar="IDS", help="comma-separated task ids, e.g. 0,1,2 (default: eval.tasks)")
+    p.add_argument("--episodes", type=int, metavar="N", help="episodes per task: official initial states 0..N-1 (default: eval.episodes)")
+    p.add_argument("--max-episode-steps", type=int, metavar="N", help="episode limit (default: the suite's)")
+    p.add_argument("--num-envs", type=int, metavar="N", help="environments run in parallel processes (default: eval.num_envs)")
+    p.add_argument("--video-dir", metavar="DIR", help="write mp4 videos of episodes here, kept tokens drawn over the frames")
+    p.add_argument("--video-episodes", type=int, metavar="N", help="videos of the first N episodes of each task (default 1 with --video-dir)")
+    p.add_argument("-o", "--output", metavar="FILE", help="also write the results (per episode) as JSON")
 
     p = sub.add_parser(
         "bench",
@@ -170,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return task.train(cfg, resume=args.resume)
         if args.command == "eval":
             return task.eval(cfg, args.checkpoint)
+        if args.command == "rollout":
+            return task.rollout(cfg, args.checkpoint, suite=args.suite, tasks=args.tasks, episodes=args.episodes,
+                                max_episode_steps=args.max_episode_steps, num_envs=args.num_envs,
+                                video_dir=args.video_dir, video_episodes=args.video_episodes, output=args.output)
         if args.command == "bench":
             return task.bench(cfg, args.output)
         if args.command == "data":

@@ -122,3 +122,40 @@ def default_plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
+
+
+def quality_cost_plot(
+    rows: list[dict[str, Any]],
+    path: Path,
+    quality: str,
+    quality_label: str,
+    panels: Sequence[tuple[str, str, bool]],
+    scale: dict[str, float] | None = None,
+) -> None:
+    """One panel per cost column: the row's `metrics[quality]` (y) against a cost column (x).
+
+    `panels` lists (row column, axis label, log x); `scale` divides a column (e.g. flops by 1e9).
+    Rows without the quality metric or with a missing / non-finite cost are left out of a panel,
+    so a network that ran out of memory at a size does not break the plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = scale or {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (column, label, log) in zip(axes[0], panels):
+        for r in rows:
+            y, x = r["metrics"].get(quality), r.get(column)
+            if y is None or x is None or not math.isfinite(float(x)):
+                continue
+            x = float(x) / scale.get(column, 1.0)
+            ax.scatter(x, y, label=r["method"])
+            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel(quality_label)
+        if log:
+            ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)

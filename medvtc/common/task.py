@@ -49,6 +49,9 @@ class Task:
     def eval(self, cfg: Any, checkpoint: str | None) -> int:
         raise NotImplementedError
 
+    def rollout(self, cfg: Any, checkpoint: str, **options: Any) -> int:
+        raise NotImplementedError  # only tasks with a simulator (libero) list "rollout" in `commands`
+
     def bench(self, cfg: Any, output: str) -> int:
         raise NotImplementedError
 

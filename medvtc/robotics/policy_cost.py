@@ -17,12 +17,14 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 # name -> CompressorVLAConfig overrides. A budget of "match" means: as many tokens per camera as
-# the compressor_vla variant keeps on the same grid (the paper's comparison at equal tokens).
+# the compressor_vla variant keeps on the same grid (the paper's comparison at equal tokens);
+# "queries": STC's query count (its only tokens). Compressor arguments are the base config's,
+# kept where the variant's compressor takes them (num_queries, num_heads, window, ...).
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"compressor": "none"},
     "compressor_vla": {"compressor": "compressor_vla"},
     "compressor_vla_no_instruction": {"compressor": "compressor_vla", "compressor_args": {"use_instruction": False}},
-    "stc_only": {"compressor": "stc", "compressor_budget": 16},
+    "stc_only": {"compressor": "stc", "compressor_budget": "queries"},
     "src_only": {"compressor": "src"},
     "pooling": {"compressor": "pooling", "compressor_budget": "match"},
     "random": {"compressor": "random", "compressor_budget": "match"},
@@ -42,6 +44,38 @@ def default_features(image_size: int = 128, cameras: int = 2):
     return inputs, {"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))}
 
 
+def compressor_args_for(compressor: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `args` that `compressor`'s constructor takes (none for "none")."""
+    import inspect
+
+    from medvtc.common.compressors import COMPRESSORS
+
+    if compressor == "none":
+        return {}
+    params = inspect.signature(COMPRESSORS.get(compressor).__init__).parameters
+    return {k: v for k, v in args.items() if k in params and k not in ("self", "dim", "text_dim", "budget")}
+
+
+def variant_overrides(name: str, compressor_args: dict[str, Any], budget: int | float | None,
+                      match: int | None) -> dict[str, Any]:
+    """{compressor, compressor_budget, compressor_args} of variant `name` on a base policy whose
+    compressor arguments are `compressor_args` and budget `budget` (used by the compressor_vla
+    variants); `match`: compressor_vla's tokens per camera (needed by the "match" variants)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+    over = VARIANTS[name]
+    comp = over["compressor"]
+    args = compressor_args_for(comp, {**compressor_args, **over.get("compressor_args", {})})
+    b = over.get("compressor_budget", budget if comp == "compressor_vla" else None)
+    if b == "match":
+        if match is None:
+            raise ValueError(f"variant {name!r} needs compressor_vla's token count (match)")
+        b = match
+    elif b == "queries":
+        b = int(args.get("num_queries", 16))
+    return {"compressor": comp, "compressor_budget": b, "compressor_args": args}
+
+
 def variant_configs(base, names: Sequence[str]):
     """`base` CompressorVLAConfig -> {name: config} with "match" budgets resolved."""
     from medvtc.robotics.policies.compressor_vla import CompressorVLAPolicy
@@ -50,24 +84,107 @@ def variant_configs(base, names: Sequence[str]):
     if unknown:
         raise ValueError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
     match = None
+    if any(VARIANTS[n].get("compressor_budget") == "match" for n in names):
+        ref_over = variant_overrides("compressor_vla", dict(base.compressor_args), base.compressor_budget, None)
+        match = CompressorVLAPolicy(replace(base, **ref_over)).model.visual_tokens_per_camera
+    return {name: replace(base, **variant_overrides(name, dict(base.compressor_args), base.compressor_budget, match))
+            for name in names}
+
+
+def visual_tokens(policy) -> tuple[int, int]:
+    """(visual tokens the policy's transformer reads per step, tokens before compression), all
+    cameras together. Compressor-VLA reports its own; LeRobot's ACT reads every pixel of its
+    ResNet's last feature map (stride 32) for every camera."""
+    import torch
+
+    if hasattr(policy, "num_visual_tokens"):
+        return int(policy.num_visual_tokens), int(policy.num_uncompressed_tokens)
+    cfg = policy.config
+    images = list(cfg.image_features)
+    backbone = getattr(policy.model, "backbone", None)
+    if not images or backbone is None:
+        return 0, 0
+    shape = tuple(cfg.image_features[images[0]].shape)
+    was = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            dev = next(backbone.parameters()).device
+            fmap = backbone(torch.zeros(1, *shape, device=dev))["feature_map"]
+    finally:
+        backbone.train(was)
+    n = int(fmap.shape[-2] * fmap.shape[-1]) * len(images)
+    return n, n
+
+
+def example_observation(config, task: str = "pick up the alphabet soup and place it in the basket", seed: int = 0):
+    """One raw observation (as the env gives it, unbatched) for a policy config's inputs."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    obs: dict[str, Any] = {k: torch.rand(*tuple(f.shape), generator=gen) for k, f in config.image_features.items()}
+    state = config.robot_state_feature
+    if state is not None:
+        obs["observation.state"] = torch.zeros(*tuple(state.shape))
+    obs["task"] = task
+    return obs
+
+
+def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, warmup: int = 3,
+                     memory: bool = False) -> dict[str, dict[str, Any]]:
+    """{name: (policy, preprocessor)} -> {name: tokens, FLOPs, params, chunk / step latency}.
+
+    FLOPs: torch's counter on one `predict_action_chunk` at batch 1 (the whole policy); latency:
+    the median over `repeats` calls after `warmup`, the policies interleaved round by round so
+    load from other processes slows them all alike; per step = per chunk / n_action_steps (the
+    actions executed from each chunk). `memory`: also the call's peak memory (MiB).
+    """
+    import torch
+
+    from medvtc.common.accounting import count_flops, count_params, measure_peak_memory
+
+    built = {}
+    for name, (policy, pre) in policies.items():
+        policy.eval()
+        batch = pre(example_observation(policy.config)) if pre is not None else example_observation(policy.config)
+        device = next(policy.parameters()).device
+        fn = (lambda p=policy, b=batch: p.predict_action_chunk(b))
+        with torch.inference_mode():
+            fn()  # warm-up before the counters
+        flops = count_flops(fn)
+        peak = measure_peak_memory(fn, device) if memory else None
+        built[name] = (policy, fn, flops, peak, device)
+    times: dict[str, list[float]] = {name: [] for name in built}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name, (_, fn, _, _, device) in built.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
     out = {}
-    for name in names:
-        over = dict(VARIANTS[name])
-        if over.get("compressor_budget") == "match":
-            if match is None:
-                ref = CompressorVLAPolicy(replace(base, compressor="compressor_vla", compressor_budget=None,
-                                                  compressor_args={}))
-                match = ref.model.visual_tokens_per_camera
-            over["compressor_budget"] = match
-        out[name] = replace(base, **over)
+    for name, (policy, _, flops, peak, _) in built.items():
+        ts = sorted(times[name])
+        chunk_ms = 1000 * ts[len(ts) // 2]
+        tokens, uncompressed = visual_tokens(policy)
+        n_steps = int(policy.config.n_action_steps)
+        out[name] = {
+            "tokens": tokens, "uncompressed_tokens": uncompressed, "flops": flops, "flops_per_action": flops / n_steps,
+            "params": count_params(policy), "chunk_latency_ms": chunk_ms, "chunk_latency_min_ms": 1000 * ts[0],
+            "step_latency_ms": chunk_ms / n_steps, "n_action_steps": n_steps, "peak_mem_mb": peak,
+        }
     return out
 
 
 def measure_variants(names: Sequence[str] = tuple(VARIANTS), image_size: int = 128, repeats: int = 20,
                      warmup: int = 3, base_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Untrained Compressor-VLA variants at `image_size` with two cameras (see the module docstring)."""
     import torch
 
-    from medvtc.common.accounting import count_flops, count_params
     from medvtc.robotics.policies.compressor_vla import (
         CompressorVLAConfig,
         CompressorVLAPolicy,
@@ -76,43 +193,25 @@ def measure_variants(names: Sequence[str] = tuple(VARIANTS), image_size: int = 1
 
     inputs, outputs = default_features(image_size)
     base = CompressorVLAConfig(input_features=inputs, output_features=outputs, device="cpu", **(base_overrides or {}))
-    gen = torch.Generator().manual_seed(0)
-    obs = {k: torch.rand(3, image_size, image_size, generator=gen) for k in inputs if k.startswith("observation.images")}
-    obs["observation.state"] = torch.zeros(8)
-    obs["task"] = "pick up the alphabet soup and place it in the basket"
-    built = {}
+    policies = {}
     for name, cfg in variant_configs(base, names).items():
         torch.manual_seed(0)
-        policy = CompressorVLAPolicy(cfg).eval()
-        pre, _ = make_compressor_vla_pre_post_processors(cfg, None)
-        batch = pre(dict(obs))
-        built[name] = (cfg, policy, batch, count_flops(lambda: policy.predict_action_chunk(batch)))
-    # Rounds interleave the variants, so load from other processes slows them all alike.
-    times: dict[str, list[float]] = {name: [] for name in built}
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            for name, (_, policy, batch, _) in built.items():
-                t0 = time.perf_counter()
-                policy.predict_action_chunk(batch)
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - t0)
-    rows = []
-    for name, (cfg, policy, _, flops) in built.items():
-        ts = sorted(times[name])
-        chunk_ms = 1000 * ts[len(ts) // 2]
-        rows.append({
-            "method": name, "tokens": policy.num_visual_tokens, "uncompressed_tokens": policy.num_uncompressed_tokens,
-            "flops": flops, "params": count_params(policy), "chunk_latency_ms": chunk_ms,
-            "chunk_latency_min_ms": 1000 * ts[0], "step_latency_ms": chunk_ms / cfg.n_action_steps,
-            "n_action_steps": cfg.n_action_steps,
-        })
-    base_row = next((r for r in rows if r["method"] == "none"), None)
-    for r in rows:
-        if base_row is not None:
-            r["flops_vs_none"] = r["flops"] / base_row["flops"]
-            r["tokens_vs_none"] = r["tokens"] / base_row["tokens"]
-            r["latency_vs_none"] = r["chunk_latency_ms"] / base_row["chunk_latency_ms"]
+        policies[name] = (CompressorVLAPolicy(cfg).eval(), make_compressor_vla_pre_post_processors(cfg, None)[0])
+    measured = measure_policies(policies, repeats=repeats, warmup=warmup)
+    rows = [{"method": name, **{k: v for k, v in m.items() if k != "peak_mem_mb"}} for name, m in measured.items()]
+    add_ratios(rows)
     return rows
+
+
+def add_ratios(rows: list[dict[str, Any]], baseline: str = "none") -> None:
+    """flops / tokens / latency relative to the `baseline` row, in place (rows as dicts)."""
+    base_row = next((r for r in rows if r["method"] == baseline), None)
+    if base_row is None:
+        return
+    for r in rows:
+        r["flops_vs_none"] = r["flops"] / base_row["flops"]
+        r["tokens_vs_none"] = r["tokens"] / base_row["tokens"]
+        r["latency_vs_none"] = r["chunk_latency_ms"] / base_row["chunk_latency_ms"]
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:

@@ -3,13 +3,22 @@
     medvtc data  --task libero                    # scripted-expert demos -> LeRobotDataset v3 at data.root
     medvtc data  --task libero --inspect          # describe the dataset at data.root
     medvtc train --task libero policy.compressor=none          # the uncompressed baseline
+    medvtc train --task libero policy.name=act output_dir=runs/libero-act   # LeRobot's ACT, same data/budget
     medvtc eval  --task libero --checkpoint runs/libero eval.episodes=10
+    medvtc rollout --task libero --checkpoint runs/libero --suite libero_object --tasks 0,1,2 --episodes 10 \
+        --num-envs 2 --video-dir runs/libero/videos --video-episodes 1 -o runs/libero/rollout.json
+    medvtc bench --task libero                    # every variant trained, rolled out and costed
 
 `train` runs the shared trainer (checkpoints, resume, DDP) on any LeRobotDataset v3 with the
 LIBERO features (ours or the real LIBERO LeRobot datasets: point `data.root` at one) and writes
 the policy in LeRobot's layout to `<output_dir>/final` (config.json, model.safetensors,
 policy_preprocessor.json / policy_postprocessor.json with the normalisation statistics), which
-LeRobot's own tooling also loads. `eval` rolls it out on the official initial states.
+LeRobot's own tooling also loads. `policy.name=act` trains LeRobot's own ACT policy instead (the
+peer baseline; ResNet-18 from scratch, `pretrained_backbone_weights=None`: nothing is downloaded)
+on the same data with the same `train.*` budget. `eval` rolls a policy out on the official
+initial states and writes the results beside it; `rollout` does the same with the episodes spread
+over parallel environments, optional mp4 videos with the kept tokens drawn over the frames, and
+an optional JSON file. `bench` is in `medvtc.robotics.bench`.
 """
 
 from __future__ import annotations
@@ -55,8 +64,12 @@ class LiberoDataConfig:
 
 @dataclass
 class LiberoPolicyConfig:
-    """`policy.*`: the Compressor-VLA policy (see `CompressorVLAConfig` for each field)."""
+    """`policy.*`: the Compressor-VLA policy (see `CompressorVLAConfig` for each field), or
+    LeRobot's ACT with `name: act` (then chunk_size, n_action_steps and dropout apply, the other
+    fields are Compressor-VLA's, and `act_args` sets any `ACTConfig` field)."""
 
+    name: Literal["compressor_vla", "act"] = "compressor_vla"
+    act_args: dict[str, Any] = field(default_factory=dict)  # ACTConfig fields, e.g. {dim_model: 256}
     compressor: str = "compressor_vla"  # or none, pooling, random, tome, divprune, stc, src, ...
     budget: int | float | None = None  # tokens per camera; null: compressor_vla's 16 + N/4
     compressor_args: dict[str, Any] = field(default_factory=dict)
@@ -86,11 +99,56 @@ class LiberoEvalConfig:
     episodes: int = 10
     first_init_state: int = 0
     max_episode_steps: int | None = None  # null: the suite's limit (280 for libero_object)
+    num_envs: int = 1  # environments run in parallel processes
     progress: bool = True
 
     def validate(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
+
+
+DEFAULT_BENCH_VARIANTS = [
+    "compressor_vla", "none", "pooling", "random", "tome", "divprune", "stc_only", "src_only",
+    "compressor_vla_no_instruction", "act",
+]
+
+
+@dataclass
+class LiberoBenchConfig:
+    """`bench.*`: every variant trained with the task's data/policy/train config under
+    `output_dir/<variant>` (finished runs reused, interrupted ones resumed), rolled out on the
+    official initial states, and costed on the CPU (see `medvtc.robotics.bench`)."""
+
+    output_dir: str = "runs/bench-libero"
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_BENCH_VARIANTS))
+    suite: str = "libero_object"
+    tasks: list[int] = field(default_factory=lambda: [0, 1, 2])
+    episodes: int = 10
+    first_init_state: int = 0
+    max_episode_steps: int | None = None  # null: the suite's limit
+    num_envs: int = 1
+    video_episodes: int = 0  # mp4s of the first N episodes per task, in output_dir/<variant>/videos
+    latency_repeats: int = 20
+    latency_warmup: int = 3
+    threads: int = 0  # torch threads while measuring latency (0: as set)
+
+    def validate(self) -> None:
+        from medvtc.robotics.policy_cost import VARIANTS
+
+        valid = [*VARIANTS, "act"]
+        unknown = [v for v in self.variants if v not in valid]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown[0]!r} in variants; valid: {', '.join(valid)}")
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be a non-empty list without repeats, got {self.variants}")
+        for name in ("episodes", "num_envs", "latency_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("video_episodes", "latency_warmup", "threads", "first_init_state"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -104,19 +162,55 @@ class LiberoTaskConfig:
                                             warmup_steps=100, save_every=500, log_every=20)
     )
     eval: LiberoEvalConfig = field(default_factory=LiberoEvalConfig)
+    bench: LiberoBenchConfig = field(default_factory=LiberoBenchConfig)
 
 
-def policy_config(cfg: LiberoTaskConfig, features: dict[str, dict], device: str):
-    """A `CompressorVLAConfig` for the dataset `features` (LeRobot meta.features)."""
+def _policy_features(features: dict[str, dict]):
     from lerobot.configs.types import FeatureType
     from lerobot.datasets.utils import dataset_to_policy_features
 
     from medvtc.robotics.demonstrations import STATE_KEY
-    from medvtc.robotics.policies.compressor_vla import CompressorVLAConfig
 
     feats = dataset_to_policy_features(features)
     outputs = {k: f for k, f in feats.items() if f.type is FeatureType.ACTION and k == "action"}
     inputs = {k: f for k, f in feats.items() if f.type is FeatureType.VISUAL or k == STATE_KEY}
+    return inputs, outputs
+
+
+def act_policy_config(cfg: LiberoTaskConfig, features: dict[str, dict], device: str):
+    """LeRobot's `ACTConfig` for the dataset `features`: LeRobot's defaults, the policy's chunking
+    and dropout, the train.* optimiser settings, no pretrained backbone, then `policy.act_args`."""
+    import dataclasses
+
+    from lerobot.policies.act.configuration_act import ACTConfig
+
+    inputs, outputs = _policy_features(features)
+    p = cfg.policy
+    valid = {f.name for f in dataclasses.fields(ACTConfig) if f.init}
+    fixed = {"input_features", "output_features", "device", "type"}
+    unknown = [k for k in p.act_args if k not in valid or k in fixed]
+    if unknown:
+        raise ConfigError(f"policy.act_args: {unknown[0]!r} is not an ACTConfig field one can set; valid: "
+                          + ", ".join(sorted(valid - fixed)))
+    args: dict[str, Any] = dict(
+        chunk_size=p.chunk_size, n_action_steps=p.n_action_steps, dropout=p.dropout, pretrained_backbone_weights=None,
+        optimizer_lr=cfg.train.lr, optimizer_lr_backbone=cfg.train.lr, optimizer_weight_decay=cfg.train.weight_decay,
+    )
+    args.update(p.act_args)
+    try:
+        return ACTConfig(input_features=inputs, output_features=outputs, device=device, **args)
+    except (ValueError, NotImplementedError, TypeError) as e:
+        raise ConfigError(f"policy (act): {e}") from None
+
+
+def policy_config(cfg: LiberoTaskConfig, features: dict[str, dict], device: str):
+    """A `CompressorVLAConfig` (or `ACTConfig` with policy.name=act) for the dataset `features`
+    (LeRobot meta.features)."""
+    from medvtc.robotics.policies.compressor_vla import CompressorVLAConfig
+
+    if cfg.policy.name == "act":
+        return act_policy_config(cfg, features, device)
+    inputs, outputs = _policy_features(features)
     p = cfg.policy
     try:
         return CompressorVLAConfig(
@@ -137,7 +231,7 @@ class LiberoTask(Task):
     name = "libero"
     description = "Compressor-VLA robot policy on LIBERO: scripted demos, LeRobot policy, simulator rollouts"
     config_class = LiberoTaskConfig
-    commands = ("train", "eval", "data")  # bench: not built yet (issue 6); policy_cost measures cost only
+    commands = ("train", "eval", "rollout", "bench", "data")
 
     # -- data ------------------------------------------------------------------------------------
     def data(self, cfg: LiberoTaskConfig, inspect: bool = False, overwrite: bool = False) -> int:
@@ -179,6 +273,13 @@ class LiberoTask(Task):
         dataset = load_demonstrations(cfg.data.root, required=required_features(pcfg.input_features, pcfg.output_features),
                                       delta_timestamps=delta)
         torch.manual_seed(cfg.seed)
+        if cfg.policy.name == "act":
+            from lerobot.policies.act.modeling_act import ACTPolicy
+            from lerobot.policies.act.processor_act import make_act_pre_post_processors
+
+            policy = ACTPolicy(pcfg)
+            pre, post = make_act_pre_post_processors(pcfg, dataset.meta.stats)
+            return policy, pre, post, dataset
         try:
             policy = CompressorVLAPolicy(pcfg)
         except ValueError as e:
@@ -189,6 +290,7 @@ class LiberoTask(Task):
     def train(self, cfg: LiberoTaskConfig, resume: bool = False) -> int:
         from medvtc.common.distributed import barrier, cleanup, init_distributed
         from medvtc.common.trainer import resolve_device
+        from medvtc.robotics.policy_cost import visual_tokens
 
         out = Path(cfg.output_dir)
         if not resume and (ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "final").exists()):
@@ -199,12 +301,14 @@ class LiberoTask(Task):
             self._ensure_data(cfg)
         barrier(dist_info)
         policy, pre, post, dataset = self.build(cfg, device.type)
+        tokens, uncompressed = visual_tokens(policy)
+        method = "act" if cfg.policy.name == "act" else cfg.policy.compressor
         if dist_info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-            print(f"medvtc: {dataset.num_episodes} episodes, {len(dataset)} frames; policy with "
-                  f"{policy.num_visual_tokens} visual tokens ({policy.num_uncompressed_tokens} before "
-                  f"{cfg.policy.compressor}), {sum(p.numel() for p in policy.parameters()):,} parameters")
+            print(f"medvtc: {dataset.num_episodes} episodes, {len(dataset)} frames; {cfg.policy.name} policy with "
+                  f"{tokens} visual tokens ({uncompressed} before {method}), "
+                  f"{sum(p.numel() for p in policy.parameters()):,} parameters")
 
         def step_fn(model, batch):
             return model(pre(batch))
@@ -219,8 +323,7 @@ class LiberoTask(Task):
                 post.save_pretrained(tmp)
                 save_config(cfg, tmp / "medvtc_config.yaml")
                 atomic_write_json(tmp / "medvtc_tokens.json", {
-                    "visual_tokens": policy.num_visual_tokens, "uncompressed_tokens": policy.num_uncompressed_tokens,
-                    "compressor": cfg.policy.compressor,
+                    "visual_tokens": tokens, "uncompressed_tokens": uncompressed, "compressor": method,
                 })
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; policy in {out / 'final'}")
         cleanup(dist_info)
@@ -228,22 +331,70 @@ class LiberoTask(Task):
 
     # -- eval ------------------------------------------------------------------------------------
     def eval(self, cfg: LiberoTaskConfig, checkpoint: str | None) -> int:
-        from medvtc.robotics.rollout import format_results, load_policy, resolve_checkpoint, run_rollouts
+        from medvtc.robotics.rollout import format_results
 
-        folder = resolve_checkpoint(checkpoint or cfg.output_dir)
-        policy, pre, post = load_policy(folder)
         suite = cfg.eval.suite or cfg.data.suite
-        tasks = cfg.eval.tasks if cfg.eval.tasks is not None else cfg.data.tasks
-        results = run_rollouts(
-            policy, pre, post, suite=suite, task_ids=tasks, episodes=cfg.eval.episodes,
-            max_episode_steps=cfg.eval.max_episode_steps, first_init_state=cfg.eval.first_init_state,
-            progress=cfg.eval.progress,
-        )
-        results["checkpoint"] = str(folder)
-        results["visual_tokens"] = policy.num_visual_tokens
+        results = self.run_rollout(cfg, checkpoint or cfg.output_dir, suite=suite)
         print(format_results(results))
-        atomic_write_json(folder / f"eval_{suite}.json", results)
+        atomic_write_json(Path(results["checkpoint"]) / f"eval_{suite}.json", results)
+        return 0
+
+    def run_rollout(self, cfg: LiberoTaskConfig, checkpoint: str, *, suite: str | None = None,
+                    tasks: list[int] | None = None, episodes: int | None = None, max_episode_steps: int | None = None,
+                    num_envs: int | None = None, video_dir: str | None = None, video_episodes: int = 0) -> dict[str, Any]:
+        """Roll the policy at `checkpoint` out (arguments left None come from eval.* / data.*);
+        everything is checked before anything runs. Returns the results (see `run_rollouts`)."""
+        from medvtc.robotics.policy_cost import visual_tokens
+        from medvtc.robotics.rollout import check_rollout_args, load_policy, resolve_checkpoint, run_rollouts
+
+        folder = resolve_checkpoint(checkpoint)
+        suite = suite or cfg.eval.suite or cfg.data.suite
+        if tasks is None:
+            tasks = cfg.eval.tasks if cfg.eval.tasks is not None else cfg.data.tasks
+        episodes = cfg.eval.episodes if episodes is None else episodes
+        max_steps = cfg.eval.max_episode_steps if max_episode_steps is None else max_episode_steps
+        num_envs = cfg.eval.num_envs if num_envs is None else num_envs
+        check_rollout_args(suite, tasks, episodes, num_envs, video_episodes if video_dir else 0, max_steps)
+        policy, pre, post = load_policy(folder)
+        results = run_rollouts(
+            policy, pre, post, suite=suite, task_ids=tasks, episodes=episodes, max_episode_steps=max_steps,
+            first_init_state=cfg.eval.first_init_state, progress=cfg.eval.progress, num_envs=num_envs,
+            checkpoint=folder, video_dir=video_dir, video_episodes=video_episodes,
+        )
+        tokens, uncompressed = visual_tokens(policy)
+        results.update(checkpoint=str(folder), policy=policy.config.type, visual_tokens=tokens,
+                       uncompressed_tokens=uncompressed)
+        return results
+
+    # -- rollout ---------------------------------------------------------------------------------
+    def rollout(self, cfg: LiberoTaskConfig, checkpoint: str, *, suite: str | None = None, tasks: list[int] | None = None,
+                episodes: int | None = None, max_episode_steps: int | None = None, num_envs: int | None = None,
+                video_dir: str | None = None, video_episodes: int | None = None, output: str | None = None) -> int:
+        """`medvtc rollout`: success per task and overall on the official initial states; optional
+        videos (the first `video_episodes` episodes per task, 1 by default with a video_dir) and
+        JSON results at `output` (written atomically once every episode is done)."""
+        from medvtc.robotics.rollout import format_results
+
+        if video_episodes is not None and video_dir is None:
+            raise UserError("--video-episodes needs --video-dir (where to write the mp4s)")
+        n_videos = (1 if video_episodes is None else video_episodes) if video_dir else 0
+        if output is not None and Path(output).is_dir():
+            raise UserError(f"-o {output} is a folder; give a file name such as {Path(output) / 'rollout.json'}")
+        results = self.run_rollout(cfg, checkpoint, suite=suite, tasks=tasks, episodes=episodes,
+                                   max_episode_steps=max_episode_steps, num_envs=num_envs, video_dir=video_dir,
+                                   video_episodes=n_videos)
+        print(format_results(results))
+        if output is not None:
+            atomic_write_json(output, results)
+            print(f"medvtc: results in {output}")
+        return 0
+
+    # -- bench -----------------------------------------------------------------------------------
+    def bench(self, cfg: LiberoTaskConfig, output: str) -> int:
+        from medvtc.robotics.bench import run_benchmark
+
+        run_benchmark(self, cfg, output)
         return 0
 
 
-__all__ = ["LiberoTask", "LiberoTaskConfig", "policy_config"]
+__all__ = ["LiberoTask", "LiberoTaskConfig", "act_policy_config", "policy_config"]

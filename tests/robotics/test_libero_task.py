@@ -80,15 +80,20 @@ def test_eval_rejects_checkpoints_of_other_tasks(tmp_path):
     task = LiberoTask()
     other = tmp_path / "ct"
     (other / "final").mkdir(parents=True)
-    (other / "final" / "config.json").write_text(json.dumps({"type": "act"}))
+    (other / "final" / "config.json").write_text(json.dumps({"type": "diffusion"}))
     cfg = task.load_config(None, [])
-    with pytest.raises(UserError, match="'act' model, not a LIBERO compressor_vla policy"):
+    with pytest.raises(UserError, match="'diffusion' model, not a LIBERO policy \\(compressor_vla or act"):
         task.eval(cfg, str(other))
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "ct_report"}))
-    with pytest.raises(UserError, match="not a LIBERO compressor_vla policy"):
+    with pytest.raises(UserError, match="None model, not a LIBERO policy"):
         task.eval(cfg, str(hf))
+    act = tmp_path / "act"  # an ACT policy is a LIBERO policy (the peer baseline), but this one has no weights
+    act.mkdir()
+    (act / "config.json").write_text(json.dumps({"type": "act"}))
+    with pytest.raises(UserError, match="has a config.json but no model.safetensors"):
+        task.eval(cfg, str(act))
     with pytest.raises(UserError, match="does not exist"):
         task.eval(cfg, str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
@@ -96,7 +101,13 @@ def test_eval_rejects_checkpoints_of_other_tasks(tmp_path):
         task.eval(cfg, str(tmp_path / "empty"))
 
 
-def test_bench_is_refused_with_the_supported_commands():
+def test_commands_include_rollout_and_bench_and_other_tasks_refuse_rollout():
+    from medvtc.tasks import get_task
+
     task = LiberoTask()
-    with pytest.raises(UserError, match="no 'bench' command; it supports: train, eval, data"):
-        task.check_command("bench")
+    for command in ("train", "eval", "rollout", "bench", "data"):
+        task.check_command(command)
+    with pytest.raises(UserError, match="no 'report' command; it supports: train, eval, rollout, bench, data"):
+        task.check_command("report")
+    with pytest.raises(UserError, match="task 'compressors' has no 'rollout' command; it supports: train, eval, bench, data"):
+        get_task("compressors").check_command("rollout")

@@ -32,7 +32,7 @@ import torch
 
 from medvtc.common import accounting
 from medvtc.common.errors import UserError
-from medvtc.common.results import ResultRow, write_results
+from medvtc.common.results import ResultRow, quality_cost_plot, write_results
 
 
 def parse_variant(text: str) -> tuple[str, int | float | None]:
@@ -158,27 +158,9 @@ def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None) -> st
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for r in rows:
-        f1 = r["metrics"].get("clinical_micro_f1")
-        if f1 is None:
-            continue
-        axes[0].scatter(r["tokens"], f1, label=r["method"])
-        axes[1].scatter(r["flops"] / 1e9, f1, label=r["method"])
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("visual tokens given to the LM")
-    axes[1].set_xlabel("encoder + prefill GFLOPs per volume")
-    for ax in axes:
-        ax.set_ylabel("clinical micro F1 (test)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+    quality_cost_plot(rows, path, "clinical_micro_f1", "clinical micro F1 (test)",
+                      [("tokens", "visual tokens given to the LM", True),
+                       ("flops", "encoder + prefill GFLOPs per volume", False)], scale={"flops": 1e9})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 
 from medvtc.common import accounting
 from medvtc.common.errors import UserError
-from medvtc.common.results import ResultRow, write_results
+from medvtc.common.results import ResultRow, quality_cost_plot, write_results
 
 BASELINE = "swinunetr"
 
@@ -191,27 +191,9 @@ def targets_markdown(rows: list[ResultRow], sizes: list[int]) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for r in rows:
-        dice = r["metrics"].get("dice_mean")
-        if dice is None or r["latency_ms"] is None or (isinstance(r["latency_ms"], float) and math.isnan(r["latency_ms"])):
-            continue
-        axes[0].scatter(r["peak_mem_mb"], dice, label=r["method"])
-        axes[1].scatter(r["latency_ms"], dice, label=r["method"])
-    axes[0].set_xlabel("peak inference memory (MiB), first bench size")
-    axes[1].set_xlabel("inference latency (ms), first bench size")
-    for ax in axes:
-        ax.set_ylabel("mean Dice (test)")
-        ax.set_xscale("log")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+    quality_cost_plot(rows, path, "dice_mean", "mean Dice (test)",
+                      [("peak_mem_mb", "peak inference memory (MiB), first bench size", True),
+                       ("latency_ms", "inference latency (ms), first bench size", True)])
 
 
 __all__ = ["run_benchmark", "measure_cost", "targets_markdown"]

@@ -134,7 +134,8 @@ class CompressorVLA(nn.Module):
     """The network of `CompressorVLAPolicy` (see the module docstring for the data flow).
 
     forward(batch) -> actions [B, chunk_size, action_dim]; `last_compression` keeps the latest
-    per-camera `CompressorOutput`s (kept indices / assignments, for drawing kept tokens).
+    per-camera `CompressorOutput`s (kept indices / assignments, for drawing kept tokens), and with
+    `keep_inputs=True` `last_inputs` keeps what the compressors read (per-camera tokens, text, mask).
     """
 
     def __init__(self, cfg: CompressorVLAConfig) -> None:
@@ -213,6 +214,10 @@ class CompressorVLA(nn.Module):
         self.action_dim = int(cfg.action_feature.shape[0])
         self.action_head = nn.Linear(d, self.action_dim)
         self.last_compression: list[Any] = []
+        # Set by rollout videos (`medvtc.robotics.token_video`): keep the compressors' inputs of the
+        # latest forward pass, so which grid cells fed the kept tokens can be drawn.
+        self.keep_inputs = False
+        self.last_inputs: tuple[list[Tensor], Tensor, Tensor] | None = None
         self.frozen_unused = self._freeze_unused()
 
     def _freeze_unused(self) -> list[str]:
@@ -326,6 +331,8 @@ class CompressorVLA(nn.Module):
         if not len(self.compressors):
             self.last_compression = []
             return tokens, [None] * len(tokens), None
+        if self.keep_inputs:
+            self.last_inputs = ([x.detach() for x in tokens], text.detach(), mask.detach())
         kept, masks, outs, aux = [], [], [], None
         for i, x in enumerate(tokens):
             comp = self.compressors[0 if len(self.compressors) == 1 else i]

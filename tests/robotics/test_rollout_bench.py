@@ -1,0 +1,285 @@
+"""`medvtc rollout --task libero` (results, JSON, videos with kept tokens, parallel environments,
+bad input), the ACT peer baseline, and `medvtc bench --task libero` end to end on a tiny config.
+
+Policies are tiny (32 px cameras -> 4 x 4 token grids, width 32, one block) and trained for a
+couple of steps on the session's one-episode recording; episodes last 3-5 steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medvtc.cli import main
+from medvtc.common.errors import ConfigError, UserError
+from medvtc.robotics.task import LiberoTask
+
+TINY_POLICY = [
+    "policy.dim_model=32", "policy.n_heads=4", "policy.n_layers=1", "policy.chunk_size=4", "policy.n_action_steps=2",
+    "policy.text_buckets=64", "policy.tokenizer_max_length=12", "policy.image_shift=2",
+    "policy.compressor_args={num_queries: 2, num_heads: 4}",
+]
+TINY_TRAIN = ["train.batch_size=4", "train.save_every=0", "train.progress=false", "train.device=cpu",
+              "train.warmup_steps=0", "eval.progress=false"]
+TINY_ACT = "policy.act_args={dim_model: 32, n_heads: 4, dim_feedforward: 64, n_encoder_layers: 1, " \
+           "n_vae_encoder_layers: 1, latent_dim: 8}"
+
+
+def overrides(root, out, *extra):
+    return [f"data.root={root}", f"output_dir={out}", *TINY_POLICY, *TINY_TRAIN, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(recorded_demos, tmp_path_factory):
+    """A tiny Compressor-VLA run (2 training steps): 12 visual tokens of 32."""
+    root, _ = recorded_demos
+    out = tmp_path_factory.mktemp("libero_run") / "run"
+    task = LiberoTask()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert task.train(task.load_config(None, overrides(root, out, "train.max_steps=2"))) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+# ----------------------------------------------------------------------------------- token maps
+
+
+def test_token_maps_and_drawing_show_what_each_compressor_kept():
+    from medvtc.robotics.policies.compressor_vla import CompressorVLAPolicy
+    from medvtc.robotics.token_video import DIMMED, KEPT_COLOR, draw_token_map, token_maps
+
+    from tests.robotics.test_compressor_vla_policy import batch_of, tiny_config
+
+    torch.manual_seed(0)
+    cvla = CompressorVLAPolicy(tiny_config())
+    cvla.model.keep_inputs = True
+    cvla.predict_action_chunk(batch_of(1))
+    maps = token_maps(cvla)
+    assert len(maps) == 2 and maps[0].grid == (4, 4)
+    # SRC: one most-attended cell per 2 x 2 window; STC: attention over all 16 cells as the tint
+    for m in maps:
+        kept = np.flatnonzero(m.kept)
+        assert len(kept) == 4 and sorted({(int(k) // 4 // 2, int(k) % 4 // 2) for k in kept}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert m.weight.shape == (16,) and m.weight.min() == 0.0 and m.weight.max() == pytest.approx(1.0)
+        assert not m.dim_rest and "2 STC + 4 SRC of 16" in m.label
+
+    rnd = CompressorVLAPolicy(tiny_config(compressor="random", compressor_budget=6, compressor_args={}))
+    rnd.predict_action_chunk(batch_of(1))
+    rmap = token_maps(rnd)[0]
+    assert rmap.kept.sum() == 6 and rmap.dim_rest and rmap.weight is None
+    assert set(np.flatnonzero(rmap.kept)) == set(rnd.model.last_compression[0].index[0].tolist())
+
+    none = CompressorVLAPolicy(tiny_config(compressor="none", compressor_args={}))
+    none.predict_action_chunk(batch_of(1))
+    assert token_maps(none) is None
+
+    frame = np.full((32, 32, 3), 200, dtype=np.uint8)  # 8 px cells, drawn at 2x: 16 px
+    img = draw_token_map(frame, rmap, scale=2)
+    assert img.shape == (64, 64, 3)
+    for cell in range(16):
+        r, c = divmod(cell, 4)
+        centre = img[r * 16 + 8, c * 16 + 8]
+        if rmap.kept[cell]:
+            assert (centre == 200).all() and (img[r * 16, c * 16 + 8] == KEPT_COLOR).all()  # boxed, not dimmed
+        else:
+            assert (centre == round(200 * DIMMED)).all()  # dropped: darkened
+    tinted = draw_token_map(frame, maps[0], scale=2)
+    hottest = int(np.argmax(maps[0].weight))
+    r, c = divmod(hottest, 4)
+    assert tinted[r * 16 + 8, c * 16 + 8, 0] > tinted[r * 16 + 8, c * 16 + 8, 2]  # red tint where STC attends
+    assert draw_token_map(frame, None, scale=3).shape == (96, 96, 3)
+
+
+# --------------------------------------------------------------------------------------- rollout
+
+
+def test_rollout_command_prints_success_and_writes_json_and_videos(trained_run, tmp_path, capsys):
+    import av
+
+    out_json, videos = tmp_path / "results.json", tmp_path / "videos"
+    rc = main(["rollout", "--task", "libero", "--checkpoint", str(trained_run), "--suite", "libero_object",
+               "--tasks", "0", "--episodes", "2", "--max-episode-steps", "3", "--video-dir", str(videos),
+               "--video-episodes", "1", "-o", str(out_json), "eval.progress=false"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "task 0: success 0%" in text and "overall success: 0.0%" in text and "videos: 1" in text
+    res = json.loads(out_json.read_text())
+    eps = res["tasks"]["0"]["episodes"]
+    assert [e["init_state_id"] for e in eps] == [0, 1] and all(e["steps"] == 3 for e in eps)
+    assert res["visual_tokens"] == 12 and res["uncompressed_tokens"] == 32 and res["policy"] == "compressor_vla"
+    assert res["max_episode_steps"] == 3 and res["success_rate"] == 0.0
+    assert eps[0]["final_state"] != eps[1]["final_state"]  # two different official initial states
+    assert [p.name for p in videos.iterdir()] == ["libero_object_task0_init00.mp4"] and "video" not in eps[1]
+    with av.open(str(videos / "libero_object_task0_init00.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4  # the 3 observations acted on + the last one
+    assert frames[0].shape == (16 + 32 * 8, 2 * 32 * 8, 3)  # caption + agentview | wrist at 8x
+    body = frames[1][16:].astype(int)
+    green = (body[..., 1] > 200) & (body[..., 0] < 120) & (body[..., 2] < 120)
+    assert green.sum() > 500  # the kept-token boxes survive the H.264 encoding
+
+
+@pytest.mark.slow
+def test_parallel_environments_give_the_sequential_results(trained_run):
+    from medvtc.robotics.rollout import load_policy, run_rollouts
+
+    policy, pre, post = load_policy(trained_run, device="cpu")
+    kw = dict(suite="libero_object", task_ids=[0], episodes=2, max_episode_steps=3, progress=False)
+    serial = run_rollouts(policy, pre, post, **kw)
+    parallel = run_rollouts(policy, pre, post, num_envs=2, checkpoint=trained_run / "final", device="cpu", **kw)
+    assert parallel["num_envs"] == 2
+    for a, b in zip(serial["tasks"][0]["episodes"], parallel["tasks"][0]["episodes"], strict=True):
+        assert (a["init_state_id"], a["steps"], a["success"]) == (b["init_state_id"], b["steps"], b["success"])
+        assert a["final_state"] == b["final_state"]  # same policy, same init state: the same episode
+    with pytest.raises(ValueError, match="needs `checkpoint`"):
+        run_rollouts(policy, pre, post, num_envs=2, **kw)
+
+
+def test_rollout_bad_input_exits_2_with_a_clear_message_and_no_output(trained_run, tmp_path, capsys):
+    out_json, videos = tmp_path / "r.json", tmp_path / "v"
+    base = ["rollout", "--task", "libero", "--checkpoint", str(trained_run), "-o", str(out_json),
+            "--video-dir", str(videos)]
+    other = tmp_path / "diffusion"
+    (other / "final").mkdir(parents=True)
+    (other / "final" / "config.json").write_text(json.dumps({"type": "diffusion"}))
+    cases = [
+        ([*base, "--suite", "libero_objekt"], "unknown LIBERO suite 'libero_objekt'; valid suites: libero_spatial, libero_object"),
+        ([*base, "--tasks", "0,12"], "task id 12 is not in suite 'libero_object': valid ids are 0..9"),
+        ([*base, "--episodes", "0"], "episodes must be >= 1"),
+        ([*base, "--num-envs", "0"], "num_envs must be >= 1"),
+        ([*base[:4], str(other), *base[5:]], "holds a 'diffusion' model, not a LIBERO policy"),
+        ([*base[:4], str(tmp_path / "missing"), *base[5:]], "does not exist"),
+        (["rollout", "--task", "libero", "--checkpoint", str(trained_run), "--video-episodes", "2"], "needs --video-dir"),
+        (["rollout", "--task", "compressors", "--checkpoint", str(trained_run)],
+         "task 'compressors' has no 'rollout' command; it supports: train, eval, bench, data"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--tasks", "zero"])
+    assert e.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    assert not out_json.exists() and not videos.exists()
+
+
+def test_a_policy_for_another_robot_is_refused():
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from medvtc.robotics.rollout import policy_cameras
+
+    from tests.robotics.test_compressor_vla_policy import tiny_config
+
+    assert policy_cameras(tiny_config()) == ("agentview", "wrist")
+    cfg = tiny_config(input_features={"observation.images.top": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+                                      "observation.state": PolicyFeature(FeatureType.STATE, (14,))})
+    with pytest.raises(UserError, match=r"image inputs \['observation.images.top'\].*\(14,\) state"):
+        policy_cameras(cfg)
+
+
+# ------------------------------------------------------------------------------------------- ACT
+
+
+def test_act_peer_trains_one_step_and_loads_for_rollouts(recorded_demos, tmp_path):
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
+    from medvtc.robotics.policy_cost import visual_tokens
+    from medvtc.robotics.rollout import load_policy, policy_cameras
+
+    root, _ = recorded_demos
+    task = LiberoTask()
+    cfg = task.load_config(None, overrides(root, tmp_path / "act", "policy.name=act", TINY_ACT, "train.max_steps=1"))
+    fresh, _, _, _ = task.build(cfg, "cpu")
+    assert isinstance(fresh, ACTPolicy) and fresh.config.pretrained_backbone_weights is None
+    assert (fresh.config.chunk_size, fresh.config.n_action_steps, fresh.config.dim_model) == (4, 2, 32)
+    assert visual_tokens(fresh) == (2, 2)  # ResNet-18 at stride 32: one cell per 32 px camera
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+
+    assert task.train(cfg) == 0  # one optimiser step with the shared trainer
+    final = tmp_path / "act" / "final"
+    assert json.loads((final / "config.json").read_text())["type"] == "act"
+    assert json.loads((final / "medvtc_tokens.json").read_text()) == {
+        "visual_tokens": 2, "uncompressed_tokens": 2, "compressor": "act"}
+    with open(tmp_path / "act" / "metrics.csv") as f:
+        logged = {(r["split"], r["metric"]): float(r["value"]) for r in csv.DictReader(f)}
+    assert np.isfinite(logged["train", "loss"]) and logged["train", "l1_loss"] > 0 and ("train", "kld_loss") in logged
+    policy, pre, post = load_policy(tmp_path / "act", device="cpu")
+    assert isinstance(policy, ACTPolicy) and policy_cameras(policy.config) == ("agentview", "wrist")
+    after = policy.state_dict()
+    changed = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
+    assert changed  # the step moved the weights
+    obs = {"observation.images.image": torch.rand(3, 32, 32), "observation.images.image2": torch.rand(3, 32, 32),
+           "observation.state": torch.zeros(8), "task": "pick up the alphabet soup"}
+    assert post(policy.select_action(pre(obs))).shape == (1, 7)
+
+    with pytest.raises(ConfigError, match="'dim_modle' is not an ACTConfig field.*dim_model"):
+        task.build(task.load_config(None, overrides(root, tmp_path / "x", "policy.name=act",
+                                                    "policy.act_args={dim_modle: 8}")), "cpu")
+
+
+# ----------------------------------------------------------------------------------------- bench
+
+
+def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path, monkeypatch, capsys):
+    root, _ = recorded_demos
+    task = LiberoTask()
+    results = tmp_path / "results"
+    bench = [f"bench.output_dir={tmp_path / 'bench'}", "bench.variants=[none, compressor_vla]", "bench.tasks=[0]",
+             "bench.episodes=1", "bench.max_episode_steps=5", "bench.latency_repeats=2", "bench.latency_warmup=1"]
+    cfg = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=2", *bench))
+    task.check_command("bench")
+    assert task.bench(cfg, str(results)) == 0
+    assert sorted(p.name for p in results.iterdir()) == ["libero.json", "libero.md", "libero.png"]  # no partials left
+    doc = json.loads((results / "libero.json").read_text())
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert list(rows) == ["none", "compressor_vla"]
+    none, cv = rows["none"], rows["compressor_vla"]
+    assert (none["tokens"], cv["tokens"]) == (32, 12)
+    assert 0 < cv["flops"] < none["flops"] and cv["params"] > none["params"] > 0
+    for r in (none, cv):
+        m = r["metrics"]
+        assert m["success_rate"] == 0.0 and m["success_task_0"] == 0.0 and m["run"] == "trained"
+        assert m["n_action_steps"] == 2 and m["chunk_latency_ms"] == pytest.approx(2 * r["latency_ms"], rel=1e-3)
+        assert m["gflops_per_action"] == pytest.approx(r["flops"] / 2e9, abs=1e-4) and r["peak_mem_mb"] >= 0
+        assert (tmp_path / "bench" / r["method"] / "final" / "model.safetensors").is_file()
+    assert cv["metrics"]["tokens_vs_none"] == pytest.approx(12 / 32, abs=1e-4)
+    assert cv["metrics"]["flops_vs_none"] == pytest.approx(cv["flops"] / none["flops"], abs=1e-4)
+    assert doc["config"]["variants"]["compressor_vla"]["compressor"] == "compressor_vla"
+    assert doc["config"]["bench"]["episodes"] == 1
+    md = (results / "libero.md").read_text()
+    assert "| none | 32 |" in md and "| compressor_vla | 12 |" in md
+    assert "visual tokens: 12 vs 32, 2.67x fewer (target >= 3x): not met" in md
+    assert "compressed policy step:" in md and "(target < 50 ms, 20 Hz): met" in md
+    assert "the success comparison is not meaningful" in md  # 2 training steps solve nothing
+
+    # A second run reuses the trained policies and their rollouts: no training at all.
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(task, "train", no_training)
+    capsys.readouterr()
+    assert task.bench(cfg, str(results)) == 0
+    assert "reusing the rollouts" in capsys.readouterr().out
+    doc2 = json.loads((results / "libero.json").read_text())
+    assert [r["metrics"]["run"] for r in doc2["rows"]] == ["reused", "reused"]
+    assert [r["tokens"] for r in doc2["rows"]] == [32, 12]
+    # ... but not one trained with another budget
+    longer = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=3", *bench))
+    with pytest.raises(UserError, match="trained with other settings \\(train.max_steps: 2 there, 3 now\\)"):
+        task.bench(longer, str(results))
+
+
+def test_bench_config_is_checked_before_any_training(tmp_path):
+    task = LiberoTask()
+    with pytest.raises(ConfigError, match="unknown variant 'pooling2'.*valid: none, compressor_vla"):
+        task.load_config(None, ["bench.variants=[none, pooling2]"])
+    cfg = task.load_config(None, [f"bench.output_dir={tmp_path / 'b'}", "bench.tasks=[0, 10]"])
+    with pytest.raises(ConfigError, match="task id 10 is not in suite 'libero_object'"):
+        task.bench(cfg, str(tmp_path / "out"))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "out").exists()
