@@ -277,6 +277,17 @@ def test_overfit_two_volumes_reproduces_each_report(tok):
     # and with the volumes swapped, the reports swap too
     swapped = tok.batch_decode(model.generate(x.flip(0), max_new_tokens=max_new), skip_special_tokens=True)
     assert swapped == REPORTS[::-1]
+    # The image-dependence diagnostic sees it: pairing each report with the other volume costs
+    # far more than the true pairing; identical volumes (nothing to tell apart) give no gain.
+    from medvtc.medical.ct_report.task import ReportCollator, validation_loss
+
+    collate = ReportCollator(tok, max_report_tokens=64)
+    model.train()
+    paired = validation_loss(model, [{"image": x[i], "report": REPORTS[i]} for i in range(2)], torch.device("cpu"), collate)
+    assert model.training  # restored after the no-grad passes in eval mode
+    assert paired["image_gain"] > 0.3, paired  # ~0 for a model that ignores the image
+    same = validation_loss(model, [{"image": x[0], "report": r} for r in REPORTS], torch.device("cpu"), collate)
+    assert same["image_gain"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_vit_sdpa_and_activation_checkpointing():

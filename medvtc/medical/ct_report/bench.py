@@ -75,7 +75,7 @@ def _cost(model, pixel_values: torch.Tensor, repeats: int, gen) -> dict[str, flo
 
 def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
     from medvtc.medical.ct_report.pipeline import CTReportGenerator
-    from medvtc.medical.ct_report.task import generate_reports, score_reports
+    from medvtc.medical.ct_report.task import ReportCollator, generate_reports, score_reports, validation_loss
 
     torch.manual_seed(cfg.seed)
     task._ensure_data(cfg)
@@ -94,10 +94,11 @@ def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
         model = gen.model
         predictions = generate_reports(model, gen.tokenizer, test_set, torch.device("cpu"), cfg.generation)
         metrics = score_reports(predictions, test_set)
+        metrics.update(validation_loss(model, test_set, torch.device("cpu"), ReportCollator(gen.tokenizer, cfg.model.max_report_tokens)))
         pixel_values = test_set[0]["image"][None]
         cost = _cost(model, pixel_values, cfg.bench.repeats, cfg.generation)
         keep = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu4", "rouge_l", "meteor",
-                "distinct_reports"]
+                "distinct_reports", "image_gain"]
         row = ResultRow(
             method=variant, tokens=int(model.num_visual_tokens), flops=cost["flops"],
             params=accounting.count_params(model), latency_ms=cost["latency_ms"], peak_mem_mb=cost["peak_mem_mb"],
@@ -134,6 +135,9 @@ def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None) -> st
         if base.metrics.get("distinct_reports", 1.0) < 0.5:
             lines.append(f"(the uncompressed model writes the same report for most volumes: distinct reports "
                          f"{base.metrics['distinct_reports']:.2f}; F1 differences below say little about the compressors)")
+        if base.metrics.get("image_gain", 1.0) < 0.01:
+            lines.append(f"(the uncompressed model's test loss barely depends on its own image: image gain "
+                         f"{base.metrics['image_gain']:.4f} nats per token against mismatched volumes)")
         for r in rows:
             if r is base:
                 continue

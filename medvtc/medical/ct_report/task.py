@@ -192,14 +192,28 @@ def _loss_step(model, batch):
 
 @torch.no_grad()
 def validation_loss(model, dataset, device, collate: ReportCollator, batch_size: int = 16) -> dict[str, float]:
-    """Teacher-forced loss on a split: cheap enough to run during training (generation is not)."""
-    total, n = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        batch = {k: v.to(device) for k, v in collate(items).items()}
-        total += float(model(**batch).loss) * len(items)
-        n += len(items)
-    return {"loss": total / max(n, 1)}
+    """Teacher-forced loss on a split: cheap enough to run during training (generation is not).
+
+    Also the loss with every report paired with another volume of the split (each volume moved
+    one place on), and `image_gain` = that loss minus the true one: how much the model's report
+    depends on its own image. A model that ignores the image has a gain of ~0 however good its
+    text metrics look (a language prior alone can write a fluent, constant report)."""
+    was_training = model.training
+    model.eval()
+    items = [dataset[i] for i in range(len(dataset))]
+    images = [it["image"] for it in items]
+    shifted = [dict(it, image=images[(i + 1) % len(items)]) for i, it in enumerate(items)]
+    totals = {}
+    for key, seq in (("loss", items), ("loss_shuffled_images", shifted)):
+        total = 0.0
+        for start in range(0, len(seq), batch_size):
+            chunk = seq[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            total += float(model(**batch).loss) * len(chunk)
+        totals[key] = total / max(len(seq), 1)
+    model.train(was_training)
+    totals["image_gain"] = totals["loss_shuffled_images"] - totals["loss"]
+    return totals
 
 
 @torch.no_grad()
@@ -481,9 +495,10 @@ class CTReportTask(Task):
         device = next(model.parameters()).device
         predictions = generate_reports(model, tokenizer, dataset, device, cfg.generation)
         metrics = score_reports(predictions, dataset)
+        metrics.update(validation_loss(model, dataset, device, ReportCollator(tokenizer, cfg.model.max_report_tokens)))
         print(f"medvtc: {split} split ({len(predictions)} volumes, {model.num_visual_tokens} visual tokens):")
         keys = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu1", "bleu4", "rouge_l", "meteor",
-                "distinct_reports"]
+                "distinct_reports", "image_gain"]
         print("  " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics))
         if predictions:
             print(f"  sample {dataset.records[0].volume_name}:")
