@@ -80,7 +80,7 @@ class TokenSegModelConfig:
 
     name: Literal["tokenseg", "unet", "segresnet", "unetr", "swinunetr"] = "tokenseg"
     img_size: tuple[int, int, int] = (64, 64, 32)  # training crop and sliding-window ROI (SwinUNETR: multiples of 32)
-    feature_size: int = 8
+    feature_size: int = 16
     num_tokens: int = 400
     keep_tokens: int = 100
     token_dim: int = 128
