@@ -289,3 +289,31 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def replace(cfg: C, **changes: Any) -> C:
     return dataclasses.replace(cfg, **changes)
+
+
+# train.* keys that change how a run is logged or checkpointed, not the weights it produces.
+TRAIN_BOOKKEEPING = frozenset({"progress", "log_every", "save_every", "keep_last", "device", "num_workers", "eval_every"})
+
+
+def flatten_config(tree: Mapping[str, Any], keep_whole: Sequence[str] = (), prefix: str = "") -> dict[str, Any]:
+    """A nested config dict (as `to_dict` / `read_yaml` give it) -> {dotted key: value}. Dicts
+    under a key named in `keep_whole` (free-form arguments such as compressor_args) stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and k not in keep_whole:
+            out.update(flatten_config(v, keep_whole, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_settings_diff(saved: Mapping[str, Any], current: Mapping[str, Any], sections: Sequence[str],
+                      keep_whole: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) for every setting of `sections` (top-level keys
+    such as "seed", "data", "model", "train") that differs between a finished run's saved config
+    and the current one; train bookkeeping keys and keys only one side has are skipped. Lets a
+    benchmark refuse to reuse a run trained under other settings."""
+    old = flatten_config({k: saved[k] for k in sections if k in saved}, keep_whole)
+    new = flatten_config({k: current[k] for k in sections if k in current}, keep_whole)
+    return [(k, old[k], new[k]) for k in new
+            if k in old and old[k] != new[k] and not (k.startswith("train.") and k[6:] in TRAIN_BOOKKEEPING)]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from medvtc.common import checkpoint as ckpt
-from medvtc.common.config import read_yaml, replace, to_dict
+from medvtc.common.config import TRAIN_BOOKKEEPING, flatten_config, read_yaml, replace, to_dict
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_write_json
 from medvtc.common.results import ResultRow, quality_cost_plot, write_results
@@ -49,10 +49,6 @@ FLOP_REDUCTION_TARGET = 0.59
 SUCCESS_MARGIN = 0.02
 STEP_MS_TARGET = 50.0
 BASELINE_SUCCESS_MIN = 0.5
-
-# train.* keys that do not change the trained weights (bookkeeping), ignored when reusing a run.
-_BOOKKEEPING = {"progress", "log_every", "save_every", "keep_last", "device", "num_workers", "eval_every"}
-
 
 def variant_config(cfg, name: str, match: int | None):
     """The task config of variant `name`: the base config with the variant's `policy.*`, trained
@@ -72,16 +68,6 @@ def variant_config(cfg, name: str, match: int | None):
     return replace(cfg, policy=policy, output_dir=str(Path(cfg.bench.output_dir) / name))
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and k != "compressor_args" and k != "act_args":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 # policy.* keys an ACT run depends on (the others configure Compressor-VLA).
 _ACT_KEYS = {"name", "act_args", "chunk_size", "n_action_steps", "dropout"}
 
@@ -92,9 +78,9 @@ def _training_settings(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         policy = {k: v for k, v in policy.items() if k in _ACT_KEYS}
     else:
         policy.pop("act_args", None)
-    flat = _flat({"seed": cfg_dict.get("seed"), "data": {"root": cfg_dict.get("data", {}).get("root")},
-                  "policy": policy, "train": cfg_dict.get("train", {})})
-    return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in _BOOKKEEPING)}
+    flat = flatten_config({"seed": cfg_dict.get("seed"), "data": {"root": cfg_dict.get("data", {}).get("root")},
+                  "policy": policy, "train": cfg_dict.get("train", {})}, keep_whole=("compressor_args", "act_args"))
+    return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in TRAIN_BOOKKEEPING)}
 
 
 def check_same_run(vcfg, saved: Path, name: str) -> None:

@@ -148,9 +148,10 @@ def test_segment_one_bad_scan_fails_cleanly_with_no_output(run, tmp_path, capsys
 def test_tiny_benchmark_writes_results_and_partial_files_are_removed(run, tmp_path, capsys):
     work, common = run
     results = tmp_path / "results"
-    # bench.output_dir=work: the finished tokenseg and unet runs above are reused, only the ablation trains
+    # bench.output_dir=work: the finished tokenseg and unet runs above (3 steps, the same settings) are reused;
+    # only the ablation trains
     args = [*common, f"bench.output_dir={work}", "bench.models=[tokenseg,unet]", "bench.ablations=[random]",
-            "bench.sizes=[32]", "bench.repeats=1", "bench.max_steps=2", "bench.device=cpu", "eval.max_volumes=1"]
+            "bench.sizes=[32]", "bench.repeats=1", "bench.max_steps=3", "bench.device=cpu", "eval.max_volumes=1"]
     trained = (work / "tokenseg" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main(["bench", "--task", "tokenseg", *args, "--output", str(results)]) == 0
     doc = json.loads((results / "tokenseg.json").read_text())
@@ -182,3 +183,25 @@ def test_ratios_and_targets_against_swinunetr():
     md = targets_markdown(rows, [128])
     assert "peak memory 0.300x SwinUNETR (met)" in md and "latency 0.200x (met)" in md
     assert "best MONAI network unet 0.9100 (-1.50 points): met" in md and "70.0%" in md
+
+
+def test_bench_refuses_to_reuse_a_run_trained_with_other_settings(tmp_path):
+    """A finished bench run is reused only under the settings it was trained with: TokenSeg's own
+    keys matter for TokenSeg rows, not for the MONAI networks; bookkeeping keys never matter."""
+    from medvtc.common.config import replace, save_config
+    from medvtc.common.errors import UserError
+    from medvtc.medical.tokenseg import bench
+    from medvtc.tasks import get_task
+
+    cfg = get_task("tokenseg").load_config(None, [f"bench.output_dir={tmp_path}"])
+    ts = bench._variant_config(cfg, "tokenseg", "boundary", "tokenseg")
+    unet = bench._variant_config(cfg, "unet", "boundary", "unet")
+    saved = tmp_path / "config.yaml"
+    save_config(replace(ts, model=replace(ts.model, feature_size=4)), saved)
+    with pytest.raises(UserError, match=r"model\.feature_size: 4 there, 16 now"):
+        bench._check_reusable(ts, saved, "tokenseg")
+    save_config(replace(unet, model=replace(unet.model, feature_size=4), train=replace(unet.train, progress=False)), saved)
+    bench._check_reusable(unet, saved, "unet")  # TokenSeg's width and logging do not change a UNet
+    save_config(replace(unet, train=replace(unet.train, max_steps=7)), saved)
+    with pytest.raises(UserError, match=r"train\.max_steps: 7 there"):
+        bench._check_reusable(unet, saved, "unet")

@@ -86,6 +86,29 @@ def measure_cost(task, vcfg, in_channels: int, num_classes: int, size: int, devi
     return {"flops": flops, "peak_mem_mb": peak, "latency_ms": latency}
 
 
+def _check_reusable(vcfg, saved: Path, row: str) -> None:
+    """A finished run is reused only if it was trained with the settings this run would use."""
+    from medvtc.common.config import read_yaml, run_settings_diff, to_dict
+
+    if not saved.is_file():
+        return
+    diff = run_settings_diff(read_yaml(saved), to_dict(vcfg), ("seed", "data", "model", "train"),
+                             keep_whole=("selection_args", "baseline_args"))
+    # A MONAI network depends on model.name, img_size and baseline_args only; TokenSeg on the rest.
+    monai_keys = {"model.name", "model.img_size", "model.baseline_args"}
+    if vcfg.model.name == "tokenseg":
+        diff = [d for d in diff if d[0] != "model.baseline_args"]
+    else:
+        diff = [d for d in diff if not d[0].startswith("model.") or d[0] in monai_keys]
+    if diff:
+        key, old, new = diff[0]
+        raise UserError(
+            f"{saved.parent.parent} holds a finished {row!r} run trained with other settings ({key}: {old!r} there, "
+            f"{new!r} now{f', and {len(diff) - 1} more' if len(diff) > 1 else ''}); remove that folder or set "
+            "bench.output_dir to another one"
+        )
+
+
 def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
     from medvtc.common.config import to_dict
     from medvtc.medical.tokenseg.networks import num_tokens
@@ -103,7 +126,9 @@ def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
         vcfg = _variant_config(cfg, model_name, selection, row_name)
         final = Path(vcfg.output_dir) / "final"
         t0 = time.perf_counter()
-        if not (final / "model.safetensors").is_file():
+        if (final / "model.safetensors").is_file():
+            _check_reusable(vcfg, final / "config.yaml", row_name)
+        else:
             print(f"medvtc bench: training {row_name} in {vcfg.output_dir}")
             task.train(vcfg, resume=True)
         train_s = time.perf_counter() - t0
