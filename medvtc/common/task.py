@@ -8,7 +8,7 @@ listed in `medvtc.tasks`. The CLI resolves `--task`, loads the config (defaults,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from medvtc.common.config import load_config
 from medvtc.common.errors import UserError
@@ -57,3 +57,16 @@ class Task:
 
     def data(self, cfg: Any, inspect: bool = False, overwrite: bool = False) -> int:
         raise NotImplementedError
+
+    @staticmethod
+    def ensure_embedded_data(root: str | Path, is_default: bool, expected: str, making: str, make: Callable[[], Any]) -> None:
+        """Before train/eval/bench: nothing to do when `root` exists; the embedded default set is
+        made (`make()`, announced as `making`) when `root` is the task's default location; a
+        user's own root that is missing is an error saying what was `expected` there."""
+        root = Path(root)
+        if root.exists():
+            return
+        if not is_default:
+            raise UserError(f"data.root {root} does not exist (expected {expected})")
+        print(f"medvtc: {making} at {root}")
+        make()

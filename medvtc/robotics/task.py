@@ -249,13 +249,8 @@ class LiberoTask(Task):
         return 0
 
     def _ensure_data(self, cfg: LiberoTaskConfig) -> None:
-        root = Path(cfg.data.root)
-        if root.exists():
-            return
-        if cfg.data.root != DEFAULT_ROOT:
-            raise UserError(f"data.root {root} does not exist (expected a LeRobotDataset v3 folder)")
-        print(f"medvtc: recording the default LIBERO demonstrations at {root} (scripted expert)")
-        self.data(cfg)
+        self.ensure_embedded_data(cfg.data.root, cfg.data.root == DEFAULT_ROOT, "a LeRobotDataset v3 folder",
+                                  "recording the default LIBERO demonstrations (scripted expert)", lambda: self.data(cfg))
 
     # -- train -----------------------------------------------------------------------------------
     def build(self, cfg: LiberoTaskConfig, device: str):

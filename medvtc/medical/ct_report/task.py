@@ -262,13 +262,9 @@ class CTReportTask(Task):
 
     # -- data ------------------------------------------------------------------------------------
     def _ensure_data(self, cfg: CTReportTaskConfig) -> None:
-        root = Path(cfg.data.root)
-        if root.exists():
-            return
-        if cfg.data.root != DEFAULT_ROOT:
-            raise UserError(f"data.root {root} does not exist (expected a CT-RATE-layout folder)")
-        print(f"medvtc: generating the embedded CT phantom dataset at {root} (CT-RATE layout)")
-        self._generate(cfg, overwrite=False)
+        self.ensure_embedded_data(cfg.data.root, cfg.data.root == DEFAULT_ROOT, "a CT-RATE-layout folder",
+                                  "generating the embedded CT phantom dataset (CT-RATE layout)",
+                                  lambda: self._generate(cfg, overwrite=False))
 
     def _generate(self, cfg: CTReportTaskConfig, overwrite: bool) -> Path:
         from medvtc.datasets.ct_phantom import generate_ct_rate

@@ -208,13 +208,10 @@ class TokenSegTask(Task):
         )
 
     def _ensure_data(self, cfg: TokenSegTaskConfig) -> None:
-        root = Path(cfg.data.resolved_root)
-        if root.exists():
-            return
-        if cfg.data.root and cfg.data.root not in DEFAULT_ROOTS.values():
-            raise UserError(f"data.root {root} does not exist (expected an MSD task folder with dataset.json)")
-        print(f"medvtc: generating the embedded {cfg.data.dataset} dataset at {root} (MSD layout)")
-        self._generate(cfg, overwrite=False)
+        self.ensure_embedded_data(cfg.data.resolved_root, not cfg.data.root or cfg.data.root in DEFAULT_ROOTS.values(),
+                                  "an MSD task folder with dataset.json",
+                                  f"generating the embedded {cfg.data.dataset} dataset (MSD layout)",
+                                  lambda: self._generate(cfg, overwrite=False))
 
     def data(self, cfg: TokenSegTaskConfig, inspect: bool = False, overwrite: bool = False) -> int:
         root = Path(cfg.data.resolved_root)
