@@ -15,7 +15,7 @@ import io
 import sys
 from pathlib import Path
 
-from medvtc.common.errors import UserError
+from medvtc.common.errors import UserError, report_failures
 from medvtc.common.io import atomic_write_text
 from medvtc.datasets.ct_rate import find_nifti_files, nifti_stem
 from medvtc.medical.ct_report.pipeline import CTReportGenerator
@@ -86,12 +86,7 @@ def run_report(checkpoint: str, inputs: list[str], output: str | None = None, nu
         atomic_write_text(out_path, buf.getvalue())
     if out_path is not None and reports:
         print(f"medvtc: {len(reports)} report(s) written to {out_path}", file=sys.stderr)
-    if failures:
-        print(f"medvtc: {len(failures)} of {len(volumes)} volume(s) failed:", file=sys.stderr)
-        for v, msg in failures:
-            print(f"  {v}: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failures, len(volumes), "volume")
 
 
 __all__ = ["find_volumes", "run_report"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvtc.common.errors import UserError
+from medvtc.common.errors import UserError, report_failures
 from medvtc.common.io import atomic_write_bytes
 from medvtc.datasets.ct_rate import find_nifti_files, is_nifti_name, nifti_stem
 
@@ -160,12 +160,7 @@ def run_segment(checkpoint: str, inputs: list[str], output: str | None = None, p
     if many:
         done = len(scans) - len(failures)
         print(f"medvtc: {done} mask(s) written to {output}", file=sys.stderr)
-    if failures:
-        print(f"medvtc: {len(failures)} of {len(scans)} scan(s) failed:", file=sys.stderr)
-        for scan, msg in failures:
-            print(f"  {scan}: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failures, len(scans), "scan")
 
 
 __all__ = ["run_segment", "find_scans", "mask_bytes", "draw_png"]
