@@ -163,11 +163,11 @@ def _grads(module: torch.nn.Module) -> list[bool]:
     return [p.grad is not None for p in module.parameters()]
 
 
-@pytest.mark.parametrize("stage", ["lm", 1, 2])
+@pytest.mark.parametrize("stage", ["lm", 1, "1+lm", 2])
 def test_gradients_per_stage(tok, stage):
     torch.manual_seed(0)
     model = CTReportModel(tiny_config(tok))
-    counts = model.freeze_for_stage(stage)
+    counts = model.freeze_for_stage(1 if stage == "1+lm" else stage, train_language_model=stage == "1+lm")
     enc = encode_reports(tok, REPORTS)
     model(pixel_values=volumes(), **enc).loss.backward()
     parts = (model.vision_encoder, model.compressor, model.projector, model.language_model)
@@ -178,6 +178,9 @@ def test_gradients_per_stage(tok, stage):
     elif stage == 1:
         assert all(comp_g) and all(proj_g) and not any(enc_g) and not any(lm_g)
         assert counts["vision_encoder"] == counts["language_model"] == 0
+    elif stage == "1+lm":  # our stage 1 for an LM trained from scratch: only the ViT stays frozen
+        assert all(comp_g + proj_g + lm_g) and not any(enc_g)
+        assert counts["vision_encoder"] == 0 and counts["language_model"] > 0
     else:
         assert all(enc_g + comp_g + proj_g + lm_g)
         assert counts["vision_encoder"] > 0 and counts["language_model"] > 0
@@ -191,12 +194,16 @@ def test_save_load_round_trip(tok, tmp_path):
     with torch.no_grad():  # leave the init (tied embeddings, averaging pixel shuffle) behind
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    model.fit_token_standardizer([volumes(4, seed=3), volumes(3, seed=4)])
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
 
     loaded = CTReportModel.from_pretrained(tmp_path).eval()
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    # the fitted visual-token statistics travel with the weights
+    assert loaded.token_standardizer.is_fitted
+    assert torch.equal(loaded.token_standardizer.std, model.token_standardizer.std)
     assert loaded.language_model.lm_head.weight is loaded.language_model.get_input_embeddings().weight
     assert tok2.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
     enc, enc2 = encode_reports(tok, REPORTS), encode_reports(tok2, REPORTS)
@@ -422,3 +429,48 @@ def test_label_probe_learns_and_holds_only_the_encoder(tok):
     probe.eval()
     metrics = label_probe_metrics(probe, items, torch.device("cpu"), batch_size=3)
     assert metrics["auc"] > 0.9 and metrics["loss"] >= 0
+
+
+def test_token_standardizer_fits_each_positions_statistics():
+    from medvtc.medical.ct_report.token_standardizer import TokenStandardizer
+
+    g = torch.Generator().manual_seed(0)
+    offset = 5.0 * torch.randn(6, 4, generator=g)  # what every "patient" shares at a position
+    scale = 0.1 + torch.rand(6, 4, generator=g)
+    scale[0, 0] = 0.0  # a position that never varies (air): its std is floored, not divided by 0
+    batches = [offset + scale * torch.randn(50, 6, 4, generator=g) for _ in range(4)]
+    st = TokenStandardizer(6, 4, min_std=0.01)
+    assert not st.is_fitted and torch.equal(st(batches[0]), batches[0])  # identity until fitted
+    st.fit(iter(batches))
+    assert st.is_fitted
+    out = st(torch.cat(batches))
+    assert out.mean(0).abs().max() < 1e-4
+    std = out.std(0)
+    std[0, 0] = 1.0
+    assert (std - 1.0).abs().max() < 1e-3
+    assert st.std[0, 0] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match=r"\[B, 6, 4\]"):
+        st(torch.zeros(2, 5, 4))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        TokenStandardizer(6, 4).fit([torch.zeros(1, 6, 4)])
+    st.reset()
+    assert not st.is_fitted and torch.equal(st(batches[1]), batches[1])
+
+
+def test_fitted_standardizer_feeds_the_compressor_patient_specific_tokens(tok):
+    """After fitting on a set of volumes, the compressor's input over that set has zero mean
+    and unit spread at every position: what all volumes share at a position is removed."""
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok, compressor="none")).eval()
+    assert CTReportModel(tiny_config(tok, standardize_visual_tokens=False)).token_standardizer is None
+    x = volumes(16, seed=5) * 0.2 + volumes(1, seed=6)  # volumes that share most of their content
+    model.fit_token_standardizer([x[:8], x[8:]])
+    captured = {}
+    hook = model.compressor.register_forward_hook(lambda m, args, out: captured.update(tokens=args[0]))
+    with torch.no_grad():
+        model.encode_images(x)
+    hook.remove()
+    tokens = captured["tokens"]
+    assert tokens.shape == (16, N_TOKENS, 32)
+    assert tokens.mean(0).abs().max() < 1e-4
+    assert (tokens.std(0) - 1.0).abs().max() < 1e-3

@@ -54,6 +54,12 @@ def test_train_runs_all_stages_and_prints_metrics(run):
         assert (final / name).is_file(), name
     assert "clinical_micro_f1=" in r.stdout and "bleu4=" in r.stdout
     assert "generated:" in r.stdout and "reference:" in r.stdout
+    # the visual-token statistics are fitted once, after the warm-ups, and saved with the model
+    assert r.stdout.count("visual-token statistics fitted on 10 training volumes") == 1
+    from safetensors.torch import load_file
+
+    weights = load_file(str(final / "model.safetensors"))
+    assert bool(weights["token_standardizer.fitted"]) and weights["token_standardizer.std"].shape == (64, 32)
     saved = json.loads((final / "val_metrics.json").read_text())
     assert len(saved["reports"]) == 2 and 0.0 <= saved["metrics"]["clinical_micro_f1"] <= 1.0
     distinct = len({r["generated"] for r in saved["reports"]}) / 2
@@ -191,3 +197,18 @@ def test_instruction_guided_and_uncompressed_variants_build(run):
         with torch.no_grad():
             embeds, info = model.encode_images(torch.rand(1, 1, 16, 16, 8))
         assert embeds.shape[1] == k == info["num_visual_tokens"], variant
+
+
+def test_phantom_written_under_other_settings_is_used_with_a_note(run, capsys):
+    """An existing phantom set is never rewritten behind the user's back; a config asking for
+    other generator settings (an older default, say) gets a note naming the differing keys."""
+    from medvtc.tasks import get_task
+
+    work, common, _ = run
+    task = get_task("ct-report")
+    task._ensure_data(task.load_config(None, common))
+    assert "note:" not in capsys.readouterr().out
+    task._ensure_data(task.load_config(None, [*common, "data.num_train=11"]))
+    out = capsys.readouterr().out
+    assert "num_train=10" in out and "num_train=11" in out and "--overwrite" in out
+    assert len(list((work / "data").rglob("*.nii.gz"))) == 14  # nothing was rewritten

@@ -71,6 +71,10 @@ class CTReportConfig(PretrainedConfig):
                         named with the vision_ prefix because `PretrainedConfig` treats a plain
                         `gradient_checkpointing` kwarg as deprecated. `model.gradient_checkpointing_enable()`
                         switches it on for the ViT and the LM together.
+      standardize_visual_tokens
+                        standardise each ViT token by its position's mean and std over the
+                        training set before the compressor (`token_standardizer`; fitted by
+                        `CTReportModel.fit_token_standardizer`, identity until then)
 
     Compressor (from `medvtc.common.compressors`):
       compressor        a registered name (`list_compressors()`), or "none"/"identity" (no compression)
@@ -115,6 +119,7 @@ class CTReportConfig(PretrainedConfig):
         vision_qkv_bias: bool = False,
         vision_stem: str = "patch",
         vision_gradient_checkpointing: bool = False,
+        standardize_visual_tokens: bool = True,
         compressor: str = "pixel_shuffle",
         compressor_budget: int | float = 64,
         compressor_args: dict[str, Any] | None = None,
@@ -154,6 +159,7 @@ class CTReportConfig(PretrainedConfig):
             raise ValueError(f"vision_stem='conv' needs power-of-two patch sizes, got {self.patch_size}")
         self.vision_stem = vision_stem
         self.vision_gradient_checkpointing = bool(vision_gradient_checkpointing)
+        self.standardize_visual_tokens = bool(standardize_visual_tokens)
 
         self.compressor = str(compressor)
         self.compressor_budget = compressor_budget

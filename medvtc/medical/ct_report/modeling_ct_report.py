@@ -34,6 +34,7 @@ from medvtc.common.compressors.matryoshka_query import MatryoshkaQuery
 from medvtc.common.compressors.perceiver_resampler import PerceiverResampler
 from medvtc.common.compressors.pixel_shuffle import PixelShuffle, group_factors
 from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
+from medvtc.medical.ct_report.token_standardizer import TokenStandardizer
 from medvtc.medical.ct_report.vision_encoder import CTViTEncoder
 
 IGNORE_INDEX = -100  # label of positions without a loss (visual, prompt, padding)
@@ -79,7 +80,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
     Submodules: `vision_encoder` (CTViTEncoder), `compressor` (a `TokenCompressor`),
     `projector` (CTReportProjector), `text_projector` (LM width -> the compressor's text_dim,
     only for an instruction-guided compressor with a text_dim different from the LM's),
-    `language_model` (LlamaForCausalLM by default).
+    `language_model` (LlamaForCausalLM by default), `token_standardizer` (a `TokenStandardizer`
+    between the ViT and the compressor; None with standardize_visual_tokens=False).
 
     forward(pixel_values [B, 1, X, Y, Z] | None, input_ids [B, T], attention_mask [B, T],
             labels [B, T]) -> CausalLMOutputWithPast
@@ -117,6 +119,11 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             qkv_bias=config.vision_qkv_bias,
             stem=getattr(config, "vision_stem", "patch"),
             gradient_checkpointing=config.vision_gradient_checkpointing,
+        )
+        # fitted on the training set after the vision warm-up (see token_standardizer.py)
+        self.token_standardizer = (
+            TokenStandardizer(self.vision_encoder.num_patches, config.vision_hidden_size)
+            if getattr(config, "standardize_visual_tokens", False) else None
         )
         self.language_model = self._build_language_model()
         lm_dim = self.config.text_config.hidden_size
@@ -172,6 +179,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             module.latents.data.normal_(0.0, 0.02)
         elif isinstance(module, MatryoshkaQuery):
             module.queries.data.normal_(0.0, 0.02)
+        elif isinstance(module, TokenStandardizer):
+            module.reset()
         elif isinstance(module, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.BatchNorm3d)):
             module.reset_parameters()
 
@@ -196,8 +205,10 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
 
     # -- stages ----------------------------------------------------------------------------
 
-    def freeze_for_stage(self, stage: str | int) -> dict[str, int]:
+    def freeze_for_stage(self, stage: str | int, train_language_model: bool = False) -> dict[str, int]:
         """Set requires_grad for a training stage and return the trainable parameter counts.
+        `train_language_model` also trains the LM in stage 1 (for an LM trained from scratch,
+        which, unlike Argus' pretrained one, cannot read visual tokens it never learned).
 
         "lm": only the language model (text-only pretraining on reports; our default LM starts
               from random weights, Argus starts from a pretrained LLM instead)
@@ -217,6 +228,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         if key not in parts:
             raise ValueError(f"stage must be 'lm', 'vision', 1 or 2, got {stage!r}")
         self.requires_grad_(False)
+        if key == "1" and train_language_model:
+            parts[key].append(self.language_model)
         for module in parts[key]:
             if module is not None:
                 module.requires_grad_(True)
@@ -235,6 +248,20 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         if mode and not any(p.requires_grad for p in self.vision_encoder.parameters()):
             self.vision_encoder.eval()
         return self
+
+    @torch.no_grad()
+    def fit_token_standardizer(self, pixel_batches) -> None:
+        """Fit `token_standardizer` on the ViT tokens of `pixel_batches` (an iterable of
+        [B, 1, X, Y, Z], normally the whole training split) with the encoder in eval mode."""
+        if self.token_standardizer is None:
+            raise ValueError("this model was built with standardize_visual_tokens=False")
+        encoder = self.vision_encoder
+        was_training = encoder.training
+        encoder.eval()
+        dtype = encoder.patch_embedding.position_embeddings.dtype
+        device = encoder.patch_embedding.position_embeddings.device
+        self.token_standardizer.fit(encoder(x.to(device=device, dtype=dtype)) for x in pixel_batches)
+        encoder.train(was_training)
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -257,6 +284,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         frozen = not any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             tokens = encoder(pixel_values.to(dtype))  # [B, N, Dv]
+        if self.token_standardizer is not None:
+            tokens = self.token_standardizer(tokens)
         text = text_mask = None
         if self.compressor.needs_text:
             b = tokens.shape[0]

@@ -1,19 +1,25 @@
 """The `ct-report` task: train, evaluate and benchmark the CT report generator.
 
     medvtc data  --task ct-report            # the embedded phantom dataset, CT-RATE layout
-    medvtc train --task ct-report            # tokenizer, LM warm-up, stage 1, stage 2
+    medvtc train --task ct-report            # tokenizer, warm-ups, stage 1, stage 2
     medvtc eval  --task ct-report            # test split: BLEU, ROUGE-L, METEOR, clinical F1
     medvtc report --checkpoint runs/ct-report/final scan.nii.gz
 
-Training follows Argus (arXiv 2406.07146) in two stages after two warm-ups that stand in for
-its pretrained LLM and ViT (we build both from scratch: no hub access; see `pretraining.py`):
-- `lm`: the language model alone learns the reports' language; without it stage 1 would align
-  images to a model that cannot write. Skipped when `model.language_model_path` names a local
-  pretrained checkpoint.
+Training follows Argus (arXiv 2406.07146) in two stages after warm-ups that stand in for its
+pretrained LLM and ViT (we build both from scratch: no hub access; see `pretraining.py`):
+- `lm` (off by default, `stages.lm_steps`): the language model alone learns the reports'
+  language. Measured on the phantom: an LM warmed up on text alone learned to ignore the image
+  in the later stages (image_gain 0.0000), so the default trains the LM with the images only.
+  Skipped when `model.language_model_path` names a local pretrained checkpoint.
 - `vision`: the ViT learns the 18 CT-RATE labels through a linear probe (skipped when the
   training split has no labels CSV). These two do not depend on the compressor, so they (and the
   tokenizer) live in `stages.shared_dir` when it is set: the benchmark's variants share them.
-- stage 1 (`align`): only the compressor and projector train; encoder and LM are frozen.
+- then the per-position statistics of the ViT's tokens are fitted on the training split
+  (`token_standardizer.py`).
+- stage 1 (`align`): the compressor and projector train with the ViT frozen. Argus also freezes
+  its pretrained LM here; ours is untrained, so by default (`stages.align_language_model`) it
+  trains too, and learns to read the image while the ViT's features cannot drift. (With the ViT
+  unfrozen from the start, at full or a tenth of the learning rate, the LM never used the image.)
 - stage 2 (`finetune`, the `train.*` keys): everything trains, the ViT unfrozen.
 Each stage is a run of the shared trainer in its own folder under `output_dir`, so `--resume`
 continues whichever stage was interrupted and skips the finished ones.
@@ -57,7 +63,7 @@ class CTReportDataConfig:
     resize: Literal["resize", "crop_pad"] = "resize"
     val_fraction: float = 0.1
     cache: bool = True
-    num_train: int = 400
+    num_train: int = 1200
     num_val: int = 50
     num_test: int = 50
     phantom_shape: tuple[int, int, int] = (128, 128, 64)
@@ -103,20 +109,22 @@ class CTReportModelConfig:
     max_report_tokens: int = 256
     prompt: str = "Findings:"
     gradient_checkpointing: bool = False
+    standardize_visual_tokens: bool = True  # per-position standardisation of the ViT tokens (token_standardizer.py)
 
 
 @dataclass
 class CTReportStagesConfig:
     """`stages.*`: the stages before the end-to-end one (which uses `train.*`)."""
 
-    lm_steps: int = 200
+    lm_steps: int = 0
     lm_lr: float = 1e-3
     lm_batch_size: int = 16
-    vision_steps: int = 400
-    vision_lr: float = 1e-3
+    vision_steps: int = 1600
+    vision_lr: float = 2e-3
     vision_batch_size: int = 8
-    align_steps: int = 100
+    align_steps: int = 600
     align_lr: float = 1e-3
+    align_language_model: bool = True  # stage 1 also trains the LM (ours starts untrained; see the module docstring)
     shared_dir: str | None = None  # where the tokenizer, lm and vision stages live (null: output_dir)
 
     def validate(self) -> None:
@@ -265,6 +273,20 @@ class CTReportTask(Task):
         self.ensure_embedded_data(cfg.data.root, cfg.data.root == DEFAULT_ROOT, "a CT-RATE-layout folder",
                                   "generating the embedded CT phantom dataset (CT-RATE layout)",
                                   lambda: self._generate(cfg, overwrite=False))
+        # A phantom set written under other generator settings (an older default, say) is used as
+        # it is, never silently rewritten; say so, since the figures then differ from the README's.
+        meta = Path(cfg.data.root) / "medvtc_phantom.json"
+        if meta.is_file():
+            d = cfg.data
+            written = json.loads(meta.read_text())
+            wanted = {"num_train": d.num_train, "num_val": d.num_val, "num_test": d.num_test, "seed": d.seed,
+                      "shape": list(d.phantom_shape), "spacing_mm": list(d.phantom_spacing)}
+            differ = [k for k, v in wanted.items() if written.get(k) != v]
+            if differ:
+                print(f"medvtc: note: the phantom set in {d.root} was written with other settings "
+                      f"({', '.join(f'{k}={written.get(k)}' for k in differ)}; the config asks for "
+                      f"{', '.join(f'{k}={wanted[k]}' for k in differ)}); using it as it is. "
+                      f"`medvtc data --task ct-report --overwrite` rewrites it.")
 
     def _generate(self, cfg: CTReportTaskConfig, overwrite: bool) -> Path:
         from medvtc.datasets.ct_phantom import generate_ct_rate
@@ -349,6 +371,7 @@ class CTReportTask(Task):
                 tokenizer, image_size=tuple(cfg.data.spatial_size), patch_size=tuple(m.patch_size),
                 vision_hidden_size=m.vision_hidden_size, vision_layers=m.vision_layers, vision_heads=m.vision_heads,
                 vision_mlp_dim=m.vision_mlp_dim, vision_stem=m.vision_stem, vision_gradient_checkpointing=m.gradient_checkpointing,
+                standardize_visual_tokens=m.standardize_visual_tokens,
                 compressor=m.compressor, compressor_budget=m.budget, compressor_args=dict(m.compressor_args),
                 text_config=text_config, language_model_path=m.language_model_path or None, prompt=m.prompt,
             )
@@ -447,7 +470,18 @@ class CTReportTask(Task):
                 if dist_info.is_main:
                     print(f"medvtc: stage {stage} already finished; weights from {stage_dir}")
                 continue
-            counts = model.freeze_for_stage({"lm": "lm", "vision": "vision", "align": 1, "finetune": 2}[stage])
+            standardizer = model.token_standardizer
+            if stage in ("align", "finetune") and standardizer is not None and not standardizer.is_fitted:
+                # once, on the warmed-up encoder; the stages' checkpoints then carry the statistics
+                images = (label_collate([train_set[i] for i in range(s, min(len(train_set), s + 16))])["pixel_values"]
+                          for s in range(0, len(train_set), 16))
+                model.fit_token_standardizer(images)
+                if dist_info.is_main:
+                    print(f"medvtc: visual-token statistics fitted on {len(train_set)} training volumes")
+            counts = model.freeze_for_stage(
+                {"lm": "lm", "vision": "vision", "align": 1, "finetune": 2}[stage],
+                train_language_model=cfg.stages.align_language_model,
+            )
             if dist_info.is_main:
                 print(f"medvtc: stage {stage}: {tcfg.max_steps} steps, trainable " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v))
             if stage == "lm":
