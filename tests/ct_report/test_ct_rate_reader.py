@@ -17,6 +17,7 @@ import torch
 from medvtc.common.errors import UserError
 from medvtc.datasets.ct_rate import (
     CTReportDataset,
+    ct_input_channels,
     ct_transforms,
     load_ct_volume,
     preprocess_ct_array,
@@ -223,6 +224,53 @@ def test_hu_window_and_orientation(tmp_path: Path):
     assert bool((x[torch.from_numpy(flipped.copy() == 0)] == 0.5).all())
     a = preprocess_ct_array(torch.tensor(v, dtype=torch.float32), affine=lps, spatial_size=SHAPE, resize="crop_pad")
     assert torch.equal(a[0], x)
+
+
+BINS = (-950.0, -30.0, 20.0, 130.0)  # 5 intervals
+
+
+def test_hu_interval_channels_are_tissue_fractions():
+    v = np.full((8, 8, 4), 40.0, dtype=np.float32)  # soft tissue
+    v[:4] = -1000.0  # air in the left half
+    v[4:, :, :2] = 10.0  # fluid
+    v[4:6, :4, 2:] = 500.0  # bone
+    x = preprocess_ct_array(v, hu_bins=BINS, spatial_size=(4, 4, 2))
+    assert ct_input_channels(BINS) == 6 and ct_input_channels([]) == 1
+    assert x.shape == (6, 4, 4, 2) and x.dtype == torch.float32
+    # channel 0 is the window alone, exactly as without bins
+    assert torch.allclose(x[0], preprocess_ct_array(v, spatial_size=(4, 4, 2))[0])
+    fractions = x[1:]
+    assert torch.allclose(fractions.sum(0), torch.ones(4, 4, 2))
+    assert bool((fractions[0, :2] == 1.0).all()) and bool((fractions[1:, :2] == 0.0).all())  # air: (-inf, -950)
+    assert bool((fractions[2, 2:, :, 0] == 1.0).all())  # fluid: [-30, 20)
+    assert torch.allclose(fractions[4, 2, :2, 1], torch.ones(2))  # bone: [130, inf)
+    assert torch.allclose(fractions[3, 3, :, 1], torch.ones(4))  # soft tissue: [20, 130)
+    # an output voxel over a mix averages its 2x2x2 inputs: here half bone, half soft tissue
+    u = np.full((8, 8, 4), 40.0, dtype=np.float32)
+    u[::2] = 500.0
+    y = preprocess_ct_array(u, hu_bins=BINS, spatial_size=(4, 4, 2))
+    assert torch.allclose(y[1 + 4], torch.full((4, 4, 2), 0.5)) and torch.allclose(y[1 + 3], torch.full((4, 4, 2), 0.5))
+
+
+def test_hu_interval_channels_file_dataset_and_crop_pad(ct_root: Path):
+    path = ct_root / "dataset" / volume_relpath(TRAIN[0])
+    x = load_ct_volume(path, spatial_size=(16, 16, 8), hu_bins=BINS)
+    y = ct_transforms(spatial_size=(16, 16, 8), hu_bins=BINS)({"image": str(path)})["image"]
+    assert x.shape == (6, 16, 16, 8) and torch.allclose(x, y, atol=1e-6)
+    assert torch.allclose(x[0], load_ct_volume(path, spatial_size=(16, 16, 8))[0])
+    # padding is air: the window channel is 0 and the lowest interval is 1 there
+    z = load_ct_volume(path, spatial_size=(30, 30, 14), resize="crop_pad", hu_bins=BINS)
+    assert z.shape == (6, 30, 30, 14)
+    assert float(z[0, 0, 0, 0]) == 0.0 and float(z[1, 0, 0, 0]) == 1.0 and float(z[2:, 0, 0, 0].sum()) == 0.0
+    ds = CTReportDataset(read_ct_rate(ct_root, "train", val_fraction=0.0), hu_bins=BINS, **SMALL)
+    assert ds[0]["image"].shape == (6, 12, 12, 6)
+
+
+@pytest.mark.parametrize("bins", [(20.0, -30.0), (0.0, 0.0), (float("nan"),), ("soft",)])
+def test_bad_hu_bins(ct_root: Path, bins):
+    path = ct_root / "dataset" / volume_relpath(TRAIN[0])
+    with pytest.raises(UserError, match="hu_bins"):
+        load_ct_volume(path, hu_bins=bins)
 
 
 def test_dataset_with_dataloader_and_cache(ct_root: Path):

@@ -60,6 +60,11 @@ def test_train_runs_all_stages_and_prints_metrics(run):
 
     weights = load_file(str(final / "model.safetensors"))
     assert bool(weights["token_standardizer.fitted"]) and weights["token_standardizer.std"].shape == (64, 32)
+    # the default input: the HU window plus one channel per interval of data.hu_bins
+    preprocessing = json.loads((final / "preprocessor_config.json").read_text())
+    bins = preprocessing["hu_bins"]
+    assert bins == [-950.0, -700.0, -250.0, -30.0, 20.0, 100.0, 130.0, 1000.0]
+    assert json.loads((final / "config.json").read_text())["in_channels"] == 1 + len(bins) + 1
     saved = json.loads((final / "val_metrics.json").read_text())
     assert len(saved["reports"]) == 2 and 0.0 <= saved["metrics"]["clinical_micro_f1"] <= 1.0
     distinct = len({r["generated"] for r in saved["reports"]}) / 2
@@ -116,6 +121,10 @@ def test_python_api_path_and_array(run):
     from_array = generator(np.asarray(img.dataobj), spacing=img.header.get_zooms()[:3])
     assert isinstance(from_path, str) and from_path
     assert from_path == from_array  # same volume, same preprocessing, greedy decoding
+    assert generator.preprocess(volume).shape == (10, 16, 16, 8)
+    # a model saved before data.hu_bins existed has no such key: its input is the window alone
+    del generator.preprocessing["hu_bins"]
+    assert generator.preprocess(volume).shape == (1, 16, 16, 8)
 
 
 def test_report_command_files_folders_and_failures(run, tmp_path):
@@ -195,7 +204,7 @@ def test_instruction_guided_and_uncompressed_variants_build(run):
     for variant, k in expected.items():
         model = task.build_model(_variant_config(cfg, variant), tok)
         with torch.no_grad():
-            embeds, info = model.encode_images(torch.rand(1, 1, 16, 16, 8))
+            embeds, info = model.encode_images(torch.rand(1, model.config.in_channels, 16, 16, 8))
         assert embeds.shape[1] == k == info["num_visual_tokens"], variant
 
 

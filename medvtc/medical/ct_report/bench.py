@@ -196,7 +196,7 @@ def run_scale(cfg) -> dict[str, Any]:
     runs = []
     for path, compressor, budget in (("compressed", "pixel_shuffle", b.scale_budget), ("uncompressed", "none", None)):
         spec = {"volume": str(volume), "size": list(size), "patch": list(b.scale_patch), "compressor": compressor,
-                "budget": budget, "seed": cfg.seed}
+                "budget": budget, "seed": cfg.seed, "hu_bins": list(cfg.data.hu_bins)}
         proc = subprocess.run([sys.executable, "-m", "medvtc.medical.ct_report.bench", json.dumps(spec)],
                               capture_output=True, text=True)
         if proc.returncode == 0:
@@ -213,7 +213,7 @@ def run_scale(cfg) -> dict[str, Any]:
 def _scale_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Read the full-size NIfTI and write 16 report tokens with an untrained model built for it."""
     from medvtc.common.accounting import _vm_hwm_bytes
-    from medvtc.datasets.ct_rate import load_ct_volume
+    from medvtc.datasets.ct_rate import ct_input_channels, load_ct_volume
     from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
     from medvtc.medical.ct_report.modeling_ct_report import CTReportModel
     from medvtc.medical.ct_report.tokenizer import train_report_tokenizer
@@ -221,13 +221,14 @@ def _scale_child(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     tok = train_report_tokenizer(["no pleural effusion. heart size is normal. no lung nodule."] * 4, vocab_size=300)
     config = CTReportConfig.from_tokenizer(
-        tok, image_size=tuple(spec["size"]), patch_size=tuple(spec["patch"]), compressor=spec["compressor"],
+        tok, image_size=tuple(spec["size"]), in_channels=ct_input_channels(spec.get("hu_bins")),
+        patch_size=tuple(spec["patch"]), compressor=spec["compressor"],
         compressor_budget=spec["budget"] or 1, vision_gradient_checkpointing=False,
         text_config={"max_position_embeddings": 32768},
     )
     model = CTReportModel(config).eval()
     t0 = time.perf_counter()
-    pixels = load_ct_volume(spec["volume"], spatial_size=spec["size"])[None]
+    pixels = load_ct_volume(spec["volume"], spatial_size=spec["size"], hu_bins=spec.get("hu_bins") or ())[None]
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -60,7 +60,7 @@ class CTReportConfig(PretrainedConfig):
 
     Vision (a MONAI ViT, `CTViTEncoder`):
       image_size        (X, Y, Z) voxels of the input volume; each side divisible by patch_size
-      in_channels       1 for CT
+      in_channels       1 for a windowed CT; 1 + len(hu_bins) + 1 with the HU-interval channels (`datasets.ct_rate.ct_input_channels`)
       patch_size        (px, py, pz); the token grid is (X/px, Y/py, Z/pz), N = its product
       vision_hidden_size, vision_layers, vision_heads, vision_mlp_dim, vision_dropout
       vision_qkv_bias   bias of the fused qkv projection (MONAI's ViT default: False)

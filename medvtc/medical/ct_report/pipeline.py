@@ -58,11 +58,12 @@ class CTReportGenerator:
 
     # -- input -------------------------------------------------------------------------------
     def preprocess(self, volume: str | Path | np.ndarray | torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
-        """A NIfTI path, or an [X, Y, Z] array in HU (with its voxel `spacing` in mm) -> [1, X', Y', Z']."""
+        """A NIfTI path, or an [X, Y, Z] array in HU (with its voxel `spacing` in mm) -> [C, X', Y', Z']."""
         from medvtc.datasets.ct_rate import load_ct_volume, preprocess_ct_array
 
         p = self.preprocessing
-        args = dict(spatial_size=p["spatial_size"], hu_window=p["hu_window"], resize=p["resize"])
+        # hu_bins: absent from models saved before it existed (they read the window channel only)
+        args = dict(spatial_size=p["spatial_size"], hu_window=p["hu_window"], resize=p["resize"], hu_bins=p.get("hu_bins") or ())
         if isinstance(volume, (str, Path)):
             return load_ct_volume(volume, spacing=p.get("spacing"), **args)
         return preprocess_ct_array(volume, spacing, target_spacing=p.get("spacing"), **args)
@@ -70,7 +71,7 @@ class CTReportGenerator:
     # -- output ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_from_pixels(self, pixel_values: torch.Tensor, max_new_tokens: int = 256, num_beams: int = 1) -> list[str]:
-        """pixel_values [B, 1, X, Y, Z] already preprocessed -> B reports."""
+        """pixel_values [B, C, X, Y, Z] already preprocessed -> B reports."""
         ids = self.model.generate(pixel_values.to(self.device), max_new_tokens=max_new_tokens, num_beams=num_beams)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 

@@ -60,6 +60,11 @@ class CTReportDataConfig:
     spatial_size: tuple[int, int, int] = (64, 64, 32)
     spacing: tuple[float, float, float] | None = None  # mm; null keeps the scan's own before resizing
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    # HU edges of extra input channels, one per interval (the fraction of each voxel's tissue in
+    # it; see datasets.ct_rate.HUIntervalChannelsd); [] gives the window channel alone. Default
+    # edges: LAA-950 (emphysema), -700 and -250 (ground glass, consolidation), fat, fluid, soft
+    # tissue, 130 (Agatston calcium), 1000 (metal, dense bone).
+    hu_bins: tuple[float, ...] = (-950.0, -700.0, -250.0, -30.0, 20.0, 100.0, 130.0, 1000.0)
     resize: Literal["resize", "crop_pad"] = "resize"
     val_fraction: float = 0.1
     cache: bool = True
@@ -75,6 +80,8 @@ class CTReportDataConfig:
             raise ValueError(f"spatial_size must be positive, got {list(self.spatial_size)}")
         if not self.hu_window[0] < self.hu_window[1]:
             raise ValueError(f"hu_window must be [low, high] with low < high, got {list(self.hu_window)}")
+        if any(b <= a for a, b in zip(self.hu_bins, self.hu_bins[1:])):
+            raise ValueError(f"hu_bins must be strictly increasing HU edges (or []), got {list(self.hu_bins)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -83,6 +90,7 @@ class CTReportDataConfig:
             "spatial_size": list(self.spatial_size),
             "spacing": None if self.spacing is None else list(self.spacing),
             "hu_window": list(self.hu_window),
+            "hu_bins": list(self.hu_bins),
             "resize": self.resize,
         }
 
@@ -120,7 +128,7 @@ class CTReportStagesConfig:
     lm_lr: float = 1e-3
     lm_batch_size: int = 16
     vision_steps: int = 1600
-    vision_lr: float = 2e-3
+    vision_lr: float = 5e-4
     vision_batch_size: int = 8
     align_steps: int = 600
     align_lr: float = 1e-3
@@ -326,7 +334,7 @@ class CTReportTask(Task):
         return {
             s: CTReportDataset(
                 read_ct_rate(d.root, s, d.val_fraction), spatial_size=d.spatial_size, spacing=d.spacing,
-                hu_window=d.hu_window, resize=d.resize, cache=d.cache,
+                hu_window=d.hu_window, resize=d.resize, cache=d.cache, hu_bins=d.hu_bins,
             )
             for s in splits
         }
@@ -356,6 +364,7 @@ class CTReportTask(Task):
         return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
 
     def build_model(self, cfg: CTReportTaskConfig, tokenizer):
+        from medvtc.datasets.ct_rate import ct_input_channels
         from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
         from medvtc.medical.ct_report.modeling_ct_report import CTReportModel
 
@@ -368,7 +377,8 @@ class CTReportTask(Task):
             )
         try:
             config = CTReportConfig.from_tokenizer(
-                tokenizer, image_size=tuple(cfg.data.spatial_size), patch_size=tuple(m.patch_size),
+                tokenizer, image_size=tuple(cfg.data.spatial_size), in_channels=ct_input_channels(cfg.data.hu_bins),
+                patch_size=tuple(m.patch_size),
                 vision_hidden_size=m.vision_hidden_size, vision_layers=m.vision_layers, vision_heads=m.vision_heads,
                 vision_mlp_dim=m.vision_mlp_dim, vision_stem=m.vision_stem, vision_gradient_checkpointing=m.gradient_checkpointing,
                 standardize_visual_tokens=m.standardize_visual_tokens,
