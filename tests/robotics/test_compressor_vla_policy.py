@@ -193,6 +193,15 @@ def test_config_errors():
         CompressorVLAPolicy(tiny_config(compressor="pooling", compressor_budget=17, compressor_args={}))
     with pytest.raises(ValueError, match="image input"):
         CompressorVLAPolicy(tiny_config(input_features={STATE_KEY: PolicyFeature(FeatureType.STATE, (8,))}))
+    with pytest.raises(ValueError, match="attention_dropout must be in"):
+        tiny_config(attention_dropout=1.0)
+
+
+def test_dropout_settings_reach_the_blocks():
+    model = CompressorVLAPolicy(tiny_config(dropout=0.2, attention_dropout=0.3)).model
+    block = model.blocks[0]
+    assert block.attn.attn_drop.p == 0.3 and block.attn.proj_drop.p == 0.2 and block.mlp.drop2.p == 0.2
+    assert CompressorVLAPolicy(tiny_config(dropout=0.2)).model.blocks[0].attn.attn_drop.p == 0.0  # the default
 
 
 def test_hashed_tokenizer_is_stable():

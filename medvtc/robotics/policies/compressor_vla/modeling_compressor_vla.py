@@ -87,7 +87,7 @@ def _blocks(cfg: CompressorVLAConfig, depth: int) -> nn.ModuleList:
 
     return nn.ModuleList(
         Block(cfg.dim_model, cfg.n_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, proj_drop=cfg.dropout,
-              attn_drop=cfg.dropout)
+              attn_drop=cfg.attention_dropout)
         for _ in range(depth)
     )
 
