@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from medvtc.common import checkpoint as ckpt
-from medvtc.common.trainer import TrainConfig, lr_lambda
+from medvtc.common.trainer import TrainConfig, lr_lambda, read_training_summary
 
 SCRIPT = Path(__file__).with_name("_tiny_train.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -64,6 +64,15 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     with open(killed / "metrics.csv") as f:
         loss_steps = [int(r["step"]) for r in csv.DictReader(f) if r["metric"] == "loss"]
     assert loss_steps == list(range(1, steps + 1))
+
+    # The training time carries over the resume: the killed part slept 0.05 s per step up to its
+    # checkpoint, the resumed part did not sleep at all.
+    summary = read_training_summary(killed)
+    assert summary["steps"] == steps
+    assert summary["train_s"] >= 0.05 * int(at_kill.name.split("_")[1])
+    with open(killed / "metrics.csv") as f:
+        last_loss = [float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "loss"][-1]
+    assert summary["train_loss"] == last_loss
 
 
 def test_resume_without_checkpoint_refuses_to_overwrite(tmp_path):
@@ -142,3 +151,14 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert lin(5) == pytest.approx(0.5)
     const = lr_lambda(TrainConfig(max_steps=10, schedule="constant"))
     assert const(7) == 1.0
+
+
+def test_training_summary_of_runs_logged_before_train_s(tmp_path):
+    assert read_training_summary(tmp_path) is None
+    rows = ["step,split,metric,value,time"]
+    for step, t in ((20, 100.0), (40, 110.0), (60, 120.0)):
+        rows += [f"{step},train,loss,{1 / step},{t}", f"{step},eval,loss,0.5,{t + 3}"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = read_training_summary(tmp_path)
+    # 20 s from step 20 to 60, stretched over the 20 steps logged first: 30 s
+    assert summary == {"steps": 60, "train_loss": 1 / 60, "train_s": 30.0}

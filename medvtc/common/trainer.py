@@ -5,7 +5,8 @@
 - seeded, and deterministic on CPU: a run killed at any moment and resumed with `resume=True`
   ends with the same weights as one that was not (the data order, RNG states, optimizer and
   scheduler all continue from the checkpoint);
-- a progress bar with loss and throughput; metrics to TensorBoard and to `metrics.csv`;
+- a progress bar with loss and throughput; metrics to TensorBoard and to `metrics.csv`, with
+  `train_s`, the seconds spent in the training loop over all resumes (`read_training_summary`);
 - a periodic evaluation hook;
 - atomic safetensors checkpoints (see `medvtc.common.checkpoint`);
 - DistributedDataParallel when launched by `torchrun` (gloo on CPU, NCCL on GPU): samplers are
@@ -197,6 +198,36 @@ class MetricsLogger:
             self.tb.close()
 
 
+
+def read_training_summary(run_dir: str | Path) -> dict[str, float] | None:
+    """What a finished or interrupted run's `metrics.csv` says of its training, or None without
+    one: `steps` (last logged), `train_loss` (the last logging window's mean) and `train_s`, the
+    seconds spent in the training loop over all resumes. Runs logged before `train_s` existed get
+    an estimate from the rows' times (first to last train row, stretched over the steps before the
+    first row), which also counts any pause between a kill and its resume."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("split") == "train"]
+    if not rows:
+        return None
+    last = max(int(r["step"]) for r in rows)
+    at_last = {r["metric"]: float(r["value"]) for r in rows if int(r["step"]) == last}
+    summary: dict[str, float] = {"steps": last}
+    if "loss" in at_last:
+        summary["train_loss"] = at_last["loss"]
+    if "train_s" in at_last:
+        summary["train_s"] = at_last["train_s"]
+    else:
+        first = min(int(r["step"]) for r in rows)
+        t_first = min(float(r["time"]) for r in rows if int(r["step"]) == first)
+        t_last = max(float(r["time"]) for r in rows if int(r["step"]) == last)
+        if last > first:
+            summary["train_s"] = (t_last - t_first) * last / (last - first)
+    return summary
+
+
 class Trainer:
     def __init__(
         self,
@@ -255,6 +286,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.samples_into_epoch = 0  # per rank
+        self.train_seconds = 0.0  # in the training loop, summed over resumes
         self.ckpt_root = self.output_dir / "checkpoints"
 
     # -- state -------------------------------------------------------------------------------
@@ -263,6 +295,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "samples_into_epoch": self.samples_into_epoch,
+            "train_seconds": self.train_seconds,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": get_rng_state(),
@@ -292,6 +325,7 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.samples_into_epoch = int(state["samples_into_epoch"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
         return True
 
     # -- data --------------------------------------------------------------------------------
@@ -365,6 +399,7 @@ class Trainer:
         last_eval: dict[str, float] = {}
         window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
         extra_sums: dict[str, float] = {}
+        seconds_before, loop_t0 = self.train_seconds, time.perf_counter()
         try:
             while self.step < cfg.max_steps:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -390,6 +425,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
+                self.train_seconds = seconds_before + time.perf_counter() - loop_t0
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
@@ -399,6 +435,7 @@ class Trainer:
                         metrics["grad_norm"] = grad_norm
                     metrics = all_reduce_mean(metrics, self.dist, self.device)
                     metrics["samples_per_s"] = window_samples / elapsed
+                    metrics["train_s"] = self.train_seconds
                     logger.log(self.step, "train", metrics)
                     if progress is not None:
                         progress.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")

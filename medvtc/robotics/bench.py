@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from medvtc.common.config import TRAIN_BOOKKEEPING, flatten_config, read_yaml, r
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_write_json
 from medvtc.common.results import ResultRow, quality_cost_plot, write_results
+from medvtc.common.trainer import read_training_summary
 
 BASELINE = "none"
 PROPOSED = "compressor_vla"
@@ -195,14 +195,15 @@ def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
     finals: dict[str, Path] = {}
     partial_rows: list[ResultRow] = []
     for name, vcfg in vcfgs.items():
-        t0 = time.perf_counter()
         final, status = train_or_reuse(task, vcfg, name)
-        train_s = time.perf_counter() - t0
         results = rollout_or_reuse(cfg, vcfg, final)
         finals[name] = final
         metrics[name] = _success_row(results, status)
-        if status != "reused":
-            metrics[name]["train_s"] = round(train_s, 1)
+        # from the run's own log, so a reused run reports them too
+        training = read_training_summary(vcfg.output_dir) or {}
+        for key in ("train_s", "train_loss"):
+            if key in training:
+                metrics[name][key] = round(training[key], 4 if key == "train_loss" else 1)
         print(f"medvtc bench: {name:30s} success {results['success_rate']:.1%} ({status})")
         partial_rows.append(ResultRow(method=name, tokens=0, flops=math.nan, params=0, latency_ms=math.nan,
                                       peak_mem_mb=math.nan, metrics=dict(metrics[name])))

@@ -248,6 +248,7 @@ def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path,
         assert m["n_action_steps"] == 2 and m["chunk_latency_ms"] == pytest.approx(2 * r["latency_ms"], rel=1e-3)
         assert m["gflops_per_action"] == pytest.approx(r["flops"] / 2e9, abs=1e-4) and r["peak_mem_mb"] >= 0
         assert (tmp_path / "bench" / r["method"] / "final" / "model.safetensors").is_file()
+        assert m["train_s"] > 0 and m["train_loss"] > 0
     assert cv["metrics"]["tokens_vs_none"] == pytest.approx(12 / 32, abs=1e-4)
     assert cv["metrics"]["flops_vs_none"] == pytest.approx(cv["flops"] / none["flops"], abs=1e-4)
     assert doc["config"]["variants"]["compressor_vla"]["compressor"] == "compressor_vla"
@@ -268,6 +269,9 @@ def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path,
     assert "reusing the rollouts" in capsys.readouterr().out
     doc2 = json.loads((results / "libero.json").read_text())
     assert [r["metrics"]["run"] for r in doc2["rows"]] == ["reused", "reused"]
+    # the training time and loss of a reused run come from its log
+    for key in ("train_s", "train_loss"):
+        assert [r["metrics"][key] for r in doc2["rows"]] == [r["metrics"][key] for r in doc["rows"]]
     assert [r["tokens"] for r in doc2["rows"]] == [32, 12]
     # ... but not one trained with another budget
     longer = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=3", *bench))
