@@ -198,7 +198,6 @@ class MetricsLogger:
             self.tb.close()
 
 
-
 def read_training_summary(run_dir: str | Path) -> dict[str, float] | None:
     """What a finished or interrupted run's `metrics.csv` says of its training, or None without
     one: `steps` (last logged), `train_loss` (the last logging window's mean) and `train_s`, the
