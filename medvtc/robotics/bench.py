@@ -201,9 +201,10 @@ def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
         metrics[name] = _success_row(results, status)
         # from the run's own log, so a reused run reports them too
         training = read_training_summary(vcfg.output_dir) or {}
-        for key in ("train_s", "train_loss"):
-            if key in training:
-                metrics[name][key] = round(training[key], 4 if key == "train_loss" else 1)
+        if "train_s" in training:
+            metrics[name]["train_s"] = round(training["train_s"], 1)
+        if "train_loss" in training:
+            metrics[name]["train_loss"] = round(training["train_loss"], 4)
         print(f"medvtc bench: {name:30s} success {results['success_rate']:.1%} ({status})")
         partial_rows.append(ResultRow(method=name, tokens=0, flops=math.nan, params=0, latency_ms=math.nan,
                                       peak_mem_mb=math.nan, metrics=dict(metrics[name])))
