@@ -162,3 +162,22 @@ def test_training_summary_of_runs_logged_before_train_s(tmp_path):
     summary = read_training_summary(tmp_path)
     # 20 s from step 20 to 60, stretched over the 20 steps logged first: 30 s
     assert summary == {"steps": 60, "train_loss": 1 / 60, "train_s": 30.0}
+
+
+def test_resuming_a_checkpoint_from_before_train_s_estimates_the_time_already_spent(tmp_path):
+    out = tmp_path / "old"
+    run(out, "--steps", "10", "--sleep", "0.05")
+    # Make it look written before `train_seconds` existed: no state entry, no train_s rows.
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    state = ckpt.load_training_state(latest)
+    del state["train_seconds"]
+    torch.save(state, latest / ckpt.STATE)
+    with open(out / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] != "train_s"]
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run(out, "--steps", "20", "--sleep", "0.05", "--resume")
+    # 20 steps of >= 0.05 s each; counting only the resumed 10 would give about half
+    assert read_training_summary(out)["train_s"] >= 0.05 * 20 * 0.95

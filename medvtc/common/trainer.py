@@ -198,17 +198,19 @@ class MetricsLogger:
             self.tb.close()
 
 
-def read_training_summary(run_dir: str | Path) -> dict[str, float] | None:
+def read_training_summary(run_dir: str | Path, up_to_step: int | None = None) -> dict[str, float] | None:
     """What a finished or interrupted run's `metrics.csv` says of its training, or None without
     one: `steps` (last logged), `train_loss` (the last logging window's mean) and `train_s`, the
     seconds spent in the training loop over all resumes. Runs logged before `train_s` existed get
     an estimate from the rows' times (first to last train row, stretched over the steps before the
-    first row), which also counts any pause between a kill and its resume."""
+    first row), which also counts any pause between a kill and its resume. `up_to_step` ignores
+    rows logged after that step (a killed run's rows past its checkpoint)."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         return None
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("split") == "train"]
+        rows = [r for r in csv.DictReader(f)
+                if r.get("split") == "train" and (up_to_step is None or int(r["step"]) <= up_to_step)]
     if not rows:
         return None
     last = max(int(r["step"]) for r in rows)
@@ -324,7 +326,11 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.samples_into_epoch = int(state["samples_into_epoch"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in older checkpoints
+        if "train_seconds" in state:
+            self.train_seconds = float(state["train_seconds"])
+        else:  # a checkpoint written before train_seconds existed: estimate it from the log
+            logged = read_training_summary(self.output_dir, up_to_step=self.step) or {}
+            self.train_seconds = float(logged.get("train_s", 0.0))
         return True
 
     # -- data --------------------------------------------------------------------------------
