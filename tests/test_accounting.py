@@ -57,3 +57,22 @@ def test_results_writer_follows_the_design_shape(tmp_path):
     assert "| a | 10 |" in md and "score" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_labels_of_points_on_the_same_spot_are_stacked_not_overprinted():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medvtc.common.results import _place_labels
+
+    fig, ax = plt.subplots()
+    points = [("random", 0.367, 0.033), ("pooling", 0.367, 0.033), ("none", 1.165, 0.0), ("act", 3.76, 0.0)]
+    for _, x, y in points:
+        ax.scatter(x, y)
+    _place_labels(ax, points)
+    offsets = {a.get_text(): a.xyann for a in ax.texts}
+    assert offsets["random"] == (3, 3.0) and offsets["pooling"][1] > offsets["random"][1] + 7  # stacked
+    assert offsets["none"] == offsets["act"] == (3, 3.0)  # far apart: left where they are
+    plt.close(fig)

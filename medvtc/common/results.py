@@ -124,6 +124,24 @@ def default_plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _place_labels(ax: Any, points: list[tuple[str, float, float]], fontsize: float = 7) -> None:
+    """Annotate each point with its name, moving a label up until it clears the ones already
+    placed: variants often sit on nearly the same spot (same tokens, same success). Boxes are
+    estimated in points (0.6 em per character), which is close enough for short names."""
+    ax.autoscale_view()
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    for method, x, y in points:
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        width, height = 0.6 * fontsize * len(method), fontsize + 1
+        dy = 3.0
+        while any(px + 3 < r and px + 3 + width > l and py + dy < t and py + dy + height > b
+                  for l, b, r, t in placed):
+            dy += height
+        placed.append((px + 3, py + dy, px + 3 + width, py + dy + height))
+        ax.annotate(method, (x, y), fontsize=fontsize, xytext=(3, dy), textcoords="offset points")
+
+
 def quality_cost_plot(
     rows: list[dict[str, Any]],
     path: Path,
@@ -145,13 +163,15 @@ def quality_cost_plot(
     scale = scale or {}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     for ax, (column, label, log) in zip(axes[0], panels):
+        points = []
         for r in rows:
             y, x = r["metrics"].get(quality), r.get(column)
             if y is None or x is None or not math.isfinite(float(x)):
                 continue
             x = float(x) / scale.get(column, 1.0)
             ax.scatter(x, y, label=r["method"])
-            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            points.append((r["method"], x, y))
+        _place_labels(ax, points)
         ax.set_xlabel(label)
         ax.set_ylabel(quality_label)
         if log:
