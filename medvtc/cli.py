@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument("--output", metavar="DIR", default="benchmarks/results", help="folder for the results (default: %(default)s)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again every variant whose run folder holds a run trained under other settings "
+                        "(without it the bench stops, naming the first differing key)")
 
     p = sub.add_parser(
         "data",
@@ -206,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 max_episode_steps=args.max_episode_steps, num_envs=args.num_envs,
                                 video_dir=args.video_dir, video_episodes=args.video_episodes, output=args.output)
         if args.command == "bench":
-            return task.bench(cfg, args.output)
+            return task.bench(cfg, args.output, retrain=args.retrain)
         if args.command == "data":
             return task.data(cfg, inspect=args.inspect, overwrite=args.overwrite)
         raise AssertionError(args.command)

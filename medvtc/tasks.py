@@ -9,7 +9,7 @@ from medvtc.common.task import Task
 
 TASKS: dict[str, tuple[str, str]] = {
     "compressors": (
-        "medvtc.common.compression_task:CompressorsTask",
+        "medvtc.compression.task:CompressorsTask",
         "the shared compressor core: train a learned compressor on token grids, benchmark all methods",
     ),
     "ct-report": (

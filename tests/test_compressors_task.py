@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medvtc.common.compression_bench import run_benchmark
-from medvtc.common.compression_task import CompressorBenchConfig
 from medvtc.common.errors import UserError
-from medvtc.datasets.token_grids import TokenGridDataset, TokenGridSpec, generate_token_grids
+from medvtc.compression.bench import run_benchmark
+from medvtc.compression.task import CompressorBenchConfig
+from medvtc.compression.token_grids import TokenGridDataset, TokenGridSpec, generate_token_grids
 
 SPEC = TokenGridSpec(grid=(8, 8), dim=16, text_dim=8, num_classes=3, num_train=12, num_val=4, num_test=4, seed=1)
 

@@ -3,7 +3,12 @@
 JSON shape (DESIGN.md):
     {"task", "created", "machine": {"cpu", "gpu", "torch"}, "config",
      "rows": [{"method", "tokens", "flops", "params", "latency_ms", "peak_mem_mb",
-               "metrics": {name: value}}]}
+               "metrics": {name: value}, "cases": {seed: {column: [per-case values]}} | null}]}
+
+A quality metric m of a bench run through `medvtc.common.bench_runner` comes with `m_ci` (its
+95 % interval), `m_diff` / `m_diff_ci` (the paired difference to the reference row) and, with
+several seeds, `m_per_seed`; the markdown shows `m` as `0.850 [0.830, 0.870]` and the
+differences in a table of their own.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ class ResultRow:
     latency_ms: float
     peak_mem_mb: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    cases: dict[str, Any] | None = None  # per-case results ({seed: {column: [values]}}), to recompute intervals
+
+
+# metric-name suffixes that belong to another metric (its interval, difference, seeds)
+AUX_SUFFIXES = ("_ci", "_diff", "_diff_ci", "_per_seed")
+
+
+def _is_aux(name: str, names: Sequence[str]) -> bool:
+    return any(name.endswith(sfx) and name[: -len(sfx)] in names for sfx in AUX_SUFFIXES)
 
 
 def _fmt(v: Any) -> str:
@@ -45,7 +59,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(metrics: dict[str, Any], name: str) -> str:
+    from medvtc.common.intervals import format_interval
+
+    value, ci = metrics.get(name), metrics.get(f"{name}_ci")
+    if ci is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_interval(float(value), ci)
+    return _fmt(value)
+
+
 def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Sequence[str] | None = None) -> str:
+    """The rows as a markdown table; a metric with an interval shows as `0.850 [0.830, 0.870]`."""
     dict_rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
     if metric_names is None:
         names: list[str] = []
@@ -53,7 +77,7 @@ def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Seq
             for k in r.get("metrics", {}):
                 if k not in names:
                     names.append(k)
-        metric_names = names
+        metric_names = [n for n in names if not _is_aux(n, names)]
     header = ["method", "tokens", "GFLOPs", "params", "latency ms", "peak MiB", *metric_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in dict_rows:
@@ -64,9 +88,34 @@ def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Seq
             _fmt(r["params"]),
             _fmt(r["latency_ms"]),
             _fmt(r["peak_mem_mb"]),
-            *(_fmt(r.get("metrics", {}).get(m)) for m in metric_names),
+            *(_cell(r.get("metrics", {}), m) for m in metric_names),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def difference_table(rows: Sequence[ResultRow | dict[str, Any]], reference: str | None) -> str:
+    """Paired differences to the reference row (`m_diff` with `m_diff_ci`), one column per
+    metric that has them; empty when no row has any."""
+    from medvtc.common.intervals import format_interval
+
+    dict_rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
+    names: list[str] = []
+    for r in dict_rows:
+        for k in r.get("metrics", {}):
+            if k.endswith("_diff_ci") and k[: -len("_diff_ci")] not in names:
+                names.append(k[: -len("_diff_ci")])
+    if not names:
+        return ""
+    lines = [f"### Paired differences to {reference or 'the reference'} (variant minus reference, 95 % paired bootstrap)", "",
+             "| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for r in dict_rows:
+        m = r.get("metrics", {})
+        if not any(f"{n}_diff_ci" in m for n in names):
+            continue
+        cells = [format_interval(m.get(f"{n}_diff"), m.get(f"{n}_diff_ci"), signed=True) if f"{n}_diff" in m else "-"
+                 for n in names]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -97,6 +146,7 @@ def write_results(
         f"# Benchmark: {task}\n\n"
         f"Created {doc['created']} on {m['cpu']}, GPU: {m['gpu'] or 'none'}, torch {m['torch']}.\n\n"
         + markdown_table(rows)
+        + ("\n" + diff + "\n" if (diff := difference_table(rows, config.get("reference") if isinstance(config, dict) else None)) else "")
         + ("\n" + markdown_extra if markdown_extra else "")
     )
     atomic_write_text(paths["md"], md)
@@ -169,6 +219,9 @@ def quality_cost_plot(
             if y is None or x is None or not math.isfinite(float(x)):
                 continue
             x = float(x) / scale.get(column, 1.0)
+            ci = r["metrics"].get(f"{quality}_ci")
+            if ci is not None and None not in ci:  # the 95 % interval as an error bar
+                ax.errorbar(x, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor="0.6", elinewidth=1, capsize=2)
             ax.scatter(x, y, label=r["method"])
             points.append((r["method"], x, y))
         _place_labels(ax, points)

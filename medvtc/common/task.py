@@ -52,7 +52,9 @@ class Task:
     def rollout(self, cfg: Any, checkpoint: str, **options: Any) -> int:
         raise NotImplementedError  # only tasks with a simulator (libero) list "rollout" in `commands`
 
-    def bench(self, cfg: Any, output: str) -> int:
+    def bench(self, cfg: Any, output: str, retrain: bool = False) -> int:
+        """Run the side-by-side benchmark (`medvtc.common.bench_runner`); `retrain` trains again
+        the variants whose run folder holds a run under other settings."""
         raise NotImplementedError
 
     def data(self, cfg: Any, inspect: bool = False, overwrite: bool = False) -> int:

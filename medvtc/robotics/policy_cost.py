@@ -44,18 +44,6 @@ def default_features(image_size: int = 128, cameras: int = 2):
     return inputs, {"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))}
 
 
-def compressor_args_for(compressor: str, args: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `args` that `compressor`'s constructor takes (none for "none")."""
-    import inspect
-
-    from medvtc.common.compressors import COMPRESSORS
-
-    if compressor == "none":
-        return {}
-    params = inspect.signature(COMPRESSORS.get(compressor).__init__).parameters
-    return {k: v for k, v in args.items() if k in params and k not in ("self", "dim", "text_dim", "budget")}
-
-
 def variant_overrides(name: str, compressor_args: dict[str, Any], budget: int | float | None,
                       match: int | None) -> dict[str, Any]:
     """{compressor, compressor_budget, compressor_args} of variant `name` on a base policy whose
@@ -63,9 +51,12 @@ def variant_overrides(name: str, compressor_args: dict[str, Any], budget: int | 
     variants); `match`: compressor_vla's tokens per camera (needed by the "match" variants)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+    from medvtc.common.compressors import accepted_args
+
     over = VARIANTS[name]
     comp = over["compressor"]
-    args = compressor_args_for(comp, {**compressor_args, **over.get("compressor_args", {})})
+    # the base arguments the variant's compressor takes (the policy's resolver adds its defaults)
+    args = accepted_args(comp, {**compressor_args, **over.get("compressor_args", {})})
     b = over.get("compressor_budget", budget if comp == "compressor_vla" else None)
     if b == "match":
         if match is None:

@@ -7,12 +7,25 @@ per-method test files.
 
 from __future__ import annotations
 
+import inspect
 import math
+import pkgutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compressors
+import medvtc.common.compressors as compressors_pkg
+from medvtc.common.compressors import (
+    COMPRESSORS,
+    TokenCompressor,
+    accepted_args,
+    create_compressor,
+    list_compressors,
+    resolve_compressor,
+    resolve_compressor_args,
+)
+from medvtc.common.errors import ConfigError
 
 D, DT, B = 32, 24, 2
 GRIDS = {"2d": (8, 8), "3d": (4, 4, 4), "thw": (2, 4, 8)}
@@ -163,3 +176,116 @@ def test_bad_arguments_raise_value_error(name):
     if COMPRESSORS.get(name).needs_scores:
         with pytest.raises(ValueError, match="scores"):
             comp(tokens, **{**good, "scores": None})
+
+
+# -- one file per method, named after it -------------------------------------------------------
+
+TESTS = Path(__file__).parent
+HELPERS = {"base", "utils", "metrics", "references", "resolve"}  # not methods
+
+
+@pytest.mark.parametrize("name", list_compressors())
+def test_module_file_and_test_file_are_named_after_the_method(name):
+    module = COMPRESSORS.get(name).__module__
+    assert module == f"medvtc.common.compressors.{name}", f"{name!r} is defined in {module}, not {name}.py"
+    assert (TESTS / f"test_{name}.py").is_file(), f"{name!r} has no tests/compressors/test_{name}.py"
+
+
+def test_every_module_of_the_package_is_a_method_or_a_helper():
+    modules = {m.name for m in pkgutil.iter_modules(compressors_pkg.__path__) if not m.name.startswith("_")}
+    assert modules - HELPERS == set(list_compressors())
+
+
+# -- the resolver ----------------------------------------------------------------------------------
+
+
+def test_resolver_takes_the_defaults_from_the_class():
+    comp = resolve_compressor("perceiver", 12, grid=(4, 4, 4), dim=D, text_dim=DT, heads=4)
+    assert type(comp).__name__ == "PerceiverResampler"
+    assert (comp.num_latents, comp.heads, comp.budget) == (12, 4, 12)
+    mq = resolve_compressor("matryoshka", 12, dim=D, heads=2)
+    assert (mq.num_queries, mq.heads) == (12, 2)
+    # what the class declares is what the resolver passes
+    assert resolve_compressor_args("perceiver", 12, dim=D, heads=4) == {"dim": D, "budget": 12, "num_latents": 12, "heads": 4}
+    assert TokenCompressor.default_args(budget=12, grid=(4, 4), dim=D, text_dim=DT, heads=4, per_call=False) == {}
+    # no head count from the caller: the method's own
+    assert resolve_compressor("perceiver", 12, dim=D).heads == 8
+
+
+def test_user_args_override_the_defaults():
+    comp = resolve_compressor("perceiver", 12, {"num_latents": 20, "heads": 2, "depth": 1}, dim=D, heads=4)
+    assert (comp.num_latents, comp.heads, comp.depth) == (20, 2, 1)
+    ps = resolve_compressor("pixel_shuffle", 16, {"factors": (4, 1)}, grid=(8, 8), dim=D)
+    assert ps.factors == (4, 1)
+    # the context too: a method's text width from its own arguments
+    assert resolve_compressor("stc", 8, {"text_dim": 5}, dim=D, text_dim=DT).text_dim == 5
+
+
+def test_pixel_shuffle_factors_come_from_grid_and_budget():
+    ps = resolve_compressor("pixel_shuffle", 8, grid=(4, 4, 4), dim=D)
+    assert ps.factors == (2, 2, 2) and list(ps.proj) == ["2x2x2"]  # the Linear exists before any call
+    assert resolve_compressor("pixel_shuffle", 6, grid=(4, 6), dim=D).factors == (2, 2)
+    assert resolve_compressor("pixel_shuffle", 0.25, grid=(8, 8), dim=D).factors == (2, 2)  # keep-ratio on the grid
+    with pytest.raises(ValueError, match=r"K=7 .*nearest achievable budgets: \[4, 8\]"):
+        resolve_compressor("pixel_shuffle", 7, grid=(4, 4, 4), dim=D)
+    # budget per call: the factors are chosen per call, the Linear on first use
+    lazy = resolve_compressor("pixel_shuffle", 8, grid=(4, 4, 4), dim=D, per_call=True)
+    assert lazy.factors is None and len(lazy.proj) == 0 and lazy.budget is None
+
+
+def test_per_call_budgets_keep_the_query_counts_that_serve_them():
+    """per_call=True: at least K queries (the default when larger), no budget at construction."""
+    assert resolve_compressor("perceiver", 12, dim=D, per_call=True).num_latents == 32
+    assert resolve_compressor("perceiver", 40, dim=D, per_call=True).num_latents == 40
+    assert resolve_compressor("matryoshka", 80, dim=D, per_call=True).num_queries == 80
+    assert resolve_compressor("stc", 20, dim=D, text_dim=DT, per_call=True).num_queries == 20
+    assert resolve_compressor("stc", 4, dim=D, text_dim=DT, per_call=True).num_queries == 16
+    assert resolve_compressor("perceiver", 12, dim=D, per_call=True).budget is None
+    # Compressor-VLA splits its budget itself: num_queries is STC's most, not K
+    assert resolve_compressor("compressor_vla", 80, grid=(16, 16), dim=D, text_dim=DT, per_call=True).num_queries == 16
+    # no budget: every method's own defaults
+    assert resolve_compressor_args("perceiver", None, dim=D, per_call=True) == {"dim": D}
+
+
+def test_none_is_no_compressor_and_identity_the_keep_all_module():
+    assert resolve_compressor("none", 64, {"num_latents": 3}, grid=(4, 4, 4), dim=D) is None
+    assert resolve_compressor_args("none", 64) == {} and accepted_args("none", {"window": 2}) == {}
+    ident = resolve_compressor("identity", 64, grid=(4, 4, 4), dim=D, text_dim=DT)
+    assert type(ident).__name__ == "Identity" and ident.budget == 64
+
+
+def test_unknown_name_is_the_registry_error():
+    with pytest.raises(ConfigError) as registry:
+        create_compressor("no_such_method")
+    with pytest.raises(ConfigError) as resolver:
+        resolve_compressor("no_such_method", 8, dim=D)
+    assert str(resolver.value) == str(registry.value)
+    assert "unknown compressor 'no_such_method'" in str(resolver.value) and "perceiver" in str(resolver.value)
+    with pytest.raises(ConfigError, match="has no argument 'num_latnts'"):
+        resolve_compressor("perceiver", 8, {"num_latnts": 8}, dim=D)
+
+
+def test_accepted_args_keeps_what_the_constructor_takes():
+    base = {"num_queries": 2, "num_heads": 4, "window": 2, "use_instruction": False, "dim": 9, "budget": 3}
+    assert accepted_args("stc", base) == {"num_queries": 2, "num_heads": 4}
+    assert accepted_args("src", base) == {"num_heads": 4, "window": 2}
+    assert accepted_args("pooling", base) == {}
+
+
+@pytest.mark.parametrize("grid_name", ["2d", "3d"])
+@pytest.mark.parametrize("name", list_compressors())
+def test_resolved_module_gives_its_budget_without_a_per_call_budget(name, grid_name):
+    """Built for K by the resolver (defaults from the class), the module's own budget is K, and
+    the class's defaults are arguments its constructor takes."""
+    grid = GRIDS[grid_name]
+    n = math.prod(grid)
+    k = n if name == "identity" else K
+    cls = COMPRESSORS.get(name)
+    defaults = cls.default_args(budget=k, grid=grid, dim=D, text_dim=DT, heads=4, per_call=False)
+    params = inspect.signature(cls.__init__).parameters
+    assert set(defaults) <= set(params), f"{name}: defaults {sorted(defaults)} not all constructor arguments"
+    torch.manual_seed(0)
+    comp = resolve_compressor(name, k, grid=grid, dim=D, text_dim=DT, heads=4).eval()
+    tokens, text, text_mask, scores = inputs(grid)
+    out = call(comp, tokens, grid, None, text, text_mask, scores)
+    assert out.tokens.shape[:2] == (B, k)

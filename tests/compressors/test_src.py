@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from medvtc.common.compressors import create_compressor, utils
-from medvtc.common.compressors.spatial_refinement_compressor import (
+from medvtc.common.compressors.src import (
     SpatialRefinementCompressor,
     choose_windows,
     window_view,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medvtc.common.compressors import create_compressor
-from medvtc.common.compressors.semantic_task_compressor import SemanticTaskCompressor, sinusoidal_grid_features
+from medvtc.common.compressors.stc import SemanticTaskCompressor, sinusoidal_grid_features
 
 D, DT = 32, 24
 

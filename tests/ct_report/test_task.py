@@ -94,6 +94,8 @@ def test_shared_stages_are_reused_across_compressors_and_checked(run):
     assert r.returncode == 0, r.stderr
     assert "stage lm already finished" in r.stdout and "stage vision already finished" in r.stdout
     assert "stage align: " in r.stdout  # the compressor-dependent stages train anew
+    # align read the frozen ViT's tokens from one cache in the shared folder, encoded once
+    assert "token cache reused" in r.stdout and len(list((work / "shared" / "token_cache").glob("*/cache.json"))) == 1
     r = cli("train", "--task", "ct-report", *common, *shared, f"output_dir={work / 'deeper'}", "model.vision_layers=2", cwd=work)
     assert r.returncode == 2 and "stage vision" in r.stderr and "vision_layers" in r.stderr
     assert not (work / "deeper" / "final").exists()
@@ -191,18 +193,22 @@ def test_reader_rejects_a_volume_without_its_report(run, tmp_path):
 
 def test_instruction_guided_and_uncompressed_variants_build(run):
     """Each bench variant kind builds from the task config with the right visual token count."""
+    from medvtc.common.bench_runner import parse_variant
     from medvtc.common.config import load_config
-    from medvtc.medical.ct_report.bench import _variant_config
+    from medvtc.medical.ct_report.bench import CTReportBench
     from medvtc.medical.ct_report.task import CTReportTask, CTReportTaskConfig
     from medvtc.medical.ct_report.tokenizer import train_report_tokenizer
 
     work, common, _ = run
     task = CTReportTask()
     cfg = load_config(CTReportTaskConfig, None, common)
+    spec = CTReportBench(task)
     tok = train_report_tokenizer(["no pleural effusion.", "a lung nodule."] * 8, vocab_size=300)
     expected = {"none": 4 * 4 * 4, "qg_vtc@8": 8, "pooling@8": 8, "perceiver@4": 4}
     for variant, k in expected.items():
-        model = task.build_model(_variant_config(cfg, variant), tok)
+        vcfg = spec.variant_config(cfg, parse_variant(variant), 0, work / "v")
+        assert vcfg.stages.shared_dir == str(Path(cfg.bench.output_dir) / "shared" / "seed_0") and vcfg.seed == 0
+        model = task.build_model(vcfg, tok)
         with torch.no_grad():
             embeds, info = model.encode_images(torch.rand(1, model.config.in_channels, 16, 16, 8))
         assert embeds.shape[1] == k == info["num_visual_tokens"], variant
@@ -221,3 +227,40 @@ def test_phantom_written_under_other_settings_is_used_with_a_note(run, capsys):
     out = capsys.readouterr().out
     assert "num_train=10" in out and "num_train=11" in out and "--overwrite" in out
     assert len(list((work / "data").rglob("*.nii.gz"))) == 14  # nothing was rewritten
+
+
+def test_bench_through_the_runner_with_intervals_reuse_and_retrain(run, tmp_path):
+    """`medvtc bench --task ct-report` on two variants: rows with intervals, paired differences
+    and per-volume cases; a second run reuses both; a changed training key is refused with its
+    name; --retrain trains again."""
+    work, common, _ = run
+    bench = [*common, f"bench.output_dir={tmp_path / 'bench'}", "bench.variants=[none,pooling@8]", "bench.scale=false",
+             "bench.throughput_steps=2", "bench.repeats=1"]
+    out = tmp_path / "results"
+    r = cli("bench", "--task", "ct-report", *bench, "--output", str(out), cwd=work)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "ct-report.json").read_text())
+    rows = {row["method"]: row for row in doc["rows"]}
+    assert set(rows) == {"none", "pooling@8"} and rows["pooling@8"]["tokens"] == 8
+    for name in ("clinical_micro_f1", "label_micro_f1", "bleu4", "rouge_l", "meteor"):
+        lo, hi = rows["pooling@8"]["metrics"][f"{name}_ci"]
+        assert lo <= rows["pooling@8"]["metrics"][name] <= hi, name
+        assert len(rows["pooling@8"]["metrics"][f"{name}_diff_ci"]) == 2 and f"{name}_diff_ci" not in rows["none"]["metrics"]
+    cases = rows["none"]["cases"]["seed_0"]
+    assert len(cases["volume"]) == 2 and len(cases["pred_labels"][0]) == 18
+    assert doc["config"]["align_throughput"]["samples_per_s_cache"] > 0
+    md = (out / "ct-report.md").read_text()
+    assert "Paired differences to none" in md and not (out / "ct-report.partial.json").exists()
+    assert (tmp_path / "bench" / "pooling_8" / "seed_0" / "final").is_dir()
+
+    r = cli("bench", "--task", "ct-report", *bench, "--output", str(out), cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "medvtc bench: training" not in r.stdout and r.stdout.count("reusing the evaluation") == 2
+    assert json.loads((out / "ct-report.json").read_text())["rows"][0]["metrics"]["run"] == "reused"
+
+    r = cli("bench", "--task", "ct-report", *bench, "train.lr=0.001", "--output", str(out), cwd=work)
+    assert r.returncode == 2 and "train.lr" in r.stderr and "--retrain" in r.stderr
+    r = cli("bench", "--task", "ct-report", *bench, "train.lr=0.001", "--retrain", "--output", str(out), cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--retrain: removing") == 2
+    assert {row["metrics"]["run"] for row in json.loads((out / "ct-report.json").read_text())["rows"]} == {"trained"}

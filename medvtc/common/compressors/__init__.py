@@ -5,44 +5,46 @@
     out = comp(tokens, grid=(24, 24), budget=0.25)
 
 Every module in this package that defines a method registers it on import; the modules are
-discovered automatically, so adding a method touches one new file.
+discovered automatically, so adding a method touches one new file, named after the method's
+registry name (`perceiver.py` defines "perceiver"), with its tests in
+`tests/compressors/test_<name>.py`.
+
+Applications build their compressor with `resolve_compressor` (resolve.py): name, budget and
+arguments plus the caller's setting (grid, widths, heads) -> module, the per-method defaults
+declared by each method's class (`TokenCompressor.default_args`).
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
-from typing import Any
 
 from medvtc.common.compressors.base import COMPRESSORS, CompressorOutput, TokenCompressor, register
+from medvtc.common.compressors.resolve import (
+    accepted_args,
+    create_compressor,
+    resolve_compressor,
+    resolve_compressor_args,
+)
 
-_INFRA = {"base", "utils", "metrics", "references"}
+_INFRA = {"base", "utils", "metrics", "references", "resolve"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRA and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
-
-
-def create_compressor(name: str, **kwargs: Any) -> TokenCompressor:
-    """Build a registered compressor; keyword arguments a method does not take are dropped
-    only if they are the shared context (`dim`, `text_dim`), so a config can pass them to any
-    method, while a misspelt method argument is still an error."""
-    cls = COMPRESSORS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    shared = {"dim", "text_dim"}
-    clean = {k: v for k, v in kwargs.items() if accepts_any or k in params or k not in shared}
-    unknown = [k for k in clean if not accepts_any and k not in params]
-    if unknown:
-        from medvtc.common.errors import ConfigError
-
-        valid = sorted(p for p in params if p not in ("self",))
-        raise ConfigError(f"compressor {name!r} has no argument {unknown[0]!r}; valid: {', '.join(valid)}")
-    return cls(**clean)
 
 
 def list_compressors() -> list[str]:
     return COMPRESSORS.names()
 
 
-__all__ = ["COMPRESSORS", "CompressorOutput", "TokenCompressor", "create_compressor", "list_compressors", "register"]
+__all__ = [
+    "COMPRESSORS",
+    "CompressorOutput",
+    "TokenCompressor",
+    "accepted_args",
+    "create_compressor",
+    "list_compressors",
+    "register",
+    "resolve_compressor",
+    "resolve_compressor_args",
+]

@@ -17,6 +17,7 @@ checks done here.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -123,6 +124,45 @@ class TokenCompressor(nn.Module):
     def cost(n: int, k: int, d: int) -> float:
         """Documented FLOP estimate as a function of N, K, D (benchmarks report measured FLOPs)."""
         return math.nan
+
+    @classmethod
+    def default_args(
+        cls,
+        *,
+        budget: int | None,
+        grid: tuple[int, ...] | None,
+        dim: int | None,
+        text_dim: int | None,
+        heads: int | None,
+        per_call: bool,
+    ) -> dict[str, Any]:
+        """Constructor arguments this method needs to give `budget` tokens in the caller's
+        setting, read by `resolve_compressor` (the caller's own arguments override them).
+
+        budget    K as a token count (None when unknown: the method chooses its own)
+        grid      the token layout the module will see, when the caller knows it
+        dim, text_dim, heads
+                  the caller's token width, instruction width and attention head count
+        per_call  False: the module is built for this one budget (a trained model: its
+                  checkpoint holds exactly what K needs); True: K is only the largest budget
+                  the caller passes per call (a benchmark, a policy whose budget may change),
+                  so the module is sized to serve it and otherwise keeps its own defaults.
+
+        A budget the method cannot be built for is a ValueError naming the nearest that work.
+        Base: no arguments (methods that take any budget per call need none)."""
+        return {}
+
+    @classmethod
+    def query_count_args(cls, arg: str, budget: int | None, *, exact: bool) -> dict[str, int]:
+        """{arg: K} for a method whose output is the first K of `arg` learned queries (latents):
+        exactly K when `exact`, else at least K (the constructor's default when that is larger:
+        nothing to set); {} without a budget."""
+        if budget is None:
+            return {}
+        if exact:
+            return {arg: int(budget)}
+        default = inspect.signature(cls.__init__).parameters[arg].default
+        return {arg: int(budget)} if default is inspect.Parameter.empty or budget > default else {}
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, budget={self.budget!r}"

@@ -8,8 +8,8 @@ import torch
 
 from medvtc.common.compressors import utils
 from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
-from medvtc.common.compressors.semantic_task_compressor import SemanticTaskCompressor
-from medvtc.common.compressors.spatial_refinement_compressor import SpatialRefinementCompressor, window_options
+from medvtc.common.compressors.stc import SemanticTaskCompressor
+from medvtc.common.compressors.src import SpatialRefinementCompressor, window_options
 
 
 @register
@@ -69,6 +69,12 @@ class CompressorVLA(TokenCompressor):
         self.use_instruction = bool(use_instruction)
         self.strict = bool(strict)
         self.last_split: tuple[int, int, tuple[int, ...]] | None = None
+
+    @classmethod
+    def default_args(cls, **_) -> dict:
+        """None: the module splits K between STC and SRC itself (`split`); `num_queries` is
+        STC's most, not K, and keeps the paper's 16."""
+        return {}
 
     def default_budget(self, grid: tuple[int, ...]) -> int | None:
         src = self.src.default_budget(grid)

@@ -40,6 +40,14 @@ def _fits(grid: Sequence[int], k: int) -> bool:
     return group_factors(grid, k) is not None
 
 
+def _unreachable(name: str, grid: Sequence[int], k: int) -> str:
+    near = utils.achievable(grid, k, _fits)
+    return (
+        f"{name}: budget K={k} cannot be split into groups whose sides divide grid {tuple(grid)} "
+        f"(N/K must be an integer product of divisors of the sides); nearest achievable budgets: {near}"
+    )
+
+
 @register
 class PixelShuffle(TokenCompressor):
     """Space-to-depth: concatenate each r_1 x r_2 (x r_3) group of neighbouring tokens along the
@@ -98,6 +106,18 @@ class PixelShuffle(TokenCompressor):
         if self.factors is not None:
             self.projection(self.factors)
 
+    @classmethod
+    def default_args(cls, *, budget, grid, per_call, **_) -> dict:
+        """Built for one budget on a known grid: the group factors for K, so the projection
+        exists before an optimiser or a state dict sees the module (a K no factors give is a
+        ValueError naming the nearest budgets that do). Per-call budgets: factors per call."""
+        if per_call or budget is None or grid is None:
+            return {}
+        factors = group_factors(grid, budget)
+        if factors is None:
+            raise ValueError(_unreachable(cls.name, grid, budget))
+        return {"factors": factors}
+
     @staticmethod
     def _key(factors: Sequence[int]) -> str:
         return "x".join(str(int(f)) for f in factors)
@@ -131,11 +151,7 @@ class PixelShuffle(TokenCompressor):
         else:
             r = group_factors(grid, k)
             if r is None:
-                near = utils.achievable(grid, k, _fits)
-                raise ValueError(
-                    f"{self.name}: budget K={k} cannot be split into groups whose sides divide grid {grid} "
-                    f"(N/K must be an integer product of divisors of the sides); nearest achievable budgets: {near}"
-                )
+                raise ValueError(_unreachable(self.name, grid, k))
         out_grid = tuple(g // f for g, f in zip(grid, r))
         rank = len(grid)
         # [B, o1, r1, o2, r2, (o3, r3), D] -> [B, o1, o2, (o3), r1, r2, (r3), D] -> [B, K, R*D]

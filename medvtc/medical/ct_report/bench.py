@@ -1,13 +1,19 @@
 """`medvtc bench --task ct-report`: compressors side by side inside the report generator.
 
-Each variant `compressor@budget` (or `none`: all ViT tokens go to the LM) is trained with the same
-config, data, seed and step budget (the task's `stages.*` and `train.*`), under
-`bench.output_dir/<variant>`; the compressor-independent warm-ups (tokenizer, `lm`, `vision`) are
-trained once under `bench.output_dir/shared` and loaded by every variant; a finished variant is reused when the bench is run again (its
-training resumes instead of restarting). Then on the test split: clinical efficacy (micro/macro
-F1 from the labeler on generated vs reference reports, and against the label CSV), BLEU-4,
-ROUGE-L, METEOR; and per volume: visual tokens, FLOPs of encoder + compressor + LM prefill,
-latency of that prefill and of writing the whole report, and peak memory.
+Run through the shared runner (`medvtc.common.bench_runner`): each variant of `bench.variants`
+(`none`: all ViT tokens go to the LM; `compressor@budget`, e.g. `pixel_shuffle@64`; or a named
+ablation of `ABLATIONS`) is trained once per seed of `bench.seeds` with the same config, data and
+stage budgets (the task's `stages.*` and `train.*`) under `bench.output_dir/<variant>/seed_<s>`,
+reused on a later run only when its training settings match (`--retrain` retrains). The
+compressor-independent warm-ups (tokenizer, `lm`, `vision`) and the frozen ViT's token cache
+(the `align` stage reads it) are made once per seed under `bench.output_dir/shared/seed_<s>` and
+shared by every variant. Then on the test split, per volume: the report, the labels the labeler
+reads from it and from the reference (and the label CSV's), ROUGE-L, METEOR and BLEU's n-gram
+counts; from these clinical micro/macro F1, label F1, corpus BLEU-4, ROUGE-L and METEOR with 95 %
+bootstrap intervals and paired differences to `none`. Cost per volume: visual tokens, FLOPs of
+encoder + compressor + LM prefill, latency of that prefill and of writing the whole report, and
+peak memory. The align stage's training throughput with and without the token cache is measured
+side by side once (`align_throughput`).
 
 With `bench.scale`, the full-size figures (Argus reads CTs up to 512 x 512 x 256): a phantom CT
 rendered at that size and written as NIfTI is read, preprocessed and encoded by a model built
@@ -23,7 +29,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,33 +36,23 @@ import numpy as np
 import torch
 
 from medvtc.common import accounting
-from medvtc.common.errors import UserError
-from medvtc.common.results import ResultRow, quality_cost_plot, write_results
+from medvtc.common.bench_runner import BenchSpec, Evaluation, Variant, run_bench
+from medvtc.common.config import load_config, to_dict
+from medvtc.common.intervals import target_status
+from medvtc.common.results import ResultRow, quality_cost_plot
+from medvtc.medical.ct_report.evaluation import (
+    ReportCollator,
+    case_statistics,
+    generate_reports,
+    report_cases,
+    score_reports,
+    validation_loss,
+)
 
-
-def parse_variant(text: str) -> tuple[str, int | float | None]:
-    if text in ("none", "identity"):
-        return "none", None
-    name, _, budget = text.partition("@")
-    if not budget:
-        raise UserError(f"bench.variants entry {text!r}: expected 'compressor@budget' (e.g. pixel_shuffle@64) or 'none'")
-    try:
-        value: int | float = int(budget)
-    except ValueError:
-        try:
-            value = float(budget)
-        except ValueError:
-            raise UserError(f"bench.variants entry {text!r}: budget {budget!r} is not a number") from None
-    return name, value
-
-
-def _variant_config(cfg, variant: str):
-    name, budget = parse_variant(variant)
-    model = replace(cfg.model, compressor=name, budget=budget if budget is not None else cfg.model.budget)
-    out = Path(cfg.bench.output_dir) / variant.replace("@", "_")
-    # The tokenizer and the lm/vision warm-ups do not depend on the compressor: train them once.
-    shared = cfg.stages.shared_dir or str(Path(cfg.bench.output_dir) / "shared")
-    return replace(cfg, model=model, output_dir=str(out), stages=replace(cfg.stages, shared_dir=shared))
+TOKEN_RATIO_TARGET = 8
+F1_MARGIN = 0.01  # "clinical micro F1 within 1 point of the uncompressed model"
+# Named ablations: variant name -> config overrides (none yet beyond method@budget).
+ABLATIONS: dict[str, list[str]] = {}
 
 
 def _cost(model, pixel_values: torch.Tensor, repeats: int, gen) -> dict[str, float]:
@@ -73,64 +68,154 @@ def _cost(model, pixel_values: torch.Tensor, repeats: int, gen) -> dict[str, flo
     }
 
 
-def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
-    from medvtc.medical.ct_report.pipeline import CTReportGenerator
-    from medvtc.medical.ct_report.task import ReportCollator, generate_reports, score_reports, validation_loss
+class CTReportBench(BenchSpec):
+    task = "ct-report"
+    reference = "none"
+    method_key = "model.compressor"
+    budget_key = "model.budget"
+    ablations = ABLATIONS
+    settings_sections = ("seed", "data", "model", "stages", "train")
+    keep_whole = ("compressor_args",)
 
-    torch.manual_seed(cfg.seed)
-    task._ensure_data(cfg)
-    test_set = task.datasets(cfg, ("test",))["test"]
-    rows: list[ResultRow] = []
-    log: list[str] = []
-    for variant in cfg.bench.variants:
-        vcfg = _variant_config(cfg, variant)
-        final = Path(vcfg.output_dir) / "final"
-        t0 = time.perf_counter()
-        trained_here = not (final / "config.json").is_file()
-        if trained_here:
-            print(f"medvtc bench: training {variant} in {vcfg.output_dir}")
-            task.train(vcfg, resume=True)
-        train_s = time.perf_counter() - t0
-        gen = CTReportGenerator.from_pretrained(final, device="cpu")
-        model = gen.model
-        predictions = generate_reports(model, gen.tokenizer, test_set, torch.device("cpu"), cfg.generation)
-        metrics = score_reports(predictions, test_set)
-        metrics.update(validation_loss(model, test_set, torch.device("cpu"), ReportCollator(gen.tokenizer, cfg.model.max_report_tokens)))
-        pixel_values = test_set[0]["image"][None]
-        cost = _cost(model, pixel_values, cfg.bench.repeats, cfg.generation)
-        keep = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu4", "rouge_l", "meteor",
-                "distinct_reports", "image_gain"]
-        row = ResultRow(
-            method=variant, tokens=int(model.num_visual_tokens), flops=cost["flops"],
-            params=accounting.count_params(model), latency_ms=cost["latency_ms"], peak_mem_mb=cost["peak_mem_mb"],
-            metrics={**{k: round(float(metrics[k]), 4) for k in keep if k in metrics},
-                     "report_latency_ms": round(cost["report_latency_ms"], 1), "vit_tokens": int(model.config.num_patches),
-                     # wall time of task.train when this run trained the variant (the first one trained also
-                     # pays for the shared warm-ups)
-                     **({"train_s": round(train_s, 1)} if trained_here else {})},
+    def __init__(self, task) -> None:
+        self.ct_task = task
+        self.statistics = case_statistics()
+        self._test_set = None
+        self.plot = _plot
+
+    def variant_config(self, cfg, variant: Variant, seed: int, run_dir: Path):
+        vcfg = super().variant_config(cfg, variant, seed, run_dir)
+        # the tokenizer, lm/vision warm-ups and the ViT token cache do not depend on the compressor
+        shared = cfg.stages.shared_dir or str(Path(cfg.bench.output_dir) / "shared" / f"seed_{seed}")
+        return load_config(type(cfg), None, [f"stages.shared_dir={shared}"], base=to_dict(vcfg))
+
+    def settings(self, cfg_tree):
+        flat = super().settings(cfg_tree)
+        flat.pop("stages.shared_dir", None)  # where the shared stages live, not what they are
+        flat.pop("data.cache", None)  # in-memory caching of volumes changes no weight
+        return flat
+
+    def eval_settings(self, cfg) -> dict[str, Any]:
+        return {"generation": to_dict(cfg.generation), "test_root": str(Path(cfg.data.root).resolve()),
+                "repeats": cfg.bench.repeats}
+
+    def prepare(self, cfg) -> None:
+        self.ct_task._ensure_data(cfg)
+
+    def test_set(self, cfg):
+        if self._test_set is None:
+            self._test_set = self.ct_task.datasets(cfg, ("test",))["test"]
+        return self._test_set
+
+    def train(self, vcfg) -> None:
+        self.ct_task.train(vcfg, resume=True)
+
+    def evaluate(self, vcfg, variant: Variant) -> Evaluation:
+        from medvtc.medical.ct_report.pipeline import CTReportGenerator
+
+        gen = CTReportGenerator.from_pretrained(Path(vcfg.output_dir) / "final", device="cpu")
+        model, test_set, cpu = gen.model, self.test_set(vcfg), torch.device("cpu")
+        predictions = generate_reports(model, gen.tokenizer, test_set, cpu, vcfg.generation)
+        scores = score_reports(predictions, test_set)
+        diag = validation_loss(model, test_set, cpu, ReportCollator(gen.tokenizer, vcfg.model.max_report_tokens))
+        cost = _cost(model, test_set[0]["image"][None], vcfg.bench.repeats, vcfg.generation)
+        metrics = {"distinct_reports": round(scores["distinct_reports"], 4), "image_gain": round(diag["image_gain"], 4),
+                   "test_loss": round(diag["loss"], 4)}
+        return Evaluation(
+            cases=report_cases(predictions, test_set), metrics=metrics,
+            cost={"tokens": int(model.num_visual_tokens), "flops": cost["flops"], "params": accounting.count_params(model),
+                  "latency_ms": cost["latency_ms"], "peak_mem_mb": cost["peak_mem_mb"],
+                  "metrics": {"report_latency_ms": round(cost["report_latency_ms"], 1),
+                              "vit_tokens": int(model.config.num_patches)}},
         )
-        rows.append(row)
-        msg = (f"{variant:18s} K={row.tokens:5d} micro-F1={metrics.get('clinical_micro_f1', float('nan')):.4f} "
-               f"BLEU-4={metrics.get('bleu4', float('nan')):.4f} GFLOPs={row.flops / 1e9:.2f} prefill={row.latency_ms:.1f} ms"
-               + (f" (trained in {train_s:.0f} s)" if trained_here else ""))
-        print("medvtc bench: " + msg)
-        log.append(msg)
-        write_results("ct-report", rows, {"partial": True, "variants": list(cfg.bench.variants)}, output, name="ct-report.partial")
 
-    scale = run_scale(cfg) if cfg.bench.scale else None
-    extra = _targets_markdown(rows, scale)
-    from medvtc.common.config import to_dict
+    def after_all(self, cfg, vcfgs) -> None:
+        # once every variant is trained and scored: the cache's speed-up and the full-size cost
+        if cfg.bench.throughput_steps > 0:
+            self.throughput = align_throughput(self.ct_task, cfg, cfg.bench.throughput_steps)
+        self.scale = run_scale(cfg) if cfg.bench.scale else None
 
-    config = {**to_dict(cfg), "scale": scale}
-    write_results("ct-report", rows, config, output, plot=_plot, markdown_extra=extra)
-    for suffix in ("json", "md", "png"):
-        Path(output, f"ct-report.partial.{suffix}").unlink(missing_ok=True)
-    print(extra)
-    return rows
+    def markdown_extra(self, rows: list[ResultRow], cfg) -> str:
+        return _targets_markdown(rows, self.scale, self.throughput)
+
+    def results_config(self, cfg) -> dict[str, Any]:
+        return {**to_dict(cfg), "scale": getattr(self, "scale", None), "align_throughput": getattr(self, "throughput", None)}
+
+    scale: dict[str, Any] | None = None
+    throughput: dict[str, Any] | None = None
 
 
-def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None) -> str:
-    lines = ["", "### Target: >= 8x fewer visual tokens, clinical micro F1 within 1 point of uncompressed", ""]
+def run_benchmark(task, cfg, output: str, retrain: bool = False) -> list[ResultRow]:
+    torch.manual_seed(cfg.seed)
+    return run_bench(CTReportBench(task), cfg, output, retrain=retrain)
+
+
+def align_throughput(task, cfg, steps: int) -> dict[str, Any]:
+    """Training samples/s of the align stage (ViT frozen; compressor + projector + LM train) from
+    the volumes and from the token cache, measured side by side in one process: the same model,
+    batches of the same volumes and reports, the two paths alternating step by step. The volumes
+    are preprocessed and held in memory beforehand (as the training loop's data.cache does), so
+    the figure is the ViT forward the cache saves, not disk reading."""
+    from medvtc.common.token_cache import CachedTokenDataset
+    from medvtc.datasets.ct_rate import report_text
+
+    seed = int(cfg.bench.seeds[0]) if cfg.bench.seeds else cfg.seed
+    vcfg = CTReportBench(task).variant_config(cfg, Variant("pixel_shuffle@64", "pixel_shuffle", 64), seed,
+                                              Path(cfg.bench.output_dir) / "throughput")
+    shared = Path(vcfg.stages.shared_dir)
+    train_set = task.datasets(vcfg, ("train",))["train"]
+    tokenizer = task.tokenizer(vcfg, train_set, shared)
+    torch.manual_seed(seed)
+    model = task.build_model(vcfg, tokenizer)
+    from medvtc.common import checkpoint as ckpt
+
+    vision_ckpt = ckpt.latest_checkpoint(shared / "stage_vision" / "checkpoints") if (shared / "stage_vision").exists() else None
+    if vision_ckpt is not None:  # the cache of the shared, trained ViT is the one every variant reuses
+        from medvtc.medical.ct_report.pretraining import LabelProbe
+
+        labels = torch.as_tensor(np.stack([r.labels for r in train_set.records]))
+        ckpt.load_weights(LabelProbe(model, labels.shape[1], torch.ones(labels.shape[1])), vision_ckpt)
+    t0 = time.perf_counter()
+    cache = task.token_cache(vcfg, model, train_set, shared)
+    cache_s = time.perf_counter() - t0
+    if model.token_standardizer is not None:
+        model.token_standardizer.fit(torch.stack([cache.tokens(i) for i in range(s, min(len(cache), s + 16))])
+                                     for s in range(0, len(cache), 16))
+    model.freeze_for_stage(1, train_language_model=vcfg.stages.align_language_model)
+    model.train()
+    collate = ReportCollator(tokenizer, vcfg.model.max_report_tokens)
+    cached = CachedTokenDataset(cache, [{"report": report_text(r)} for r in train_set.records], key="vision_tokens")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=vcfg.stages.align_lr)
+    bs = vcfg.train.batch_size
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train_set))[: bs * (steps + 1)]
+    for i in order:  # preprocess (and hold in memory) the volumes first
+        train_set[int(i)]
+    times = {"volumes": [], "cache": []}
+    for step in range(steps + 1):
+        idx = [int(i) for i in order[step * bs : (step + 1) * bs]] or [int(i) for i in order[:bs]]
+        for path in ("volumes", "cache"):
+            t = time.perf_counter()
+            batch = collate([train_set[i] for i in idx] if path == "volumes" else [cached[i] for i in idx])
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step > 0:  # the first step warms both paths up
+                times[path].append(time.perf_counter() - t)
+    out = {path: round(bs * len(v) / sum(v), 2) for path, v in times.items()}
+    result = {"batch_size": bs, "steps": steps, "samples_per_s_volumes": out["volumes"], "samples_per_s_cache": out["cache"],
+              "speedup": round(out["cache"] / out["volumes"], 2), "threads": torch.get_num_threads(),
+              "cache_build_or_open_s": round(cache_s, 1), "cache": str(cache.path)}
+    print(f"medvtc bench: align stage {out['volumes']:.1f} samples/s from volumes, {out['cache']:.1f} from the token cache "
+          f"({result['speedup']:.2f}x)")
+    return result
+
+
+def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None, throughput: dict[str, Any] | None = None) -> str:
+    lines = ["", f"### Target: >= {TOKEN_RATIO_TARGET}x fewer visual tokens, clinical micro F1 within {F1_MARGIN * 100:.0f} point of "
+             "uncompressed (met only when the whole paired-difference interval lies above -1 point)", ""]
     base = next((r for r in rows if r.method == "none"), None)
     if base is None:
         lines.append("(no `none` variant in this run)")
@@ -146,11 +231,21 @@ def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None) -> st
             if r is base:
                 continue
             ratio = base.tokens / max(r.tokens, 1)
-            f1 = r.metrics.get("clinical_micro_f1")
-            ok = ratio >= 8 and f1 is not None and f0 is not None and f1 >= f0 - 0.01
-            lines.append(f"- {r.method}: {ratio:.0f}x fewer tokens, micro F1 {f1:.4f} vs {f0:.4f} "
-                         f"({(f1 - f0) * 100:+.2f} points), FLOPs {base.flops / max(r.flops, 1):.1f}x fewer: "
-                         f"{'met' if ok else 'not met'}")
+            f1, diff, ci = r.metrics.get("clinical_micro_f1"), r.metrics.get("clinical_micro_f1_diff"), r.metrics.get("clinical_micro_f1_diff_ci")
+            if f1 is None or f0 is None or ci is None or None in ci:
+                lines.append(f"- {r.method}: no paired difference")
+                continue
+            status = target_status(ci, F1_MARGIN)
+            if ratio < TOKEN_RATIO_TARGET:
+                status = f"{status} on F1, but only {ratio:.1f}x fewer tokens"
+            lines.append(f"- {r.method}: {ratio:.0f}x fewer tokens, micro F1 {f1:.3f} vs {f0:.3f}, difference "
+                         f"{diff * 100:+.1f} points [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}], FLOPs "
+                         f"{base.flops / max(r.flops, 1):.1f}x fewer: **{status}**")
+    if throughput:
+        lines += ["", "### Align stage (ViT frozen): training throughput with the token cache", "",
+                  f"- batch {throughput['batch_size']}, {throughput['steps']} steps each, alternating, {throughput['threads']} threads: "
+                  f"{throughput['samples_per_s_volumes']:.1f} samples/s from the volumes, {throughput['samples_per_s_cache']:.1f} "
+                  f"from the token cache: **{throughput['speedup']:.2f}x**"]
     if scale:
         lines += ["", "### Full-size CT (untrained model: cost only)", ""]
         for item in scale.get("runs", []):
@@ -166,7 +261,7 @@ def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None) -> st
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    quality_cost_plot(rows, path, "clinical_micro_f1", "clinical micro F1 (test)",
+    quality_cost_plot(rows, path, "clinical_micro_f1", "clinical micro F1 (test, 95 % CI)",
                       [("tokens", "visual tokens given to the LM", True),
                        ("flops", "encoder + prefill GFLOPs per volume", False)], scale={"flops": 1e9})
 

@@ -272,17 +272,18 @@ class CTReportConfig(PretrainedConfig):
                 f"compressor_budget K={budget} must satisfy 0 < K <= N={n} patch tokens "
                 f"(image_size {self.image_size} / patch_size {self.patch_size} = grid {self.grid})"
             )
-        k = self.num_visual_tokens
-        if self.compressor == "pixel_shuffle":
-            from medvtc.common.compressors.pixel_shuffle import _fits, group_factors
-            from medvtc.common.compressors.utils import achievable
+        from medvtc.common.compressors import resolve_compressor_args
 
-            factors = self.compressor_args.get("factors")
-            if factors is None and group_factors(self.grid, k) is None:
-                raise ValueError(
-                    f"compressor_budget K={k} cannot be reached by pixel shuffle on grid {self.grid}; "
-                    f"nearest achievable budgets: {achievable(self.grid, k, _fits)}"
-                )
+        k = self.num_visual_tokens
+        try:
+            # the model's own resolution (build_compressor): a K the method cannot be built for on
+            # this grid (e.g. no pixel-shuffle group factors) is refused here, with the nearest that work
+            resolve_compressor_args(
+                self.compressor_name, k, self.compressor_args, grid=self.grid,
+                dim=self.vision_hidden_size, heads=self.vision_heads,
+            )
+        except ValueError as e:
+            raise ValueError(f"compressor_budget K={k}: {e}") from None
 
     # -- construction helpers ------------------------------------------------------------
 

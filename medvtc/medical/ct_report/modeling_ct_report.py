@@ -19,6 +19,7 @@ Shapes (defaults in brackets):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -29,10 +30,10 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from medvtc.common.compressors import TokenCompressor, create_compressor
-from medvtc.common.compressors.matryoshka_query import MatryoshkaQuery
-from medvtc.common.compressors.perceiver_resampler import PerceiverResampler
-from medvtc.common.compressors.pixel_shuffle import PixelShuffle, group_factors
+from medvtc.common.compressors import TokenCompressor, resolve_compressor
+from medvtc.common.compressors.matryoshka import MatryoshkaQuery
+from medvtc.common.compressors.perceiver import PerceiverResampler
+from medvtc.common.compressors.pixel_shuffle import PixelShuffle
 from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
 from medvtc.medical.ct_report.token_standardizer import TokenStandardizer
 from medvtc.medical.ct_report.vision_encoder import CTViTEncoder
@@ -55,23 +56,16 @@ class CTReportProjector(nn.Module):
 
 
 def build_compressor(config: CTReportConfig, text_dim: int) -> TokenCompressor:
-    """The configured compressor for the ViT's tokens (width vision_hidden_size), with the
-    arguments that make it produce exactly K = config.num_visual_tokens tokens:
-    pixel shuffle gets explicit `factors` (so its Linear exists before an optimiser or a state
-    dict sees the model), perceiver/matryoshka get K latents/queries and the ViT's head count
-    unless `compressor_args` says otherwise."""
-    name, k = config.compressor_name, config.num_visual_tokens
-    args = dict(config.compressor_args)
-    args.pop("text_dim", None)
-    if name == "pixel_shuffle":
-        args.setdefault("factors", group_factors(config.grid, k))
-    elif name == "perceiver":
-        args.setdefault("num_latents", k)
-        args.setdefault("heads", config.vision_heads)
-    elif name == "matryoshka":
-        args.setdefault("num_queries", k)
-        args.setdefault("heads", config.vision_heads)
-    return create_compressor(name, dim=config.vision_hidden_size, text_dim=text_dim, budget=k, **args)
+    """The configured compressor for the ViT's tokens (width vision_hidden_size), built by the
+    core resolver for exactly K = config.num_visual_tokens tokens on the ViT's grid: e.g. pixel
+    shuffle gets explicit `factors` (so its Linear exists before an optimiser or a state dict
+    sees the model), perceiver/matryoshka K latents/queries and the ViT's head count, unless
+    `compressor_args` says otherwise."""
+    args = {k: v for k, v in config.compressor_args.items() if k != "text_dim"}  # given as text_dim
+    return resolve_compressor(
+        config.compressor_name, config.num_visual_tokens, args, grid=config.grid,
+        dim=config.vision_hidden_size, text_dim=text_dim, heads=config.vision_heads,
+    )
 
 
 class CTReportModel(PreTrainedModel, GenerationMixin):
@@ -90,6 +84,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         [B, K + P + T, V] and the loss (only when labels are given) covers the report tokens
         and eos only: visual and prompt positions get label -100. pixel_values=None gives the
         text-only sequence [prompt][report] of the "lm" stage. A compressor's aux_loss is added.
+        `vision_tokens` [B, N, Dv] may stand for pixel_values: the frozen ViT's output, read
+        from the token cache in stage 1 (see `encode_images`).
 
     generate(pixel_values, max_new_tokens, num_beams, ...) -> LongTensor [B, <= max_new_tokens]
         the generated report ids only (greedy by default, beam search with num_beams > 1).
@@ -270,8 +266,12 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         ids = torch.tensor(self.config.prompt_token_ids or [], dtype=torch.long, device=device)
         return ids.unsqueeze(0).expand(batch_size, -1)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """pixel_values [B, C, X, Y, Z] -> (visual_embeds [B, K, H], info).
+    def encode_images(self, pixel_values: torch.Tensor | None = None,
+                      vision_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """pixel_values [B, C, X, Y, Z] -> (visual_embeds [B, K, H], info). Instead of the volume,
+        `vision_tokens` [B, N, Dv] may give the ViT's output already computed (a frozen ViT's
+        tokens from `medvtc.common.token_cache`); they go through the same standardiser,
+        compressor and projector.
 
         info: "compressor_output" (the `CompressorOutput`, tokens [B, K, Dc]), "index" [B, K]
         and "assign" [B, K, N] (None where the method has none) to draw which ViT tokens were
@@ -280,10 +280,16 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         """
         encoder = self.vision_encoder
         dtype = encoder.patch_embedding.position_embeddings.dtype
-        # A frozen encoder (stage 1) needs no autograd graph: saves its activations' memory.
-        frozen = not any(p.requires_grad for p in encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            tokens = encoder(pixel_values.to(dtype))  # [B, N, Dv]
+        if vision_tokens is not None:
+            expected = (math.prod(encoder.grid), self.config.vision_hidden_size)
+            if tuple(vision_tokens.shape[1:]) != expected:
+                raise ValueError(f"vision_tokens {tuple(vision_tokens.shape)}: expected [B, {expected[0]}, {expected[1]}]")
+            tokens = vision_tokens.to(dtype)
+        else:
+            # A frozen encoder (stage 1) needs no autograd graph: saves its activations' memory.
+            frozen = not any(p.requires_grad for p in encoder.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                tokens = encoder(pixel_values.to(dtype))  # [B, N, Dv]
         if self.token_standardizer is not None:
             tokens = self.token_standardizer(tokens)
         text = text_mask = None
@@ -313,19 +319,24 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor | None,
         batch_size: int | None = None,
+        vision_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
         """[visual][prompt][input_ids] as inputs_embeds [B, L, H], attention_mask [B, L] and
         labels [B, L] (-100 before the report; None without labels)."""
         embed = self.get_input_embeddings()
-        if pixel_values is not None:
+        if pixel_values is not None and vision_tokens is not None:
+            raise ValueError("give pixel_values or vision_tokens, not both")
+        if vision_tokens is not None:
+            b, device = vision_tokens.shape[0], vision_tokens.device
+        elif pixel_values is not None:
             b, device = pixel_values.shape[0], pixel_values.device
         elif input_ids is not None:
             b, device = input_ids.shape[0], input_ids.device
         else:
             b, device = batch_size or 1, embed.weight.device
         embeds, masks, labs, info = [], [], [], None
-        if pixel_values is not None:
-            vis, info = self.encode_images(pixel_values)
+        if pixel_values is not None or vision_tokens is not None:
+            vis, info = self.encode_images(pixel_values, vision_tokens)
             embeds.append(vis)
             # an adaptive-budget compressor pads with zeros: its mask keeps the LM off the padding
             vis_mask = info["mask"]
@@ -356,6 +367,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        vision_tokens: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """See the class docstring. Extra kwargs (output_hidden_states, logits_to_keep, ...) go
@@ -364,7 +376,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             raise ValueError("labels need input_ids (the report tokens they label)")
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
-        inputs_embeds, mask, full_labels, info = self._sequence(pixel_values, input_ids, attention_mask, labels)
+        inputs_embeds, mask, full_labels, info = self._sequence(pixel_values, input_ids, attention_mask, labels,
+                                                                vision_tokens=vision_tokens)
         out = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, labels=full_labels, return_dict=True, **kwargs
         )

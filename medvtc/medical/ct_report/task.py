@@ -44,6 +44,7 @@ from medvtc.common.io import atomic_directory, atomic_write_json
 from medvtc.common.task import Task
 from medvtc.common.trainer import TrainConfig, Trainer
 from medvtc.datasets.ct_rate import report_text
+from medvtc.medical.ct_report.evaluation import ReportCollator, generate_reports, score_reports, validation_loss
 from medvtc.medical.ct_report.pipeline import PREPROCESSOR_FILE
 
 DEFAULT_ROOT = "data/ct_rate_phantom"
@@ -134,6 +135,9 @@ class CTReportStagesConfig:
     align_lr: float = 1e-3
     align_language_model: bool = True  # stage 1 also trains the LM (ours starts untrained; see the module docstring)
     shared_dir: str | None = None  # where the tokenizer, lm and vision stages live (null: output_dir)
+    # align reads the frozen ViT's tokens from an on-disk cache (medvtc.common.token_cache) in
+    # shared_dir/token_cache, encoded once and reused by every run with the same ViT weights
+    cache_tokens: bool = True
 
     def validate(self) -> None:
         for name in ("lm_steps", "vision_steps", "align_steps"):
@@ -159,7 +163,9 @@ class CTReportBenchConfig:
         "none", "pooling@64", "pixel_shuffle@64", "pixel_shuffle@8", "perceiver@64", "matryoshka@64", "qg_vtc@64",
     ])
     output_dir: str = "runs/bench-ct-report"
+    seeds: list[int] = field(default_factory=lambda: [0])  # each variant trains once per seed
     repeats: int = 3
+    throughput_steps: int = 20  # align-stage steps timed from volumes and from the token cache (0: skip)
     scale: bool = True  # also the full-size 512 x 512 x 256 CT figures
     scale_size: tuple[int, int, int] = (512, 512, 256)
     scale_patch: tuple[int, int, int] = (16, 16, 16)
@@ -180,91 +186,9 @@ class CTReportTaskConfig:
     bench: CTReportBenchConfig = field(default_factory=CTReportBenchConfig)
 
 
-# ------------------------------------------------------------------------------------------------
-# Batches
-# ------------------------------------------------------------------------------------------------
-class ReportCollator:
-    """Items of `CTReportDataset` (or plain report strings, for the text-only stage) -> the
-    model's keyword arguments: pixel_values [B, 1, X, Y, Z] and the report tokens."""
-
-    def __init__(self, tokenizer, max_report_tokens: int) -> None:
-        self.tokenizer = tokenizer
-        self.max_report_tokens = max_report_tokens
-
-    def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
-        from medvtc.medical.ct_report.tokenizer import encode_reports
-
-        if isinstance(items[0], str):
-            return dict(encode_reports(self.tokenizer, items, max_length=self.max_report_tokens))
-        batch = dict(encode_reports(self.tokenizer, [it["report"] for it in items], max_length=self.max_report_tokens))
-        batch["pixel_values"] = torch.stack([it["image"] for it in items])
-        return batch
-
-
 def _loss_step(model, batch):
     out = model(**batch)
     return out if isinstance(out, torch.Tensor) else out.loss
-
-
-@torch.no_grad()
-def validation_loss(model, dataset, device, collate: ReportCollator, batch_size: int = 16) -> dict[str, float]:
-    """Teacher-forced loss on a split: cheap enough to run during training (generation is not).
-
-    Also the loss with every report paired with another volume of the split (each volume moved
-    one place on), and `image_gain` = that loss minus the true one: how much the model's report
-    depends on its own image. A model that ignores the image has a gain of ~0 however good its
-    text metrics look (a language prior alone can write a fluent, constant report)."""
-    was_training = model.training
-    model.eval()
-    items = [dataset[i] for i in range(len(dataset))]
-    images = [it["image"] for it in items]
-    shifted = [dict(it, image=images[(i + 1) % len(items)]) for i, it in enumerate(items)]
-    totals = {}
-    for key, seq in (("loss", items), ("loss_shuffled_images", shifted)):
-        total = 0.0
-        for start in range(0, len(seq), batch_size):
-            chunk = seq[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk).items()}
-            total += float(model(**batch).loss) * len(chunk)
-        totals[key] = total / max(len(seq), 1)
-    model.train(was_training)
-    totals["image_gain"] = totals["loss_shuffled_images"] - totals["loss"]
-    return totals
-
-
-@torch.no_grad()
-def generate_reports(model, tokenizer, dataset, device, gen: CTReportGenerationConfig, progress: bool = True) -> list[str]:
-    """Greedy (or beam) reports for every item of `dataset`, in order."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    n = len(dataset) if gen.max_eval_samples <= 0 else min(len(dataset), gen.max_eval_samples)
-    out: list[str] = []
-    for start in tqdm(range(0, n, gen.batch_size), desc="generate", unit="batch", disable=not progress, dynamic_ncols=True):
-        pixels = torch.stack([dataset[i]["image"] for i in range(start, min(n, start + gen.batch_size))]).to(device)
-        ids = model.generate(pixels, max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams)
-        out.extend(t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True))
-    return out
-
-
-def score_reports(predictions: list[str], dataset) -> dict[str, float]:
-    """NLG metrics and clinical efficacy (labeler on both sides), plus clinical F1 of the
-    predictions against the dataset's label CSV (the phantom's ground truth) when it has one."""
-    from medvtc.medical.ct_report.labeler import label_reports
-    from medvtc.medical.ct_report.metrics import clinical_efficacy, report_metrics
-
-    records = dataset.records[: len(predictions)]
-    references = [report_text(r) for r in records]
-    metrics = report_metrics(predictions, references, labeler=label_reports)
-    if records and records[0].labels is not None:
-        truth = np.stack([r.labels for r in records])
-        ce = clinical_efficacy(label_reports(predictions), truth)
-        metrics["label_micro_f1"] = ce["micro_f1"]
-        metrics["label_macro_f1"] = ce["macro_f1"]
-    # A model that ignores the image writes one report for every volume; its clinical F1 then
-    # only says how well that one report fits the split. This makes that visible.
-    metrics["distinct_reports"] = len(set(predictions)) / max(len(predictions), 1)
-    return metrics
 
 
 # ------------------------------------------------------------------------------------------------
@@ -481,11 +405,18 @@ class CTReportTask(Task):
                     print(f"medvtc: stage {stage} already finished; weights from {stage_dir}")
                 continue
             standardizer = model.token_standardizer
+            cache = None
+            if stage == "align" and cfg.stages.cache_tokens:
+                cache = self.token_cache(cfg, model, train_set, shared, dist_info)
             if stage in ("align", "finetune") and standardizer is not None and not standardizer.is_fitted:
                 # once, on the warmed-up encoder; the stages' checkpoints then carry the statistics
-                images = (label_collate([train_set[i] for i in range(s, min(len(train_set), s + 16))])["pixel_values"]
-                          for s in range(0, len(train_set), 16))
-                model.fit_token_standardizer(images)
+                if cache is not None:
+                    standardizer.fit(torch.stack([cache.tokens(i) for i in range(s, min(len(cache), s + 16))])
+                                     for s in range(0, len(cache), 16))
+                else:
+                    images = (label_collate([train_set[i] for i in range(s, min(len(train_set), s + 16))])["pixel_values"]
+                              for s in range(0, len(train_set), 16))
+                    model.fit_token_standardizer(images)
                 if dist_info.is_main:
                     print(f"medvtc: visual-token statistics fitted on {len(train_set)} training volumes")
             counts = model.freeze_for_stage(
@@ -502,6 +433,10 @@ class CTReportTask(Task):
             else:
                 data, eval_set, collate_fn = train_set, val_set, collate
                 eval_fn = lambda m, ds, dev: validation_loss(m, ds, dev, collate)  # noqa: E731
+                if cache is not None:
+                    from medvtc.common.token_cache import CachedTokenDataset
+
+                    data = CachedTokenDataset(cache, [{"report": report_text(r)} for r in train_set.records], key="vision_tokens")
             trainer = Trainer(
                 module, data, tcfg, stage_dir, seed=cfg.seed, step_fn=_loss_step, eval_fn=eval_fn, eval_set=eval_set,
                 collate_fn=collate_fn,
@@ -523,6 +458,36 @@ class CTReportTask(Task):
             self._report_split(cfg, model, tokenizer, val_set, "val", out / "final" / "val_metrics.json")
         cleanup(dist_info)
         return 0
+
+    def token_cache(self, cfg: CTReportTaskConfig, model, dataset, shared: Path, dist_info=None):
+        """The frozen ViT's tokens of every volume of `dataset`, encoded once into
+        `shared/token_cache` (medvtc.common.token_cache) and reused by every run whose ViT
+        weights, preprocessing and volumes are the same (the bench's variants share one)."""
+        from medvtc.common.distributed import barrier
+        from medvtc.common.token_cache import TokenCache, module_fingerprint
+
+        encoder = model.vision_encoder
+        was_training = encoder.training
+        encoder.eval()
+        dtype = encoder.patch_embedding.position_embeddings.dtype
+        device = encoder.patch_embedding.position_embeddings.device
+        fingerprint = {"encoder": module_fingerprint(encoder), "preprocessing": cfg.data.preprocessing(),
+                       "data_root": str(Path(cfg.data.root).resolve()), "volumes": [r.volume_name for r in dataset.records]}
+
+        def encode(items: list[dict[str, Any]]) -> torch.Tensor:
+            return encoder(torch.stack([it["image"] for it in items]).to(device=device, dtype=dtype))
+
+        is_main = dist_info is None or dist_info.is_main
+        try:
+            if is_main:
+                TokenCache.get_or_build(shared / "token_cache", fingerprint, encode, dataset, seed=cfg.seed,
+                                        progress=cfg.train.progress)
+            if dist_info is not None:
+                barrier(dist_info)
+            return TokenCache.get_or_build(shared / "token_cache", fingerprint, encode, dataset, seed=cfg.seed,
+                                           progress=False, log=lambda msg: None)
+        finally:
+            encoder.train(was_training)
 
     def _save_final(self, cfg: CTReportTaskConfig, model, tokenizer, path: Path) -> None:
         with atomic_directory(path, overwrite=True) as tmp:
@@ -565,10 +530,10 @@ class CTReportTask(Task):
         return 0
 
     # -- bench -----------------------------------------------------------------------------------
-    def bench(self, cfg: CTReportTaskConfig, output: str) -> int:
+    def bench(self, cfg: CTReportTaskConfig, output: str, retrain: bool = False) -> int:
         from medvtc.medical.ct_report.bench import run_benchmark
 
-        run_benchmark(self, cfg, output)
+        run_benchmark(self, cfg, output, retrain=retrain)
         return 0
 
 

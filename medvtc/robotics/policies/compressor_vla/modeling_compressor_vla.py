@@ -142,7 +142,7 @@ class CompressorVLA(nn.Module):
         super().__init__()
         import timm
 
-        from medvtc.common.compressors import create_compressor
+        from medvtc.common.compressors import resolve_compressor
 
         self.cfg = cfg
         d = cfg.dim_model
@@ -197,7 +197,9 @@ class CompressorVLA(nn.Module):
         if cfg.compressor != NO_COMPRESSION:
             n_comp = 1 if cfg.share_compressor else n_cams
             for _ in range(n_comp):
-                comp = create_compressor(cfg.compressor, dim=d, text_dim=d, **dict(cfg.compressor_args))
+                # the budget is passed per call (None: the method's own for the grid)
+                comp = resolve_compressor(cfg.compressor, cfg.compressor_budget, cfg.compressor_args,
+                                          grid=self.grid, dim=d, text_dim=d, per_call=True)
                 if comp.needs_scores:
                     raise ValueError(
                         f"compressor {cfg.compressor!r} needs external importance scores, which this policy's CNN "

@@ -99,6 +99,13 @@ class SemanticTaskCompressor(TokenCompressor):
             nn.init.zeros_(self.pos_proj.weight)
             nn.init.zeros_(self.pos_proj.bias)
 
+    @classmethod
+    def default_args(cls, *, budget, **_) -> dict:
+        """At least K queries: num_queries is raised to K when its default (16, the paper's per
+        camera) is smaller, never lowered, so modules built before the resolver keep their
+        query count."""
+        return cls.query_count_args("num_queries", budget, exact=False)
+
     def film_params(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int, ref: torch.Tensor):
         """(gamma, beta), each [B, D]; zeros when there is no text (no instruction guidance)."""
         if text is None:

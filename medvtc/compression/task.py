@@ -6,6 +6,8 @@ queries are the grid positions reconstructs all N tokens from them by cross-atte
 is the mean squared reconstruction error, weighted up on the tokens of the class the instruction
 names (`focus_weight`), so instruction-guided methods have something to gain from the text.
 It is a task-free pretraining of the compressor: what it keeps is what lets the rest be rebuilt.
+The model and its loss are in `medvtc.compression.autoencoder`, the data in
+`medvtc.compression.token_grids`, the side-by-side benchmark in `medvtc.compression.bench`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ import torch
 from torch import nn
 
 from medvtc.common import checkpoint as ckpt
-from medvtc.common.compressors import COMPRESSORS, create_compressor
+from medvtc.common.compressors import COMPRESSORS
 from medvtc.common.compressors.metrics import coverage, reconstruction_kept
-from medvtc.common.compressors.utils import sinusoidal_positions
 from medvtc.common.config import save_config
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_directory
 from medvtc.common.task import Task
 from medvtc.common.trainer import TrainConfig, Trainer
-from medvtc.datasets.token_grids import TokenGridDataset, TokenGridSpec, describe, generate_token_grids
+from medvtc.compression.autoencoder import CompressionAutoencoder, reconstruction_loss
+from medvtc.compression.token_grids import TokenGridDataset, TokenGridSpec, describe, generate_token_grids
 
 DEFAULT_ROOT = "data/token_grids"
 
@@ -72,7 +74,7 @@ class CompressorModelConfig:
 
 @dataclass
 class CompressorBenchConfig:
-    """`bench.*`: the side-by-side measurement of every method (see compression_bench.py)."""
+    """`bench.*`: the side-by-side measurement of every method (see medvtc/compression/bench.py)."""
 
     methods: list[str] = field(default_factory=list)  # empty = every registered method
     grids: list[list[int]] = field(default_factory=lambda: [[24, 24], [48, 48], [16, 16, 16], [32, 32, 32]])
@@ -100,50 +102,6 @@ class CompressorsConfig:
         default_factory=lambda: TrainConfig(max_steps=600, batch_size=16, lr=3e-3, warmup_steps=30, save_every=200, eval_every=200, log_every=10)
     )
     bench: CompressorBenchConfig = field(default_factory=CompressorBenchConfig)
-
-
-class CompressionAutoencoder(nn.Module):
-    """compressor -> K tokens -> decoder (grid-position queries, cross-attention) -> N tokens.
-
-    tokens [B, N, D], grid, text [B, L, Dt] -> reconstruction [B, N, D] and the compressor output.
-    """
-
-    def __init__(self, name: str, dim: int, text_dim: int, grid: tuple[int, ...], budget: float | int,
-                 args: dict[str, Any] | None = None, decoder_layers: int = 1, decoder_heads: int = 4) -> None:
-        super().__init__()
-        self.grid = tuple(grid)
-        self.budget = budget
-        self.compressor = create_compressor(name, dim=dim, text_dim=text_dim, **(args or {}))
-        self.register_buffer("queries", sinusoidal_positions(self.grid, dim), persistent=False)
-        self.query_proj = nn.Linear(dim, dim)
-        # Where each kept token came from: without it the decoder's position queries cannot
-        # find the token that covers them (content alone does not say where it was).
-        self.memory_pos = nn.Linear(dim, dim)
-        layer = nn.TransformerDecoderLayer(dim, decoder_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, decoder_layers)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, tokens: torch.Tensor, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None):
-        comp = self.compressor(tokens, grid=self.grid, budget=self.budget, text=text, text_mask=text_mask)
-        memory = comp.tokens
-        if memory.shape[-1] == self.queries.shape[-1]:
-            if comp.index is not None:
-                memory = memory + self.memory_pos(self.queries[comp.index])
-            elif comp.assign is not None:
-                weights = comp.assign / comp.assign.sum(-1, keepdim=True).clamp_min(1e-6)
-                memory = memory + self.memory_pos(weights @ self.queries)
-        pad = None if comp.mask is None else ~comp.mask
-        q = self.query_proj(self.queries).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        recon = self.out(self.decoder(q, memory, memory_key_padding_mask=pad))
-        return recon, comp
-
-
-def reconstruction_loss(recon: torch.Tensor, batch: dict[str, torch.Tensor], focus_weight: float) -> torch.Tensor:
-    err = (recon.float() - batch["tokens"].float()).pow(2).mean(-1)  # [B, N]
-    weight = torch.ones_like(err)
-    if focus_weight and "labels" in batch and "target" in batch:
-        weight = weight + focus_weight * (batch["labels"] == batch["target"].unsqueeze(1)).float()
-    return (err * weight).sum() / weight.sum()
 
 
 class CompressorsTask(Task):
@@ -279,7 +237,7 @@ class CompressorsTask(Task):
         return 0
 
     def bench(self, cfg: CompressorsConfig, output: str) -> int:
-        from medvtc.common.compression_bench import run_benchmark
+        from medvtc.compression.bench import run_benchmark
 
         run_benchmark(cfg.bench, output)
         return 0

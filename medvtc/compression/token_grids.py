@@ -75,7 +75,7 @@ def _blob_mask(rng: np.random.Generator, grid: tuple[int, ...]) -> np.ndarray:
     return (r <= wobble).reshape(-1)
 
 
-def _class_tables(spec: TokenGridSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_tables(spec: TokenGridSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng([spec.seed, 9_999])
     prototypes = rng.normal(0, 1.0, size=(spec.num_classes + 1, spec.dim)).astype(np.float32)
     textures = rng.normal(0, 0.6, size=(spec.num_classes + 1, 3, spec.dim)).astype(np.float32)
@@ -83,7 +83,7 @@ def _class_tables(spec: TokenGridSpec) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return prototypes, textures, words
 
 
-def _sample(spec: TokenGridSpec, split_id: int, index: int, tables) -> dict[str, np.ndarray]:
+def sample_scene(spec: TokenGridSpec, split_id: int, index: int, tables) -> dict[str, np.ndarray]:
     prototypes, textures, words = tables
     rng = np.random.default_rng([spec.seed, split_id, index])
     n = math.prod(spec.grid)
@@ -116,11 +116,11 @@ def generate_token_grids(root: str | Path, spec: TokenGridSpec, overwrite: bool 
     root = Path(root)
     if root.exists() and not overwrite:
         raise UserError(f"{root} already exists; pass --overwrite to replace it or choose another data.root")
-    tables = _class_tables(spec)
+    tables = class_tables(spec)
     counts = {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
     with atomic_directory(root, overwrite=overwrite) as tmp:
         for split_id, split in enumerate(SPLITS):
-            samples = [_sample(spec, split_id, i, tables) for i in range(counts[split])]
+            samples = [sample_scene(spec, split_id, i, tables) for i in range(counts[split])]
             if not samples:
                 continue
             arrays = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
@@ -134,7 +134,7 @@ def generate_token_grids(root: str | Path, spec: TokenGridSpec, overwrite: bool 
             "num_classes": spec.num_classes,
             "seed": spec.seed,
             "splits": counts,
-            "generator": "medvtc.datasets.token_grids.generate_token_grids",
+            "generator": "medvtc.compression.token_grids.generate_token_grids",
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

@@ -9,7 +9,7 @@ from torch import nn
 
 from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
 from medvtc.common.compressors import utils
-from medvtc.common.compressors.perceiver_resampler import chunked_attention
+from medvtc.common.compressors.perceiver import chunked_attention
 
 
 class _QueryLayer(nn.Module):
@@ -111,6 +111,15 @@ class MatryoshkaQuery(TokenCompressor):
             [_QueryLayer(dim, heads, mlp_ratio, causal_self_attention) for _ in range(depth)]
         )
         self.norm = nn.LayerNorm(dim)
+
+    @classmethod
+    def default_args(cls, *, budget, heads, per_call, **_) -> dict:
+        """K queries (exactly K when built for one budget, at least K for per-call budgets) and
+        the caller's head count."""
+        args = cls.query_count_args("num_queries", budget, exact=not per_call)
+        if heads is not None:
+            args["heads"] = heads
+        return args
 
     def sample_budget(self, generator: torch.Generator | None = None) -> int:
         """A training budget m drawn uniformly from `budget_choices` (MQT's random m per step)."""

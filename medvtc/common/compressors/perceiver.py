@@ -158,6 +158,15 @@ class PerceiverResampler(TokenCompressor):
         self.norm = nn.LayerNorm(dim)
         self._pos_cache: tuple[tuple, torch.Tensor] | None = None
 
+    @classmethod
+    def default_args(cls, *, budget, heads, per_call, **_) -> dict:
+        """K latents (exactly K when built for one budget: RadFM's 32 are its K; at least K for
+        per-call budgets) and the caller's head count."""
+        args = cls.query_count_args("num_latents", budget, exact=not per_call)
+        if heads is not None:
+            args["heads"] = heads
+        return args
+
     def positions(self, grid: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         key = (grid, self.dim, like.device, like.dtype)
         if self._pos_cache is None or self._pos_cache[0] != key:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medvtc.common.compressors import create_compressor
-from medvtc.common.compressors.perceiver_resampler import chunked_attention
+from medvtc.common.compressors.perceiver import chunked_attention
 from medvtc.common.compressors.utils import sinusoidal_positions as sincos_positions
 
 D = 32

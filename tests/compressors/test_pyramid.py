@@ -161,7 +161,7 @@ def test_chunked_pooling_and_distances_match():
 
 
 def test_neighbourhood_mean_against_loops():
-    from medvtc.common.compressors.hierarchical_pyramid import _neighbourhood_mean
+    from medvtc.common.compressors.pyramid import _neighbourhood_mean
 
     x = torch.randn(1, 2, 2, 3, 4)
     got = _neighbourhood_mean(x)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medvtc.common.compressors import create_compressor
-from medvtc.common.compressors.adaptive_budget import spectral_entropy
+from medvtc.common.compressors.adaptive import spectral_entropy
 
 D = 32
 

@@ -1,0 +1,141 @@
+"""The shared encoder-token cache: encode once, reuse, rebuild on a changed fingerprint, never
+leave a store that looks complete after a failed or killed encoding, augmented views."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medvtc.common.token_cache import META_FILE, CachedTokenDataset, TokenCache, fingerprint_key, module_fingerprint
+
+
+def _dataset(n: int = 10, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"x": torch.randn(6, 4, generator=g)} for _ in range(n)]
+
+
+class Counting:
+    """An "encoder" that doubles its input and counts the samples it saw."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, items):
+        self.seen += len(items)
+        return torch.stack([it["x"] for it in items]) * 2
+
+
+def test_encodes_once_and_reuses(tmp_path):
+    data, enc = _dataset(), Counting()
+    cache = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data, batch_size=3, shard_size=4, progress=False)
+    assert enc.seen == 10 and len(cache) == 10 and cache.meta["shards"] == 3
+    for i in (0, 3, 4, 9):  # across shard borders; stored fp16, read back as float32
+        got = cache.tokens(i)
+        assert got.dtype == torch.float32 and got.shape == (6, 4)
+        torch.testing.assert_close(got, data[i]["x"] * 2, atol=1e-2, rtol=1e-3)
+    again = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data, progress=False)
+    assert enc.seen == 10 and again.path == cache.path  # nothing encoded again
+
+
+def test_a_changed_fingerprint_is_another_store(tmp_path):
+    data, enc = _dataset(), Counting()
+    a = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data, progress=False)
+    b = TokenCache.get_or_build(tmp_path, {"encoder": "b"}, enc, data, progress=False)
+    assert enc.seen == 20 and a.path != b.path
+    # fewer samples also changes it
+    c = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data[:5], progress=False)
+    assert c.path != a.path and len(c) == 5
+
+
+def test_module_fingerprint_follows_the_weights():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    before = module_fingerprint(net)
+    assert module_fingerprint(net) == before
+    with torch.no_grad():
+        net[0].weight[0, 0] += 1e-3
+    assert module_fingerprint(net) != before
+    net2 = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    net2.load_state_dict(net.state_dict())
+    assert module_fingerprint(net2) == module_fingerprint(net)
+
+
+def test_a_failed_encoding_leaves_no_complete_store(tmp_path):
+    data = _dataset()
+    calls = {"n": 0}
+
+    def failing(items):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("encoder crashed")
+        return torch.stack([it["x"] for it in items])
+
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        TokenCache.get_or_build(tmp_path, {"encoder": "a"}, failing, data, batch_size=4, shard_size=4, progress=False)
+    assert not list(tmp_path.glob(f"*/{META_FILE}"))
+    enc = Counting()
+    cache = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data, progress=False)
+    assert enc.seen == 10 and len(cache) == 10
+
+
+def test_a_killed_encoding_leaves_no_complete_store(tmp_path):
+    """SIGKILL in the middle of encoding (no Python cleanup runs): the store's folder never
+    appears, and the next call builds it from scratch."""
+    script = textwrap.dedent(f"""
+        import time, torch
+        from medvtc.common.token_cache import TokenCache
+        data = [{{"x": torch.full((4, 2), float(i))}} for i in range(40)]
+        def slow(items):
+            print("encoding", flush=True)
+            time.sleep(0.2)
+            return torch.stack([it["x"] for it in items])
+        TokenCache.get_or_build({str(tmp_path)!r}, {{"encoder": "k"}}, slow, data, batch_size=2, shard_size=4, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # a few batches in, some shards already written
+        assert proc.stdout.readline().startswith("encoding")
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(tmp_path.glob(f"*/{META_FILE}"))
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert leftovers and all(name.startswith(".") for name in leftovers)  # only a hidden temporary folder
+    data = [{"x": torch.full((4, 2), float(i))} for i in range(40)]
+    cache = TokenCache.get_or_build(tmp_path, {"encoder": "k"}, lambda items: torch.stack([it["x"] for it in items]), data, progress=False)
+    assert cache.path.name == fingerprint_key(cache.fingerprint) and float(cache.tokens(39)[0, 0]) == 39.0
+
+
+def test_augmented_views_and_random_view_sampling(tmp_path):
+    data = _dataset(4)
+
+    def flip(item, view, rng):  # a seeded augmentation: the rng differs per (sample, view)
+        return {"x": item["x"].flip(0) * float(rng.integers(1, 5))}
+
+    cache = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, lambda items: torch.stack([it["x"] for it in items]), data,
+                                    views=3, augment=flip, progress=False)
+    assert cache.views == 3
+    torch.testing.assert_close(cache.tokens(2, 0), data[2]["x"], atol=1e-2, rtol=1e-3)  # view 0: unaugmented
+    v1 = cache.tokens(2, 1) / data[2]["x"].flip(0)
+    assert torch.allclose(v1, v1.flatten()[0].expand_as(v1), atol=1e-2)  # a flipped, scaled copy
+    ds = CachedTokenDataset(cache, [{"id": i} for i in range(4)], view="random")
+    import random
+
+    random.seed(0)
+    seen = {tuple(ds[2]["tokens"].flatten()[:2].tolist()) for _ in range(30)}
+    assert len(seen) >= 2 and ds[2]["id"] == 2
+    with pytest.raises(ValueError, match="augment"):
+        TokenCache.get_or_build(tmp_path / "b", {"encoder": "a"}, lambda items: None, data, views=2, progress=False)
+
+
+def test_bad_encoder_output_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"expected \[2, N, D\]"):
+        TokenCache.get_or_build(tmp_path, {"e": 1}, lambda items: torch.zeros(2, 3), _dataset(2), progress=False)
+    assert not list(tmp_path.glob(f"*/{META_FILE}"))
