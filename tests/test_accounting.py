@@ -52,9 +52,21 @@ def test_results_writer_follows_the_design_shape(tmp_path):
     assert set(doc) == {"task", "created", "machine", "config", "rows"}
     assert set(doc["machine"]) >= {"cpu", "gpu", "torch"}
     assert doc["rows"][1] == {"method": "b", "tokens": 20, "flops": 2e9, "params": 0, "latency_ms": 3.0,
-                              "peak_mem_mb": 1.0, "metrics": {"score": 0.7}}
+                              "peak_mem_mb": 1.0, "metrics": {"score": 0.7}, "cases": None}
     md = paths["md"].read_text()
     assert "| a | 10 |" in md and "score" in md
+    assert "Paired differences" not in md  # no row has one
+
+
+def test_results_markdown_shows_intervals_and_paired_differences(tmp_path):
+    rows = [ResultRow("none", 64, 1e9, 5, 1.5, 2.0, {"f1": 0.5, "f1_ci": [0.41, 0.59]}),
+            ResultRow("pool", 8, 1e9, 5, 1.5, 2.0, {"f1": 0.48, "f1_ci": [0.4, 0.56], "f1_diff": -0.02,
+                                                    "f1_diff_ci": [-0.05, 0.01]}, cases={"seed_0": {"x": [1, 2]}})]
+    paths = write_results("demo", rows, {"reference": "none"}, tmp_path)
+    md = paths["md"].read_text()
+    assert "| 0.500 [0.410, 0.590] |" in md and "f1_ci" not in md and "f1_diff" not in md.split("###")[0]
+    assert "Paired differences to none" in md and "| pool | -0.020 [-0.050, +0.010] |" in md
+    assert json.loads(paths["json"].read_text())["rows"][1]["cases"] == {"seed_0": {"x": [1, 2]}}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
 

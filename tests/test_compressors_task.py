@@ -99,3 +99,35 @@ def test_benchmark_writes_every_method_and_checks_references(tmp_path):
     assert not list(tmp_path.glob("compressors.partial.*")), "a finished run removes its partial results"
     targets = doc["config"]["targets"]
     assert targets["divprune"]["same_output"] is True and targets["floc"]["same_output"] is True
+
+
+def test_benchmark_methods_take_the_variant_grammar(tmp_path):
+    small = dict(grids=[[8, 8]], dim=16, text_dim=8, batches=[1], budgets=[0.5, 0.25], repeats=1, warmup=0,
+                 max_seconds=30.0, target_grid=[4, 4, 4], target_budget=16)
+    cfg = CompressorBenchConfig(methods=["pooling@0.25", "random", "divprune@8"], **small)
+    doc = json.loads(run_benchmark(cfg, tmp_path, log=lambda s: None)["json"].read_text())
+    budgets = {}
+    for r in doc["rows"]:
+        budgets.setdefault(r["method"], []).append(r["metrics"]["budget"])
+    # a pinned budget is the method's only one (its reference too); the others take bench.budgets
+    assert budgets == {"pooling": [0.25], "random": [0.25, 0.5], "divprune": [8], "divprune[reference]": [8]}
+    assert [r["tokens"] for r in doc["rows"] if r["method"] == "divprune"] == [8]
+    assert "ci" not in json.dumps([r["metrics"] for r in doc["rows"]])  # no per-case quality metric: no intervals
+    for methods, message in ((["pooling2"], "unknown method 'pooling2'; valid: adaptive, compressor_vla"),
+                             (["pooling@x"], "budget 'x' is not a number"),
+                             (["random", "random"], "lists a method twice")):
+        with pytest.raises(UserError, match=message):
+            run_benchmark(CompressorBenchConfig(methods=methods, **small), tmp_path / "bad", log=lambda s: None)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bench_from_the_command_line_accepts_retrain(tmp_path):
+    """`--retrain` is every bench's flag; this one trains nothing, so it changes nothing."""
+    from medvtc.cli import main
+
+    args = ["bench", "--task", "compressors", "bench.methods=[identity, pooling@0.5]", "bench.grids=[[4, 4]]",
+            "bench.batches=[1]", "bench.dim=8", "bench.text_dim=4", "bench.repeats=1", "bench.warmup=0",
+            "bench.references=false", "--output", str(tmp_path), "--retrain"]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "compressors.json").read_text())["rows"]
+    assert [(r["method"], r["tokens"]) for r in rows] == [("identity", 16), ("pooling", 8)]

@@ -53,6 +53,9 @@ def take(cases: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.nda
 def _bootstrap(values_of: Callable[[np.ndarray], float], n: int, n_resamples: int, level: float, seed: int) -> tuple[float, float]:
     if n == 0:
         return math.nan, math.nan
+    if n == 1:  # every resample is the one case (scipy refuses a sample of one)
+        value = values_of(np.zeros(1, dtype=np.int64))
+        return float(value), float(value)
     from scipy.stats import bootstrap
 
     def batched(index: np.ndarray, axis: int = -1) -> np.ndarray:

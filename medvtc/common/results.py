@@ -1,6 +1,6 @@
 """Benchmark results: `benchmarks/results/<task>.json`, `.md` (a table) and `.png` (a plot).
 
-JSON shape (DESIGN.md):
+JSON shape (docs/architecture.md, "Benchmarks"):
     {"task", "created", "machine": {"cpu", "gpu", "torch"}, "config",
      "rows": [{"method", "tokens", "flops", "params", "latency_ms", "peak_mem_mb",
                "metrics": {name: value}, "cases": {seed: {column: [per-case values]}} | null}]}

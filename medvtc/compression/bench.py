@@ -13,6 +13,17 @@ measured explicitly (DivPrune and FLoC at N=4096, K=410: >= 5x faster than the r
 
 Rows whose expected time exceeds `max_seconds` (from the same method's time at a smaller budget)
 are skipped and listed as skipped, so one slow greedy method cannot hold up the whole run.
+
+`bench.methods` takes the variant grammar of every `medvtc bench`
+(`medvtc.common.bench_runner.parse_variant`): a registered method name measures it at every
+budget of `bench.budgets`, `method@budget` (`pooling@0.25`, `tome@64`) at that one budget only
+(a method may be listed once per pinned budget); an empty list means every registered method.
+Unknown names and repeated entries are one error before any measurement. Partial results
+(`compressors.partial.*`) are written after every grid and batch and removed once the final
+files are written, as the runner does after each variant. Nothing is trained, and the rows are
+per method, grid, batch and budget rather than per variant (so the loop is this module's, not
+`run_bench`'s); they have no per-case quality metric either (the information-kept measures are
+one figure of one structured batch): no 95 % intervals nor paired differences here.
 """
 
 from __future__ import annotations
@@ -28,18 +39,20 @@ import numpy as np
 import torch
 
 from medvtc.common import accounting
+from medvtc.common.bench_runner import Variant, parse_variant
 from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compressors
 from medvtc.common.compressors.metrics import coverage, reconstruction_kept
 from medvtc.common.compressors.utils import resolve_budget
+from medvtc.common.errors import UserError
 from medvtc.common.results import ResultRow, write_results
-from medvtc.datasets.token_grids import TokenGridSpec, _class_tables, _sample
+from medvtc.compression.token_grids import TokenGridSpec, class_tables, sample_scene
 
 
 def bench_inputs(grid: tuple[int, ...], dim: int, text_dim: int, batch: int, seed: int) -> dict[str, torch.Tensor]:
     """Structured token grids at the benchmark's size, plus instruction and [CLS]-like scores."""
     spec = TokenGridSpec(grid=grid, dim=dim, text_dim=text_dim, num_classes=4, seed=seed)
-    tables = _class_tables(spec)
-    samples = [_sample(spec, 0, i, tables) for i in range(batch)]
+    tables = class_tables(spec)
+    samples = [sample_scene(spec, 0, i, tables) for i in range(batch)]
     tokens = torch.from_numpy(np.stack([s["tokens"] for s in samples]))
     text = torch.from_numpy(np.stack([s["text"] for s in samples]))
     text_mask = torch.from_numpy(np.stack([s["text_mask"] for s in samples]))
@@ -74,10 +87,26 @@ def _measure(fn: Callable[[], Any], module, repeats: int, warmup: int, max_secon
     return flops_box["flops"], peak, latency, out_box["out"]
 
 
+def bench_variants(cfg) -> list[Variant]:
+    """`bench.methods` through the variant grammar (every registered method when empty); unknown
+    names and repeated entries are one clear error before any work."""
+    variants = [parse_variant(m, methods=list_compressors()) for m in cfg.methods or list_compressors()]
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"bench.methods lists a method twice: {names}")
+    return variants
+
+
+def _budgets(v: Variant, cfg) -> list[float | int]:
+    if v.budget is not None:  # method@budget: that budget only
+        return [v.budget]
+    return [1.0] if v.method == "identity" else sorted(cfg.budgets)  # small K first
+
+
 def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
-    methods = cfg.methods or list_compressors()
-    for m in methods:
-        COMPRESSORS.get(m)  # unknown names: one clear error before any work
+    variants = bench_variants(cfg)
+    methods = list(dict.fromkeys(v.method for v in variants))
+    budgets_of = {m: sorted({b for v in variants if v.method == m for b in _budgets(v, cfg)}) for m in methods}
     from medvtc.common.compressors import references
 
     torch.manual_seed(cfg.seed)
@@ -91,9 +120,10 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
         n = math.prod(grid)
         for batch in cfg.batches:
             inputs = bench_inputs(grid, cfg.dim, cfg.text_dim, batch, cfg.seed)
-            for name in methods:
+            for v in variants:
+                name = v.method
                 cls = COMPRESSORS.get(name)
-                budgets = [1.0] if name == "identity" else sorted(cfg.budgets)  # small K first
+                budgets = _budgets(v, cfg)
                 for i, budget in enumerate(budgets):
                     k = resolve_budget(budget, n, name)
                     # Every method gets one row at the largest N (batch 1, smallest budget): the
@@ -105,7 +135,7 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
                         skipped.append(f"{name} N={n} B={batch} K={k}: expected ~{est:.0f} s > {cfg.max_seconds:.0f} s")
                         continue
                     torch.manual_seed(cfg.seed)
-                    comp = create_compressor(name, dim=cfg.dim, text_dim=cfg.text_dim, **_sized_for(cls, name, k)).eval()
+                    comp = _sized_for(name, k, grid, cfg).eval()
                     fn = _call(comp, inputs, grid, k)
                     try:
                         flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
@@ -130,7 +160,7 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
                     log(f"{name:16s} N={n:6d} B={batch} K={k:6d} {latency:10.1f} ms {peak:8.1f} MiB {flops / 1e9:8.2f} GFLOP")
                     del out, comp
             if cfg.references:
-                rows.extend(_reference_rows(references, inputs, grid, cfg, rows, skipped, log))
+                rows.extend(_reference_rows(references, inputs, grid, cfg, rows, skipped, log, budgets_of))
             del inputs
             gc.collect()
             # Partial results after every grid and batch: a run stopped part-way (hours at
@@ -138,7 +168,7 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
             write_results("compressors", rows, {**asdict(cfg), "partial": True, "skipped": skipped,
                                                 "elapsed_s": round(time.perf_counter() - t_start, 1)},
                           output, plot=plot_information_kept, name="compressors.partial")
-    targets_md, targets = _targets(cfg, references, log)
+    targets_md, targets = _targets(cfg, references, log, methods)
     elapsed = time.perf_counter() - t_start
     config = {**asdict(cfg), "elapsed_s": round(elapsed, 1), "skipped": skipped, "targets": targets,
               "notes": "peak_mem_mb is the extra peak over the memory in use before the call (inputs "
@@ -151,19 +181,13 @@ def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -
     return paths
 
 
-def _sized_for(cls, name: str, k: int) -> dict[str, int]:
-    """Query-based resamplers hold a fixed number of queries; build them with at least K so
-    that every budget is measured (Compressor-VLA splits its budget itself)."""
-    import inspect
+def _sized_for(name: str, k: int, grid: tuple[int, ...], cfg):
+    """The method built by the core resolver to serve budget K per call: query-based
+    resamplers get at least K queries (their default when larger), so that every budget is
+    measured; everything else keeps its defaults (Compressor-VLA splits its budget itself)."""
+    from medvtc.common.compressors import resolve_compressor
 
-    if name == "compressor_vla":
-        return {}
-    params = inspect.signature(cls.__init__).parameters
-    out = {}
-    for p in ("num_latents", "num_queries"):
-        if p in params and params[p].default is not inspect.Parameter.empty and k > params[p].default:
-            out[p] = k
-    return out
+    return resolve_compressor(name, k, grid=grid, dim=cfg.dim, text_dim=cfg.text_dim, per_call=True)
 
 
 def _estimate(cls, last: tuple[int, int, float] | None, n: int, k: int, d: int) -> float:
@@ -184,15 +208,16 @@ def _nearest_budget(message: str, k: int) -> int | None:
     return min(found, key=lambda c: abs(c - k)) if found else None
 
 
-def _reference_rows(references, inputs, grid, cfg, rows, skipped, log) -> list[ResultRow]:
-    """The plain references, timed on the same inputs as their fast counterparts."""
+def _reference_rows(references, inputs, grid, cfg, rows, skipped, log, budgets_of) -> list[ResultRow]:
+    """The plain references, timed on the same inputs as their fast counterparts (at the budgets
+    the fast ones were measured at)."""
     out_rows = []
     n = math.prod(grid)
     batch = inputs["tokens"].shape[0]
     for name, ref in references.REFERENCES.items():
-        if name not in (cfg.methods or list_compressors()):
+        if name not in budgets_of:
             continue
-        for budget in sorted(cfg.budgets):
+        for budget in budgets_of[name]:
             k = resolve_budget(budget, n, name)
             fast = next((r for r in rows if r.method == name and r.metrics.get("N") == n and r.metrics.get("batch") == batch and r.tokens == k), None)
             est = references.estimated_seconds(name, n, k, cfg.dim, batch)
@@ -208,10 +233,10 @@ def _reference_rows(references, inputs, grid, cfg, rows, skipped, log) -> list[R
     return out_rows
 
 
-def _targets(cfg, references, log) -> tuple[str, dict[str, Any]]:
+def _targets(cfg, references, log, methods) -> tuple[str, dict[str, Any]]:
     """DivPrune and FLoC at `target_grid`, `target_budget` (N=4096, K=410 by default), B=1:
     speed ratio against the plain reference and whether the output is the same."""
-    wanted = [m for m in ("divprune", "floc") if m in (cfg.methods or list_compressors()) and m in references.REFERENCES]
+    wanted = [m for m in ("divprune", "floc") if m in methods and m in references.REFERENCES]
     if not wanted:
         return "", {}
     grid = tuple(cfg.target_grid)
@@ -270,4 +295,4 @@ def plot_information_kept(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["run_benchmark", "bench_inputs", "plot_information_kept"]
+__all__ = ["run_benchmark", "bench_inputs", "bench_variants", "plot_information_kept"]

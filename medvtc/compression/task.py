@@ -76,7 +76,7 @@ class CompressorModelConfig:
 class CompressorBenchConfig:
     """`bench.*`: the side-by-side measurement of every method (see medvtc/compression/bench.py)."""
 
-    methods: list[str] = field(default_factory=list)  # empty = every registered method
+    methods: list[str] = field(default_factory=list)  # empty = every registered method; method@budget: that budget only
     grids: list[list[int]] = field(default_factory=lambda: [[24, 24], [48, 48], [16, 16, 16], [32, 32, 32]])
     dim: int = 768
     text_dim: int = 64
@@ -236,7 +236,8 @@ class CompressorsTask(Task):
         print(f"medvtc: {cfg.model.name} ({path}) on the test split: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return 0
 
-    def bench(self, cfg: CompressorsConfig, output: str) -> int:
+    def bench(self, cfg: CompressorsConfig, output: str, retrain: bool = False) -> int:
+        """`retrain` is accepted for the CLI's sake: this bench trains nothing."""
         from medvtc.compression.bench import run_benchmark
 
         run_benchmark(cfg.bench, output)

@@ -2,43 +2,56 @@
 compressors at the same token count, its own ablations and LeRobot's ACT, all trained on the same
 demonstrations with the same budget and rolled out in the LIBERO simulator.
 
-For every variant of `bench.variants` (default: compressor_vla, none, pooling, random, tome,
-divprune, stc_only, src_only, compressor_vla_no_instruction, act; see
-`medvtc.robotics.policy_cost.VARIANTS`):
+Run through the shared runner (`medvtc.common.bench_runner`). A variant of `bench.variants`
+(default: compressor_vla, none, pooling, random, tome, divprune, stc_only, src_only,
+compressor_vla_no_instruction, act) is a method, the Compressor-VLA policy with that compressor
+(`policy.compressor`: `none`, `compressor_vla`, or any registered compressor; `method@budget`
+sets `policy.budget`, the tokens per camera; without one a generic compressor keeps as many
+tokens per camera as Compressor-VLA does on the same grid, the paper's comparison at equal
+tokens), or a named ablation of `ABLATIONS` (STC only, SRC only, Compressor-VLA without the
+instruction, LeRobot's ACT). Compressor arguments are the base config's, kept where the
+variant's compressor takes them. For every variant and seed of `bench.seeds`:
 
-1. train it with the task's data / policy / train config under `bench.output_dir/<variant>`
-   (`medvtc train --task libero` with the variant's `policy.*`); a finished run is reused (after
-   checking it was trained with the same settings), an interrupted one resumes from its latest
-   checkpoint;
+1. train it with the task's data / policy / train config under
+   `bench.output_dir/<variant>/seed_<s>` (`medvtc train --task libero` with the variant's
+   `policy.*`); a finished run is reused only when it was trained with the same settings (seed,
+   data.root, the policy.* keys its policy uses: ACT's own for ACT, the others for
+   Compressor-VLA, train.* less bookkeeping), else the bench stops naming the key (`--retrain`
+   trains it again); an interrupted one resumes from its latest checkpoint;
 2. roll it out on `bench.episodes` official initial states of each of `bench.tasks` of
    `bench.suite` (`bench.num_envs` environments in parallel; optional videos with the kept
-   tokens), cached in `<variant>/bench_rollout.json` for the same settings and weights;
-3. cost it on the CPU with `medvtc.robotics.policy_cost.measure_policies`: visual tokens the
-   policy's transformer reads, FLOPs of one forward pass (an action chunk) and per executed
-   action (chunk / n_action_steps), median latency per chunk and per control step, parameters,
-   peak memory; the trained policies are timed together, round by round, so load from other
-   processes slows them all alike.
+   tokens); the episodes (task, initial state, success, steps) are kept with the run
+   (`bench_eval.json`, for the same rollout settings and weights) and go into the json's
+   `cases`: `success_rate` comes with its 95 % Wilson interval and the paired-bootstrap
+   difference to `none` over the same episodes, each task's rate with a bootstrap interval;
+3. cost it on the CPU with `medvtc.robotics.policy_cost.measure_policies`, once every variant
+   is trained: visual tokens the policy's transformer reads, FLOPs of one forward pass (an
+   action chunk) and per executed action (chunk / n_action_steps), median latency per chunk and
+   per control step, parameters, peak memory; the trained policies are timed together, round by
+   round, so load from other processes slows them all alike.
 
 Partial results (success only) are written after each variant to `<output>/libero.partial.*`;
 the final ones to `<output>/libero.{json,md,png}`, with the issue's targets checked in the
 markdown: at least 3x fewer visual tokens and 59 % fewer policy FLOPs than `none`, success within
-2 points of `none` or better, a compressed policy step under 50 ms on the CPU, and the
+2 points of `none` or better (met only when the whole paired-difference interval lies above -2
+points, `intervals.target_status`), a compressed policy step under 50 ms on the CPU, and the
 uncompressed baseline at >= 50 % success (otherwise the success comparison is reported as not
 meaningful).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from medvtc.common import checkpoint as ckpt
-from medvtc.common.config import TRAIN_BOOKKEEPING, flatten_config, read_yaml, replace, to_dict
+import numpy as np
+
+from medvtc.common.bench_runner import BenchSpec, CaseStatistic, Evaluation, Variant, run_bench
+from medvtc.common.config import TRAIN_BOOKKEEPING, flatten_config, replace, to_dict
 from medvtc.common.errors import UserError
-from medvtc.common.io import atomic_write_json
-from medvtc.common.results import ResultRow, quality_cost_plot, write_results
+from medvtc.common.intervals import Statistic, format_interval, mean_of, target_status
+from medvtc.common.results import ResultRow, quality_cost_plot
 from medvtc.common.trainer import read_training_summary
 
 BASELINE = "none"
@@ -50,208 +63,249 @@ SUCCESS_MARGIN = 0.02
 STEP_MS_TARGET = 50.0
 BASELINE_SUCCESS_MIN = 0.5
 
-def variant_config(cfg, name: str, match: int | None):
-    """The task config of variant `name`: the base config with the variant's `policy.*`, trained
-    under `bench.output_dir/<name>`. `match`: compressor_vla's tokens per camera."""
-    from medvtc.robotics.policy_cost import variant_overrides
-
-    p = cfg.policy
-    if name == PEER:
-        policy = replace(p, name="act")
-    else:
-        try:
-            over = variant_overrides(name, dict(p.compressor_args), p.budget, match)
-        except ValueError as e:
-            raise UserError(f"bench.variants: {e}") from None
-        policy = replace(p, name="compressor_vla", compressor=over["compressor"], budget=over["compressor_budget"],
-                         compressor_args=over["compressor_args"])
-    return replace(cfg, policy=policy, output_dir=str(Path(cfg.bench.output_dir) / name))
-
+# Named ablations: variant name -> config overrides. The budget of a Compressor-VLA variant
+# without `@budget` follows its compressor (`_budget`): STC only keeps its queries, SRC only its
+# own one token per window.
+ABLATIONS: dict[str, list[str]] = {
+    "stc_only": ["policy.name=compressor_vla", "policy.compressor=stc"],
+    "src_only": ["policy.name=compressor_vla", "policy.compressor=src"],
+    "compressor_vla_no_instruction": ["policy.name=compressor_vla", "policy.compressor=compressor_vla",
+                                      "policy.compressor_args.use_instruction=false"],
+    PEER: ["policy.name=act"],
+}
 
 # policy.* keys an ACT run depends on (the others configure Compressor-VLA).
 _ACT_KEYS = {"name", "act_args", "chunk_size", "n_action_steps", "dropout"}
 
 
-def _training_settings(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+def _training_settings(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened settings a policy's weights depend on: seed, data.root, the policy.* keys
+    its policy uses, train.* less bookkeeping."""
     policy = dict(cfg_dict.get("policy", {}))
     if policy.get("name") == "act":
         policy = {k: v for k, v in policy.items() if k in _ACT_KEYS}
     else:
         policy.pop("act_args", None)
-    flat = flatten_config({"seed": cfg_dict.get("seed"), "data": {"root": cfg_dict.get("data", {}).get("root")},
-                  "policy": policy, "train": cfg_dict.get("train", {})}, keep_whole=("compressor_args", "act_args"))
+    flat = flatten_config({"seed": cfg_dict.get("seed"), "data": {"root": (cfg_dict.get("data") or {}).get("root")},
+                           "policy": policy, "train": cfg_dict.get("train", {})}, keep_whole=("compressor_args", "act_args"))
     return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in TRAIN_BOOKKEEPING)}
 
 
-def check_same_run(vcfg, saved: Path, name: str) -> None:
-    """UserError if the run config saved at `saved` was trained with other settings than `vcfg`
-    (seed, data.root, the policy.* keys its policy uses, train.* except bookkeeping); keys only
-    one side has are skipped."""
-    if not saved.is_file():
-        return
-    old = _training_settings(read_yaml(saved))
-    new = _training_settings(to_dict(vcfg))
-    diff = [k for k in new if k in old and old[k] != new[k]]
-    if diff:
-        k = diff[0]
-        raise UserError(
-            f"{Path(vcfg.output_dir)} holds a {name!r} run trained with other settings ({k}: {old[k]!r} there, "
-            f"{new[k]!r} now{f', and {len(diff) - 1} more' if len(diff) > 1 else ''}); remove that folder or set "
-            "bench.output_dir to another one"
-        )
+def task_rate(task_id: int) -> Statistic:
+    """Success rate over the episodes of one task (NaN in a resample without any)."""
+    def statistic(cases: Mapping[str, np.ndarray]) -> float:
+        mine = np.asarray(cases["task"]) == task_id
+        return float(np.asarray(cases["success"], dtype=float)[mine].mean()) if mine.any() else math.nan
+
+    statistic.__name__ = f"success_of_task_{task_id}"
+    return statistic
 
 
-def train_or_reuse(task, vcfg, name: str) -> tuple[Path, str]:
-    """(final folder, "reused" | "resumed" | "trained")."""
-    out = Path(vcfg.output_dir)
-    final = out / "final"
-    if (final / "model.safetensors").is_file():
-        check_same_run(vcfg, final / "medvtc_config.yaml", name)
-        return final, "reused"
-    resumed = ckpt.latest_checkpoint(out / "checkpoints") is not None
-    if resumed:
-        check_same_run(vcfg, out / "config.yaml", name)
-    print(f"medvtc bench: {'resuming' if resumed else 'training'} {name} in {out}")
-    task.train(vcfg, resume=True)  # from step 0 when there is no checkpoint
-    (out / "bench_rollout.json").unlink(missing_ok=True)  # results of older weights
-    return final, "resumed" if resumed else "trained"
+def case_statistics(task_ids) -> dict[str, CaseStatistic]:
+    stats = {"success_rate": CaseStatistic(mean_of("success"), interval="wilson", column="success")}
+    stats.update({f"success_task_{int(t)}": CaseStatistic(task_rate(int(t))) for t in task_ids})
+    return stats
 
 
-def rollout_or_reuse(cfg, vcfg, final: Path) -> dict[str, Any]:
-    """Rollout results of the policy in `final` on the bench settings, cached beside the run."""
-    from medvtc.robotics.rollout import load_policy, run_rollouts
+class LiberoBench(BenchSpec):
+    task = "libero"
+    reference = BASELINE
+    method_key = "policy.compressor"
+    budget_key = "policy.budget"
+    ablations = ABLATIONS
+    settings_sections = ("seed", "data", "policy", "train")
+    keep_whole = ("compressor_args", "act_args")
 
-    b = cfg.bench
-    settings = {"suite": b.suite, "tasks": [int(t) for t in b.tasks], "episodes": b.episodes,
+    def __init__(self, task, cfg) -> None:
+        from medvtc.common.compressors import list_compressors
+
+        self.libero = task
+        self.methods = ["none", *list_compressors()]  # "none": every visual token to the policy
+        self.statistics = case_statistics(cfg.bench.tasks)
+        self.plot = _plot
+        self._features: dict[str, Any] | None = None
+        self.demos: int | None = None
+        self._match: int | None = None
+        self.policies: dict[str, dict[str, Any]] = {}  # variant -> its policy.* (for the json)
+        self.cost_threads: int | None = None
+
+    # -- config -----------------------------------------------------------------------------
+    def features(self, cfg) -> dict[str, Any]:
+        """The demonstrations' features (recorded first when data.root is the default and absent)."""
+        if self._features is None:
+            from medvtc.robotics.demonstrations import check_dataset_features, read_info, required_features
+
+            self.libero._ensure_data(cfg)
+            info = read_info(cfg.data.root)
+            check_dataset_features(info["features"], required_features(), cfg.data.root)
+            self._features, self.demos = info["features"], info.get("total_episodes")
+        return self._features
+
+    def match_tokens(self, cfg) -> int:
+        """Compressor-VLA's visual tokens per camera under the base config (what the generic
+        compressors keep without `@budget`)."""
+        if self._match is None:
+            import torch
+
+            from medvtc.robotics.policies.compressor_vla import CompressorVLAPolicy
+            from medvtc.robotics.policy_factory import policy_config
+
+            p = cfg.policy
+            base = replace(cfg, policy=replace(p, name="compressor_vla", compressor=PROPOSED,
+                                               compressor_args=self._args(PROPOSED, dict(p.compressor_args))))
+            torch.manual_seed(0)
+            try:
+                self._match = int(CompressorVLAPolicy(policy_config(base, self.features(cfg), "cpu")).model.visual_tokens_per_camera)
+            except ValueError as e:
+                raise UserError(f"policy: {e}") from None
+        return self._match
+
+    @staticmethod
+    def _args(compressor: str, args: dict[str, Any]) -> dict[str, Any]:
+        from medvtc.common.compressors import accepted_args
+
+        return accepted_args(compressor, args)
+
+    def _budget(self, cfg, variant: Variant, policy) -> int | float | None:
+        if variant.budget is not None:
+            return variant.budget
+        comp = policy.compressor
+        if comp == PROPOSED:
+            return cfg.policy.budget
+        if comp == "stc":  # its queries are its only tokens
+            return int(policy.compressor_args.get("num_queries", 16))
+        if comp in ("none", "src"):  # everything / one token per window
+            return None
+        return self.match_tokens(cfg)  # generic compressors at Compressor-VLA's token count
+
+    def variant_overrides(self, variant: Variant) -> list[str]:
+        out = super().variant_overrides(variant)
+        return ["policy.name=compressor_vla", *out] if variant.method is not None else out
+
+    def variant_config(self, cfg, variant: Variant, seed: int, run_dir: Path):
+        from medvtc.robotics.policy_factory import policy_config
+
+        vcfg = super().variant_config(cfg, variant, seed, run_dir)
+        p = vcfg.policy
+        if p.name != "act":
+            args = self._args(p.compressor, dict(p.compressor_args))
+            p = replace(p, compressor_args=args)
+            vcfg = replace(vcfg, policy=replace(p, budget=self._budget(cfg, variant, p)))
+        policy_config(vcfg, self.features(cfg), "cpu")  # config errors now, not after hours of training
+        self.policies.setdefault(variant.name, to_dict(vcfg.policy))
+        return vcfg
+
+    def settings(self, cfg_tree):
+        return _json_safe(_training_settings(cfg_tree))
+
+    def eval_settings(self, cfg) -> dict[str, Any]:
+        b = cfg.bench
+        weights = Path(cfg.output_dir) / "final" / "model.safetensors"
+        return {"suite": b.suite, "tasks": [int(t) for t in b.tasks], "episodes": b.episodes,
                 "first_init_state": b.first_init_state, "max_episode_steps": b.max_episode_steps,
-                "video_episodes": b.video_episodes, "weights_mtime_ns": (final / "model.safetensors").stat().st_mtime_ns}
-    cache = Path(vcfg.output_dir) / "bench_rollout.json"
-    if cache.is_file():
+                "video_episodes": b.video_episodes,
+                "weights_mtime_ns": weights.stat().st_mtime_ns if weights.is_file() else None}
+
+    # -- work -------------------------------------------------------------------------------
+    def is_trained(self, run_dir: Path) -> bool:
+        return (run_dir / "final" / "model.safetensors").is_file()
+
+    def train(self, vcfg) -> None:
+        self.libero.train(vcfg, resume=True)  # from step 0 when there is no checkpoint
+
+    def evaluate(self, vcfg, variant: Variant) -> Evaluation:
+        from medvtc.robotics.rollout import load_policy, run_rollouts
+
+        b = vcfg.bench
+        final = Path(vcfg.output_dir) / "final"
+        policy, pre, post = load_policy(final)
+        videos = Path(vcfg.output_dir) / "videos" if b.video_episodes else None
+        results = run_rollouts(policy, pre, post, suite=b.suite, task_ids=b.tasks, episodes=b.episodes,
+                               max_episode_steps=b.max_episode_steps, first_init_state=b.first_init_state,
+                               progress=vcfg.eval.progress, num_envs=b.num_envs, checkpoint=final, video_dir=videos,
+                               video_episodes=b.video_episodes)
+        del policy, pre, post
+        cases: dict[str, list[Any]] = {"task": [], "init_state": [], "success": [], "steps": []}
+        for tid, t in results["tasks"].items():
+            for r in t["episodes"]:
+                cases["task"].append(int(tid))
+                cases["init_state"].append(int(r["init_state_id"]))
+                cases["success"].append(int(bool(r["success"])))
+                cases["steps"].append(int(r["steps"]))
+        eps = [r for t in results["tasks"].values() for r in t["episodes"]]
+        metrics: dict[str, Any] = {"rollout_policy_ms_per_step": round(float(np.mean([r["policy_ms_per_step"] for r in eps])), 2)}
+        training = read_training_summary(vcfg.output_dir) or {}  # from the run's own log
+        if "train_loss" in training:
+            metrics["train_loss"] = round(training["train_loss"], 4)
+        return Evaluation(cases=cases, metrics=metrics)
+
+    def measure_costs(self, vcfgs):
+        """The trained policies' costs on the CPU, measured together, round by round."""
+        import torch
+
+        from medvtc.robotics.policy_cost import measure_policies
+        from medvtc.robotics.rollout import load_policy
+
+        b = next(iter(vcfgs.values())).bench
+        threads = torch.get_num_threads()
+        if b.threads:
+            torch.set_num_threads(b.threads)
         try:
-            doc = json.loads(cache.read_text())
-            if doc.get("settings") == settings:
-                print(f"medvtc bench: reusing the rollouts in {cache}")
-                return doc["results"]
-        except (OSError, json.JSONDecodeError):
-            pass
-    policy, pre, post = load_policy(final)
-    videos = Path(vcfg.output_dir) / "videos" if b.video_episodes else None
-    results = run_rollouts(policy, pre, post, suite=b.suite, task_ids=b.tasks, episodes=b.episodes,
-                           max_episode_steps=b.max_episode_steps, first_init_state=b.first_init_state,
-                           progress=cfg.eval.progress, num_envs=b.num_envs, checkpoint=final, video_dir=videos,
-                           video_episodes=b.video_episodes)
-    del policy, pre, post
-    atomic_write_json(cache, {"settings": settings, "results": results})
-    return results
+            loaded = {}
+            for name, vcfg in vcfgs.items():
+                policy, pre, _ = load_policy(Path(vcfg.output_dir) / "final", device="cpu")
+                loaded[name] = (policy, pre)
+            costs = measure_policies(loaded, repeats=b.latency_repeats, warmup=b.latency_warmup, memory=True)
+            self.cost_threads = torch.get_num_threads()
+        finally:
+            torch.set_num_threads(threads)
+        del loaded
+        base = costs.get(BASELINE)
+        out = {}
+        for name, c in costs.items():
+            # the row's flops / latency_ms are per chunk / per control step; these complete them
+            m: dict[str, Any] = {"uncompressed_tokens": c["uncompressed_tokens"],
+                                 "gflops_per_action": round(c["flops_per_action"] / 1e9, 4),
+                                 "n_action_steps": c["n_action_steps"], "chunk_latency_ms": round(c["chunk_latency_ms"], 3)}
+            if base is not None:
+                m["tokens_vs_none"] = round(c["tokens"] / base["tokens"], 4) if base["tokens"] else None
+                m["flops_vs_none"] = round(c["flops"] / base["flops"], 4) if base["flops"] else None
+                m["latency_vs_none"] = round(c["chunk_latency_ms"] / base["chunk_latency_ms"], 4)
+            out[name] = {"tokens": c["tokens"], "flops": c["flops"], "params": c["params"],
+                         "latency_ms": c["step_latency_ms"], "peak_mem_mb": c["peak_mem_mb"], "metrics": m}
+        return out
+
+    # -- output -----------------------------------------------------------------------------
+    def markdown_extra(self, rows: list[ResultRow], cfg) -> str:
+        return targets_markdown(rows, cfg, self.cost_threads or 0, demos=self.demos)
+
+    def results_config(self, cfg) -> dict[str, Any]:
+        return {**to_dict(cfg), "cpu_threads": self.cost_threads, "variants": dict(self.policies)}
 
 
-def _match_tokens(task, cfg, features: dict[str, Any]) -> int:
-    import torch
+def _json_safe(flat: dict[str, Any]) -> dict[str, Any]:
+    import json
 
-    from medvtc.robotics.policies.compressor_vla import CompressorVLAPolicy
-    from medvtc.robotics.task import policy_config
-
-    torch.manual_seed(0)
-    pcfg = policy_config(variant_config(cfg, PROPOSED, None), features, "cpu")
-    try:
-        return int(CompressorVLAPolicy(pcfg).model.visual_tokens_per_camera)
-    except ValueError as e:
-        raise UserError(f"policy: {e}") from None
+    return json.loads(json.dumps(flat, default=str))  # tuples -> lists, as read back from json
 
 
-def _success_row(results: dict[str, Any], status: str) -> dict[str, Any]:
-    import numpy as np
-
-    metrics: dict[str, Any] = {"success_rate": round(results["success_rate"], 4)}
-    for tid, t in results["tasks"].items():
-        metrics[f"success_task_{tid}"] = round(t["success_rate"], 4)
-    eps = [r for t in results["tasks"].values() for r in t["episodes"]]
-    metrics["rollout_policy_ms_per_step"] = round(float(np.mean([r["policy_ms_per_step"] for r in eps])), 2)
-    metrics["run"] = status
-    return metrics
-
-
-def run_benchmark(task, cfg, output: str) -> list[ResultRow]:
-    import torch
-
-    from medvtc.robotics.demonstrations import check_dataset_features, read_info, required_features
-    from medvtc.robotics.policy_cost import VARIANTS, measure_policies
-    from medvtc.robotics.rollout import check_rollout_args, load_policy
-    from medvtc.robotics.task import policy_config
+def run_benchmark(task, cfg, output: str, retrain: bool = False) -> list[ResultRow]:
+    from medvtc.robotics.rollout import check_rollout_args
 
     b = cfg.bench
-    # Everything that can be wrong is checked before the first (long) training run.
+    # the rollout settings are checked before anything is recorded or trained
     check_rollout_args(b.suite, b.tasks, b.episodes, b.num_envs, b.video_episodes, b.max_episode_steps)
-    task._ensure_data(cfg)
-    info = read_info(cfg.data.root)
-    check_dataset_features(info["features"], required_features(), cfg.data.root)
-    needs_match = any(VARIANTS.get(v, {}).get("compressor_budget") == "match" for v in b.variants)
-    match = _match_tokens(task, cfg, info["features"]) if needs_match else None
-    vcfgs = {name: variant_config(cfg, name, match) for name in b.variants}
-    for name, vcfg in vcfgs.items():
-        policy_config(vcfg, info["features"], "cpu")  # config errors now, not after hours of training
-
-    metrics: dict[str, dict[str, Any]] = {}
-    finals: dict[str, Path] = {}
-    partial_rows: list[ResultRow] = []
-    for name, vcfg in vcfgs.items():
-        final, status = train_or_reuse(task, vcfg, name)
-        results = rollout_or_reuse(cfg, vcfg, final)
-        finals[name] = final
-        metrics[name] = _success_row(results, status)
-        # from the run's own log, so a reused run reports them too
-        training = read_training_summary(vcfg.output_dir) or {}
-        if "train_s" in training:
-            metrics[name]["train_s"] = round(training["train_s"], 1)
-        if "train_loss" in training:
-            metrics[name]["train_loss"] = round(training["train_loss"], 4)
-        print(f"medvtc bench: {name:30s} success {results['success_rate']:.1%} ({status})")
-        partial_rows.append(ResultRow(method=name, tokens=0, flops=math.nan, params=0, latency_ms=math.nan,
-                                      peak_mem_mb=math.nan, metrics=dict(metrics[name])))
-        write_results("libero", partial_rows, {"partial": True, **to_dict(cfg)}, output, name="libero.partial",
-                      plot=_plot)
-
-    # Costs of the trained policies on the CPU, measured together.
-    threads = torch.get_num_threads()
-    if b.threads:
-        torch.set_num_threads(b.threads)
-    try:
-        loaded = {}
-        for name, final in finals.items():
-            policy, pre, _ = load_policy(final, device="cpu")
-            loaded[name] = (policy, pre)
-        costs = measure_policies(loaded, repeats=b.latency_repeats, warmup=b.latency_warmup, memory=True)
-        cost_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads)
-    del loaded
-
-    rows: list[ResultRow] = []
-    base = costs.get(BASELINE)
-    for name in vcfgs:
-        c = costs[name]
-        m: dict[str, Any] = dict(metrics[name])
-        # the row's flops / latency_ms are per chunk / per control step; these complete them
-        m.update(uncompressed_tokens=c["uncompressed_tokens"], gflops_per_action=round(c["flops_per_action"] / 1e9, 4),
-                 n_action_steps=c["n_action_steps"], chunk_latency_ms=round(c["chunk_latency_ms"], 3))
-        if base is not None:
-            m["tokens_vs_none"] = round(c["tokens"] / base["tokens"], 4) if base["tokens"] else None
-            m["flops_vs_none"] = round(c["flops"] / base["flops"], 4) if base["flops"] else None
-            m["latency_vs_none"] = round(c["chunk_latency_ms"] / base["chunk_latency_ms"], 4)
-        rows.append(ResultRow(method=name, tokens=c["tokens"], flops=c["flops"], params=c["params"],
-                              latency_ms=c["step_latency_ms"], peak_mem_mb=c["peak_mem_mb"], metrics=m))
-    extra_md = targets_markdown(rows, cfg, cost_threads, demos=info.get("total_episodes"))
-    config = {**to_dict(cfg), "cpu_threads": cost_threads,
-              "variants": {name: to_dict(v.policy) for name, v in vcfgs.items()}}
-    write_results("libero", rows, config, output, plot=_plot, markdown_extra=extra_md)
-    for suffix in ("json", "md", "png"):
-        Path(output, f"libero.partial.{suffix}").unlink(missing_ok=True)
-    print(extra_md)
-    return rows
+    return run_bench(LiberoBench(task, cfg), cfg, output, retrain=retrain)
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
+
+
+def _ci_pct(row: ResultRow) -> str:
+    """A row's 95 % Wilson interval of its success rate, in percent."""
+    ci = row.metrics.get("success_rate_ci")
+    return "-" if ci is None or None in ci else f"{100 * ci[0]:.1f}, {100 * ci[1]:.1f}"
 
 
 def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None = None) -> str:
@@ -295,10 +349,15 @@ def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None
     s_cv, s_no = cv.metrics["success_rate"], no.metrics["success_rate"]
     gap = (s_cv - s_no) * 100
     meaningful = s_no >= BASELINE_SUCCESS_MIN
-    success_line = (f"- success: {_pct(s_cv)} vs {_pct(s_no)} ({gap:+.1f} points; target: within "
-                    f"{SUCCESS_MARGIN * 100:.0f} points or better)")
+    ci = cv.metrics.get("success_rate_diff_ci")
+    has_ci = ci is not None and None not in ci
+    success_line = (f"- success: {_pct(s_cv)} [{_ci_pct(cv)}] vs {_pct(s_no)} [{_ci_pct(no)}], "
+                    + (f"{gap:+.1f} points [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}] paired over the same {n_ep} episodes"
+                       if has_ci else f"{gap:+.1f} points")
+                    + f" (target: within {SUCCESS_MARGIN * 100:.0f} points or better, met only when the whole "
+                    f"interval lies above -{SUCCESS_MARGIN * 100:.0f} points)")
     if meaningful:
-        lines.append(f"{success_line}: {met(s_cv >= s_no - SUCCESS_MARGIN - 1e-9)}")
+        lines.append(f"{success_line}: {target_status(ci, SUCCESS_MARGIN) if has_ci else 'no paired difference'}")
         lines.append(f"- baseline: the uncompressed policy reaches {_pct(s_no)} (>= {BASELINE_SUCCESS_MIN:.0%}), so "
                      "the success comparison means something")
     else:
@@ -320,7 +379,11 @@ def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None
     if others:
         lines += ["", "### Generic compressors and ablations (success, visual tokens, GFLOPs per chunk)", ""]
         for r in [cv, *others]:
-            lines.append(f"- {r.method}: {_pct(r.metrics['success_rate'])}, {r.tokens} tokens, {r.flops / 1e9:.3f} GFLOPs")
+            d, dci = r.metrics.get("success_rate_diff"), r.metrics.get("success_rate_diff_ci")
+            diff = f", {format_interval(d * 100, [c * 100 for c in dci], 1, signed=True)} points vs none" if (
+                d is not None and dci is not None and None not in dci) else ""
+            lines.append(f"- {r.method}: {_pct(r.metrics['success_rate'])}{diff}, {r.tokens} tokens, "
+                         f"{r.flops / 1e9:.3f} GFLOPs")
     return "\n".join(lines) + "\n"
 
 
@@ -330,4 +393,4 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                        ("latency_ms", "policy latency per control step (ms, CPU)", False)], scale={"flops": 1e9})
 
 
-__all__ = ["check_same_run", "run_benchmark", "targets_markdown", "train_or_reuse", "variant_config"]
+__all__ = ["ABLATIONS", "LiberoBench", "case_statistics", "run_benchmark", "targets_markdown"]

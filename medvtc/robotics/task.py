@@ -34,6 +34,7 @@ from medvtc.common.errors import ConfigError, UserError
 from medvtc.common.io import atomic_directory, atomic_write_json
 from medvtc.common.task import Task
 from medvtc.common.trainer import TrainConfig, Trainer
+from medvtc.robotics.policy_factory import act_policy_config, policy_config  # noqa: F401  (re-exported)
 
 DEFAULT_ROOT = "data/libero_object_demos"
 
@@ -118,32 +119,34 @@ DEFAULT_BENCH_VARIANTS = [
 
 @dataclass
 class LiberoBenchConfig:
-    """`bench.*`: every variant trained with the task's data/policy/train config under
-    `output_dir/<variant>` (finished runs reused, interrupted ones resumed), rolled out on the
-    official initial states, and costed on the CPU (see `medvtc.robotics.bench`)."""
+    """`bench.*`: every variant trained once per seed with the task's data/policy/train config
+    under `output_dir/<variant>/seed_<s>` (finished runs reused when trained with the same
+    settings, interrupted ones resumed), rolled out on the official initial states, and costed
+    on the CPU (see `medvtc.robotics.bench`)."""
 
-    output_dir: str = "runs/bench-libero"
+    output_dir: str = "runs/bench-libero"  # runs in output_dir/<variant>/seed_<s>
+    # a method (policy.compressor; method@budget sets policy.budget) or a named ablation of
+    # medvtc.robotics.bench.ABLATIONS (stc_only, src_only, compressor_vla_no_instruction, act)
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_BENCH_VARIANTS))
+    seeds: list[int] = field(default_factory=lambda: [0])  # each variant trains once per seed
     suite: str = "libero_object"
     tasks: list[int] = field(default_factory=lambda: [0, 1, 2])
     episodes: int = 10
     first_init_state: int = 0
     max_episode_steps: int | None = None  # null: the suite's limit
     num_envs: int = 1
-    video_episodes: int = 0  # mp4s of the first N episodes per task, in output_dir/<variant>/videos
+    video_episodes: int = 0  # mp4s of the first N episodes per task, in output_dir/<variant>/seed_<s>/videos
     latency_repeats: int = 20
     latency_warmup: int = 3
     threads: int = 0  # torch threads while measuring latency (0: as set)
 
     def validate(self) -> None:
-        from medvtc.robotics.policy_cost import VARIANTS
-
-        valid = [*VARIANTS, "act"]
-        unknown = [v for v in self.variants if v not in valid]
-        if unknown:
-            raise ValueError(f"unknown variant {unknown[0]!r} in variants; valid: {', '.join(valid)}")
+        # the names themselves (method, method@budget or a named ablation) are checked by the
+        # bench before anything is recorded or trained
         if not self.variants or len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants must be a non-empty list without repeats, got {self.variants}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         for name in ("episodes", "num_envs", "latency_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -164,69 +167,6 @@ class LiberoTaskConfig:
     )
     eval: LiberoEvalConfig = field(default_factory=LiberoEvalConfig)
     bench: LiberoBenchConfig = field(default_factory=LiberoBenchConfig)
-
-
-def _policy_features(features: dict[str, dict]):
-    from lerobot.configs.types import FeatureType
-    from lerobot.datasets.utils import dataset_to_policy_features
-
-    from medvtc.robotics.demonstrations import STATE_KEY
-
-    feats = dataset_to_policy_features(features)
-    outputs = {k: f for k, f in feats.items() if f.type is FeatureType.ACTION and k == "action"}
-    inputs = {k: f for k, f in feats.items() if f.type is FeatureType.VISUAL or k == STATE_KEY}
-    return inputs, outputs
-
-
-def act_policy_config(cfg: LiberoTaskConfig, features: dict[str, dict], device: str):
-    """LeRobot's `ACTConfig` for the dataset `features`: LeRobot's defaults, the policy's chunking
-    and dropout, the train.* optimiser settings, no pretrained backbone, then `policy.act_args`."""
-    import dataclasses
-
-    from lerobot.policies.act.configuration_act import ACTConfig
-
-    inputs, outputs = _policy_features(features)
-    p = cfg.policy
-    valid = {f.name for f in dataclasses.fields(ACTConfig) if f.init}
-    fixed = {"input_features", "output_features", "device", "type"}
-    unknown = [k for k in p.act_args if k not in valid or k in fixed]
-    if unknown:
-        raise ConfigError(f"policy.act_args: {unknown[0]!r} is not an ACTConfig field one can set; valid: "
-                          + ", ".join(sorted(valid - fixed)))
-    args: dict[str, Any] = dict(
-        chunk_size=p.chunk_size, n_action_steps=p.n_action_steps, dropout=p.dropout, pretrained_backbone_weights=None,
-        optimizer_lr=cfg.train.lr, optimizer_lr_backbone=cfg.train.lr, optimizer_weight_decay=cfg.train.weight_decay,
-    )
-    args.update(p.act_args)
-    try:
-        return ACTConfig(input_features=inputs, output_features=outputs, device=device, **args)
-    except (ValueError, NotImplementedError, TypeError) as e:
-        raise ConfigError(f"policy (act): {e}") from None
-
-
-def policy_config(cfg: LiberoTaskConfig, features: dict[str, dict], device: str):
-    """A `CompressorVLAConfig` (or `ACTConfig` with policy.name=act) for the dataset `features`
-    (LeRobot meta.features)."""
-    from medvtc.robotics.policies.compressor_vla import CompressorVLAConfig
-
-    if cfg.policy.name == "act":
-        return act_policy_config(cfg, features, device)
-    inputs, outputs = _policy_features(features)
-    p = cfg.policy
-    try:
-        return CompressorVLAConfig(
-            input_features=inputs, output_features=outputs, device=device,
-            chunk_size=p.chunk_size, n_action_steps=p.n_action_steps, vision_backbone=p.vision_backbone,
-            backbone_out_index=p.backbone_out_index, backbone_norm=p.backbone_norm, dim_model=p.dim_model,
-            n_heads=p.n_heads, n_layers=p.n_layers, mlp_ratio=p.mlp_ratio, dropout=p.dropout,
-            attention_dropout=p.attention_dropout,
-            text_buckets=p.text_buckets, text_layers=p.text_layers, tokenizer_max_length=p.tokenizer_max_length,
-            compressor=p.compressor, compressor_budget=p.budget, compressor_args=dict(p.compressor_args),
-            share_compressor=p.share_compressor, image_shift=p.image_shift,
-            optimizer_lr=cfg.train.lr, optimizer_lr_backbone=cfg.train.lr, optimizer_weight_decay=cfg.train.weight_decay,
-        )
-    except ValueError as e:
-        raise ConfigError(f"policy: {e}") from None
 
 
 class LiberoTask(Task):
@@ -387,10 +327,10 @@ class LiberoTask(Task):
         return 0
 
     # -- bench -----------------------------------------------------------------------------------
-    def bench(self, cfg: LiberoTaskConfig, output: str) -> int:
+    def bench(self, cfg: LiberoTaskConfig, output: str, retrain: bool = False) -> int:
         from medvtc.robotics.bench import run_benchmark
 
-        run_benchmark(self, cfg, output)
+        run_benchmark(self, cfg, output, retrain=retrain)
         return 0
 
 

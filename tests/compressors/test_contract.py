@@ -1,4 +1,4 @@
-"""The contract every registered compressor must keep (DESIGN.md "The compressor contract").
+"""The contract every registered compressor must keep (docs/architecture.md, "The compressor contract").
 
 Runs over the whole registry, so a new method is checked the moment its file exists.
 Method-specific behaviour (reference equivalence, instruction sensitivity) lives in the

@@ -474,3 +474,29 @@ def test_fitted_standardizer_feeds_the_compressor_patient_specific_tokens(tok):
     assert tokens.shape == (16, N_TOKENS, 32)
     assert tokens.mean(0).abs().max() < 1e-4
     assert (tokens.std(0) - 1.0).abs().max() < 1e-3
+
+
+def test_cached_vision_tokens_give_the_same_loss_and_gradients_as_the_volume(tok):
+    """Stage 1 on the token cache: `vision_tokens` (the frozen ViT's output) stand for
+    pixel_values exactly; wrong shapes and both inputs at once are refused."""
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok, compressor="perceiver", compressor_budget=4))
+    model.freeze_for_stage(1, train_language_model=True)
+    model.train()  # the frozen ViT stays in eval mode
+    enc = encode_reports(tok, REPORTS)
+    x = volumes()
+    with torch.no_grad():
+        tokens = model.vision_encoder(x)
+    losses, grads = [], []
+    for kwargs in ({"pixel_values": x}, {"vision_tokens": tokens}):
+        model.zero_grad()
+        loss = model(**kwargs, **enc).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.compressor.latents.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="vision_tokens"):
+        model(vision_tokens=tokens[:, :5], **enc)
+    with pytest.raises(ValueError, match="not both"):
+        model(pixel_values=x, vision_tokens=tokens, **enc)

@@ -96,6 +96,9 @@ def test_shared_stages_are_reused_across_compressors_and_checked(run):
     assert "stage align: " in r.stdout  # the compressor-dependent stages train anew
     # align read the frozen ViT's tokens from one cache in the shared folder, encoded once
     assert "token cache reused" in r.stdout and len(list((work / "shared" / "token_cache").glob("*/cache.json"))) == 1
+    r = cli("train", "--task", "ct-report", *common, *shared, f"output_dir={work / 'nocache'}", "stages.cache_tokens=false", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "token cache" not in r.stdout and (work / "nocache" / "final").is_dir()
     r = cli("train", "--task", "ct-report", *common, *shared, f"output_dir={work / 'deeper'}", "model.vision_layers=2", cwd=work)
     assert r.returncode == 2 and "stage vision" in r.stderr and "vision_layers" in r.stderr
     assert not (work / "deeper" / "final").exists()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from medvtc.cli import main
+from medvtc.common.config import to_dict
 from medvtc.common.errors import ConfigError, UserError
 from medvtc.common.trainer import read_training_summary
 from medvtc.robotics.task import LiberoTask
@@ -232,7 +233,7 @@ def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path,
     task = LiberoTask()
     results = tmp_path / "results"
     bench = [f"bench.output_dir={tmp_path / 'bench'}", "bench.variants=[none, compressor_vla]", "bench.tasks=[0]",
-             "bench.episodes=1", "bench.max_episode_steps=5", "bench.latency_repeats=2", "bench.latency_warmup=1"]
+             "bench.episodes=2", "bench.max_episode_steps=5", "bench.latency_repeats=2", "bench.latency_warmup=1"]
     cfg = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=2", *bench))
     task.check_command("bench")
     assert task.bench(cfg, str(results)) == 0
@@ -246,22 +247,33 @@ def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path,
     for r in (none, cv):
         m = r["metrics"]
         assert m["success_rate"] == 0.0 and m["success_task_0"] == 0.0 and m["run"] == "trained"
+        # Wilson interval of 0 successes in 2 episodes; a per-task bootstrap interval
+        assert m["success_rate_ci"][0] == 0.0 and m["success_rate_ci"][1] == pytest.approx(0.6576, abs=1e-3)
+        assert m["success_task_0_ci"] == [0.0, 0.0]
+        # the episodes themselves: task, official initial state, success, steps
+        cases = r["cases"]["seed_0"]
+        assert (cases["task"], cases["init_state"], cases["success"]) == ([0, 0], [0, 1], [0, 0])
+        assert len(cases["steps"]) == 2 and all(1 <= n <= 5 for n in cases["steps"])
         assert m["n_action_steps"] == 2 and m["chunk_latency_ms"] == pytest.approx(2 * r["latency_ms"], rel=1e-3)
         assert m["gflops_per_action"] == pytest.approx(r["flops"] / 2e9, abs=1e-4) and r["peak_mem_mb"] >= 0
-        assert (tmp_path / "bench" / r["method"] / "final" / "model.safetensors").is_file()
-        # from the run's own log; 2 steps can round to 0.0 s on a fast machine, so compare with the log
-        logged = read_training_summary(tmp_path / "bench" / r["method"])
-        assert logged["steps"] == 2 and logged["train_s"] > 0 and m["train_s"] == round(logged["train_s"], 1)
-        assert m["train_loss"] == round(logged["train_loss"], 4) and m["train_loss"] > 0
+        run_dir = tmp_path / "bench" / r["method"] / "seed_0"
+        assert (run_dir / "final" / "model.safetensors").is_file() and (run_dir / "bench_eval.json").is_file()
+        logged = read_training_summary(run_dir)
+        assert logged["steps"] == 2 and m["train_s"] >= 0
+        assert m["train_loss"] == round(logged["train_loss"], 4) and m["train_loss"] > 0  # from the run's own log
+    # paired over the same episodes: the difference to none (both failed every episode)
+    assert cv["metrics"]["success_rate_diff"] == 0.0 and cv["metrics"]["success_rate_diff_ci"] == [0.0, 0.0]
+    assert "success_rate_diff_ci" not in none["metrics"]
     assert cv["metrics"]["tokens_vs_none"] == pytest.approx(12 / 32, abs=1e-4)
     assert cv["metrics"]["flops_vs_none"] == pytest.approx(cv["flops"] / none["flops"], abs=1e-4)
     assert doc["config"]["variants"]["compressor_vla"]["compressor"] == "compressor_vla"
-    assert doc["config"]["bench"]["episodes"] == 1
+    assert doc["config"]["bench"]["episodes"] == 2 and doc["config"]["reference"] == "none"
     md = (results / "libero.md").read_text()
     assert "| none | 32 |" in md and "| compressor_vla | 12 |" in md
     assert "visual tokens: 12 vs 32, 2.67x fewer (target >= 3x): not met" in md
     assert "compressed policy step:" in md and "(target < 50 ms, 20 Hz): met" in md
     assert "the success comparison is not meaningful" in md  # 2 training steps solve nothing
+    assert "Paired differences to none" in md
 
     # A second run reuses the trained policies and their rollouts: no training at all.
     def no_training(*a, **k):
@@ -270,23 +282,74 @@ def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path,
     monkeypatch.setattr(task, "train", no_training)
     capsys.readouterr()
     assert task.bench(cfg, str(results)) == 0
-    assert "reusing the rollouts" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("reusing the evaluation") == 2
     doc2 = json.loads((results / "libero.json").read_text())
     assert [r["metrics"]["run"] for r in doc2["rows"]] == ["reused", "reused"]
-    # the training time and loss of a reused run come from its log
+    # the training time and loss of a reused run are those recorded when it was trained
     for key in ("train_s", "train_loss"):
         assert [r["metrics"][key] for r in doc2["rows"]] == [r["metrics"][key] for r in doc["rows"]]
     assert [r["tokens"] for r in doc2["rows"]] == [32, 12]
-    # ... but not one trained with another budget
-    longer = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=3", *bench))
-    with pytest.raises(UserError, match="trained with other settings \\(train.max_steps: 2 there, 3 now\\)"):
+    # ... but not one trained with another budget: refused by name, or trained again with --retrain
+    longer = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=3", *bench,
+                                              "bench.variants=[none]"))
+    with pytest.raises(UserError, match=r"trained with other settings \(train.max_steps: 2 there, 3 now\); pass --retrain"):
         task.bench(longer, str(results))
+    monkeypatch.undo()
+    assert task.bench(longer, str(results), retrain=True) == 0
+    doc3 = json.loads((results / "libero.json").read_text())
+    assert [(r["method"], r["metrics"]["run"]) for r in doc3["rows"]] == [("none", "trained")]
+    assert read_training_summary(tmp_path / "bench" / "none" / "seed_0")["steps"] == 3
+
+
+def test_bench_variants_through_the_grammar(recorded_demos, tmp_path):
+    """Every variant of policy_cost.VARIANTS resolves to the same policy through the bench's
+    grammar (methods and named ablations) as through `variant_overrides`; method@budget pins
+    the budget; ACT is the peer."""
+    from medvtc.common.bench_runner import parse_variant
+    from medvtc.robotics.bench import ABLATIONS, LiberoBench
+    from medvtc.robotics.policy_cost import VARIANTS, variant_overrides
+    from medvtc.robotics.task import DEFAULT_BENCH_VARIANTS
+
+    root, _ = recorded_demos
+    task = LiberoTask()
+    cfg = task.load_config(None, overrides(root, tmp_path / "unused", f"bench.output_dir={tmp_path / 'b'}"))
+    spec = LiberoBench(task, cfg)
+    assert set(DEFAULT_BENCH_VARIANTS) == {*VARIANTS, "act"}
+
+    def resolve(text):
+        v = parse_variant(text, ABLATIONS, spec.methods)
+        return spec.variant_config(cfg, v, 0, tmp_path / "b" / v.folder / "seed_0")
+
+    match = spec.match_tokens(cfg)
+    assert match == 6  # compressor_vla's tokens per camera on the 4 x 4 grid (2 STC + 4 SRC)
+    p = cfg.policy
+    for name in VARIANTS:
+        want = variant_overrides(name, dict(p.compressor_args), p.budget, match)
+        got = resolve(name).policy
+        assert (got.name, got.compressor, got.budget, got.compressor_args) == (
+            "compressor_vla", want["compressor"], want["compressor_budget"], want["compressor_args"]), name
+    act = resolve("act")
+    assert act.policy.name == "act" and act.seed == 0 and act.output_dir == str(tmp_path / "b" / "act" / "seed_0")
+    pinned = resolve("pooling@5").policy
+    assert (pinned.compressor, pinned.budget) == ("pooling", 5)
+    assert resolve("visionzip").policy.budget == match  # any registered compressor, at the matched count
+    with pytest.raises(UserError, match="unknown method 'pooling2'; valid: .*act, adaptive, compressor_vla"):
+        parse_variant("pooling2", ABLATIONS, spec.methods)
+    # ACT's settings leave out Compressor-VLA's keys and the other way round
+    s_act, s_cv = spec.settings(to_dict(act)), spec.settings(to_dict(resolve("compressor_vla")))
+    assert "policy.compressor" not in s_act and "policy.act_args" in s_act
+    assert "policy.act_args" not in s_cv and "policy.compressor_args" in s_cv and "train.progress" not in s_cv
+    assert not (tmp_path / "b").exists()  # configs only
 
 
 def test_bench_config_is_checked_before_any_training(tmp_path):
     task = LiberoTask()
-    with pytest.raises(ConfigError, match="unknown variant 'pooling2'.*valid: none, compressor_vla"):
-        task.load_config(None, ["bench.variants=[none, pooling2]"])
+    with pytest.raises(ConfigError, match="variants must be a non-empty list without repeats"):
+        task.load_config(None, ["bench.variants=[none, none]"])
+    cfg = task.load_config(None, [f"bench.output_dir={tmp_path / 'b'}", "bench.variants=[none, pooling2]",
+                                  f"data.root={tmp_path / 'no-data'}"])
+    with pytest.raises(UserError, match="unknown method 'pooling2'"):
+        task.bench(cfg, str(tmp_path / "out"))
     cfg = task.load_config(None, [f"bench.output_dir={tmp_path / 'b'}", "bench.tasks=[0, 10]"])
     with pytest.raises(ConfigError, match="task id 10 is not in suite 'libero_object'"):
         task.bench(cfg, str(tmp_path / "out"))

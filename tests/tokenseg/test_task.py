@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -145,63 +146,172 @@ def test_segment_one_bad_scan_fails_cleanly_with_no_output(run, tmp_path, capsys
     assert "not a trained tokenseg model folder" in capsys.readouterr().err
 
 
-def test_tiny_benchmark_writes_results_and_partial_files_are_removed(run, tmp_path, capsys):
+def _bench_args(common, out, *extra):
+    return [*common, f"bench.output_dir={out}", "bench.sizes=[32]", "bench.repeats=1", "bench.max_steps=3",
+            "bench.device=cpu", "eval.max_volumes=1", *extra]
+
+
+def test_tiny_benchmark_writes_results_and_partial_files_are_removed(run, tmp_path, capsys, monkeypatch):
+    from medvtc.medical.tokenseg.bench import TokenSegBench, class_mean
+
     work, common = run
-    results = tmp_path / "results"
-    # bench.output_dir=work: the finished tokenseg and unet runs above (3 steps, the same settings) are reused;
-    # only the ablation trains
-    args = [*common, f"bench.output_dir={work}", "bench.models=[tokenseg,unet]", "bench.ablations=[random]",
-            "bench.sizes=[32]", "bench.repeats=1", "bench.max_steps=3", "bench.device=cpu", "eval.max_volumes=1"]
-    trained = (work / "tokenseg" / "final" / "model.safetensors").stat().st_mtime_ns
+    results, out = tmp_path / "results", tmp_path / "bench"
+    # the finished tokenseg and unet runs above (`medvtc train`, 3 steps, the same settings) are
+    # reused from their config.yaml; only the ablation trains
+    shutil.copytree(work / "tokenseg", out / "tokenseg" / "seed_0")
+    shutil.copytree(work / "unet", out / "unet" / "seed_0")
+    # SwinUNETR is too slow to train here: the paired differences are taken against UNet
+    monkeypatch.setattr(TokenSegBench, "reference", "unet")
+    args = _bench_args(common, out, "bench.variants=[tokenseg, unet, tokenseg_random]")
+    trained = out / "tokenseg" / "seed_0" / "final" / "model.safetensors"
+    mtime = trained.stat().st_mtime_ns
     assert main(["bench", "--task", "tokenseg", *args, "--output", str(results)]) == 0
     doc = json.loads((results / "tokenseg.json").read_text())
     rows = {r["method"]: r for r in doc["rows"]}
-    assert set(rows) == {"tokenseg", "unet", "tokenseg+random"}
+    assert list(rows) == ["tokenseg", "unet", "tokenseg_random"]
+    assert [r["metrics"]["run"] for r in rows.values()] == ["reused", "reused", "trained"]
     for r in rows.values():
+        m = r["metrics"]
         assert r["flops"] > 0 and r["params"] > 0 and r["latency_ms"] > 0 and r["peak_mem_mb"] >= 0
-        assert 0.0 <= r["metrics"]["dice_mean"] <= 1.0 and r["metrics"]["gflops_32"] is not None
+        assert 0.0 <= m["dice_mean"] <= 1.0 and m["gflops_32"] is not None
+        for key in ("dice_mean", "iou_mean", "hd95_mean", "nsd_mean", "dice_organ", "dice_lesion"):
+            lo, hi = m[f"{key}_ci"]  # one test volume: a zero-width interval
+            assert lo <= m[key] <= hi, key
+        # per-volume results, from which the row's figures are recomputed
+        cases = r["cases"]["seed_0"]
+        assert len(cases["case"]) == 1 and {"dice_mean", "dice_organ", "iou_lesion", "hd95_organ", "nsd_mean"} <= set(cases)
+        cols = {k: np.asarray(v, dtype=float) for k, v in cases.items() if k != "case"}
+        assert m["dice_mean"] == pytest.approx(class_mean("dice", ["organ", "lesion"])(cols), abs=1e-4)
+    assert "dice_mean_diff_ci" not in rows["unet"]["metrics"]
+    for name in ("tokenseg", "tokenseg_random"):
+        m = rows[name]["metrics"]
+        assert m["dice_mean_diff"] == pytest.approx(m["dice_mean"] - rows["unet"]["metrics"]["dice_mean"], abs=2e-4)
+        assert "dice_mean_diff_ci" in m and "hd95_mean_diff_ci" in m
     assert rows["tokenseg"]["tokens"] == 10 and rows["unet"]["tokens"] == 0
-    assert "kept_boundary_fraction" in rows["tokenseg+random"]["metrics"]
+    assert "kept_boundary_fraction" in rows["tokenseg_random"]["metrics"]
     assert (results / "tokenseg.md").is_file() and (results / "tokenseg.png").is_file()
     assert not list(results.glob("tokenseg.partial.*"))
-    assert (work / "tokenseg-random" / "final" / "model.safetensors").is_file()
-    assert (work / "tokenseg" / "final" / "model.safetensors").stat().st_mtime_ns == trained  # reused, not retrained
-    assert "no SwinUNETR figures" in (results / "tokenseg.md").read_text()
+    assert (out / "tokenseg_random" / "seed_0" / "final" / "model.safetensors").is_file()
+    assert trained.stat().st_mtime_ns == mtime  # reused, not retrained
+    md = (results / "tokenseg.md").read_text()
+    assert "no SwinUNETR figures" in md and "Paired differences to unet" in md and "tokenseg_random: mean Dice" in md
+
+    # again: every run and its evaluation reused (only the costs are measured again)
+    capsys.readouterr()
+    assert main(["bench", "--task", "tokenseg", *args, "--output", str(results)]) == 0
+    assert capsys.readouterr().out.count("reusing the evaluation") == 3
+    again = json.loads((results / "tokenseg.json").read_text())
+    assert [r["metrics"]["run"] for r in again["rows"]] == ["reused"] * 3
+    assert [r["metrics"]["dice_mean_ci"] for r in again["rows"]] == [r["metrics"]["dice_mean_ci"] for r in doc["rows"]]
+
+    # another training budget: refused, naming the key; --retrain trains that run again
+    longer = _bench_args(common, out, "bench.variants=[unet]", "bench.max_steps=4")
+    assert main(["bench", "--task", "tokenseg", *longer, "--output", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_steps: 3 there, 4 now" in err and "--retrain" in err
+    assert main(["bench", "--task", "tokenseg", *longer, "--output", str(results), "--retrain"]) == 0
+    doc = json.loads((results / "tokenseg.json").read_text())
+    assert [(r["method"], r["metrics"]["run"]) for r in doc["rows"]] == [("unet", "trained")]
+    assert json.loads((out / "unet" / "seed_0" / "bench_settings.json").read_text())["settings"]["train.max_steps"] == 4
+    assert (work / "unet" / "final" / "model.safetensors").is_file()  # the copied-from run is untouched
+
+
+def test_bench_variants_are_checked_before_any_work(run, tmp_path, capsys):
+    work, common = run
+    out = tmp_path / "bench"
+    for variants, message in (("[vnet]", "unknown method 'vnet'; valid: segresnet, swinunetr, tokenseg, tokenseg_divprune"),
+                              ("[unet@50]", "'unet@50': a budget (kept tokens) applies to tokenseg only"),
+                              ("[unet, unet]", "lists a variant twice")):
+        assert main(["bench", "--task", "tokenseg", *_bench_args(common, out, f"bench.variants={variants}"),
+                     "--output", str(tmp_path / "results")]) == 2
+        assert message in capsys.readouterr().err, variants
+    assert main(["bench", "--task", "tokenseg", *common, "bench.models=[unet]"]) == 2
+    assert "unknown config key bench.models" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "results").exists()
+
+
+def test_variants_through_the_grammar():
+    from medvtc.common.bench_runner import parse_variant
+    from medvtc.medical.tokenseg.bench import ABLATIONS, TokenSegBench
+    from medvtc.tasks import get_task
+
+    task = get_task("tokenseg")
+    cfg = task.load_config(None, ["bench.max_steps=7"])
+    spec = TokenSegBench(task, cfg)
+    assert cfg.bench.variants[-3:] == list(ABLATIONS)
+    div = spec.variant_config(cfg, parse_variant("tokenseg_divprune", ABLATIONS), 1, Path("/tmp/x/seed_1"))
+    assert (div.model.name, div.model.selection, div.seed, div.train.max_steps) == ("tokenseg", "divprune", 1, 7)
+    assert div.output_dir == "/tmp/x/seed_1"
+    k50 = spec.variant_config(cfg, parse_variant("tokenseg@50", ABLATIONS, spec.methods), 0, Path("/tmp/y"))
+    assert (k50.model.name, k50.model.keep_tokens, k50.model.selection) == ("tokenseg", 50, "boundary")
+    swin = spec.variant_config(cfg, parse_variant("swinunetr", ABLATIONS, spec.methods), 0, Path("/tmp/z"))
+    assert swin.model.name == "swinunetr" and spec.reference == "swinunetr"
 
 
 def test_ratios_and_targets_against_swinunetr():
     from medvtc.common.results import ResultRow
-    from medvtc.medical.tokenseg.bench import _add_ratios, targets_markdown
+    from medvtc.medical.tokenseg.bench import ratios, targets_markdown
 
-    rows = [ResultRow("swinunetr", 0, 100.0, 1, 50.0, 1000.0, {"dice_mean": 0.90}),
-            ResultRow("unet", 0, 80.0, 1, 20.0, 500.0, {"dice_mean": 0.91}),
-            ResultRow("tokenseg", 100, 10.0, 1, 10.0, 300.0, {"dice_mean": 0.895, "kept_boundary_fraction": 0.7})]
+    def row(name, tokens, flops, latency, mem, organ, lesion, **extra):
+        cases = {"seed_0": {"dice_organ": organ, "dice_lesion": lesion}}
+        dice = (np.mean(organ) + np.mean(lesion)) / 2
+        return ResultRow(name, tokens, flops, 1, latency, mem, {"dice_mean": dice, **extra}, cases)
+
+    organ = [0.90, 0.92, 0.88, 0.91, 0.93, 0.89]
+    rows = [row("swinunetr", 0, 100.0, 50.0, 1000.0, organ, [0.90] * 6),
+            row("unet", 0, 80.0, 20.0, 500.0, [o + 0.01 for o in organ], [0.91] * 6),
+            # 1.5 points below UNet on every volume: the whole interval above -2 points
+            row("tokenseg", 100, 10.0, 10.0, 300.0, [o - 0.005 for o in organ], [0.895] * 6, kept_boundary_fraction=0.7),
+            row("tokenseg_random", 100, 10.0, 10.0, 300.0, [o - 0.1 for o in organ], [0.80] * 6, kept_boundary_fraction=0.3)]
     costs = {r.method: {128: {"flops": r.flops, "latency_ms": r.latency_ms, "peak_mem_mb": r.peak_mem_mb}} for r in rows}
-    _add_ratios(rows, costs, [128])
-    ts = rows[2].metrics
-    assert ts["mem_vs_swinunetr_128"] == 0.3 and ts["latency_vs_swinunetr_128"] == 0.2 and ts["flops_vs_swinunetr_128"] == 0.1
+    rel = ratios(costs, [128])
+    assert rel["tokenseg"] == {"mem_vs_swinunetr_128": 0.3, "latency_vs_swinunetr_128": 0.2, "flops_vs_swinunetr_128": 0.1}
+    for r in rows:
+        r.metrics.update(rel[r.method])
     md = targets_markdown(rows, [128])
     assert "peak memory 0.300x SwinUNETR (met)" in md and "latency 0.200x (met)" in md
-    assert "best MONAI network unet 0.9100 (-1.50 points): met" in md and "70.0%" in md
+    assert "best MONAI network unet 0.9125 (-1.50 points [-1.50, -1.50]): **met**" in md and "70.0%" in md
+    assert "tokenseg_random: mean Dice 0.80" in md and "-0.095 [-0.095, -0.095]" in md
+    # 3 points below with noise: missed; an interval straddling -2 points: not shown
+    rows[2].cases["seed_0"]["dice_lesion"] = [0.85] * 6
+    rows[2].metrics["dice_mean"] = (np.mean(rows[2].cases["seed_0"]["dice_organ"]) + 0.85) / 2
+    assert "**missed**" in targets_markdown(rows, [128])
+    rows[2].cases["seed_0"]["dice_lesion"] = [0.80, 0.95, 0.80, 0.95, 0.88, 0.93]
+    assert "**not shown**" in targets_markdown(rows, [128])
+    alone = targets_markdown([row("tokenseg", 100, 10.0, 10.0, 300.0, organ, organ)], [128])
+    assert "no SwinUNETR figures" in alone and "mean Dice" not in alone.split("\n", 3)[-1]
 
 
 def test_bench_refuses_to_reuse_a_run_trained_with_other_settings(tmp_path):
     """A finished bench run is reused only under the settings it was trained with: TokenSeg's own
     keys matter for TokenSeg rows, not for the MONAI networks; bookkeeping keys never matter."""
-    from medvtc.common.config import replace, save_config
+    from medvtc.common.bench_runner import parse_variant, settings_diff, train_or_reuse
+    from medvtc.common.config import replace, save_config, to_dict
     from medvtc.common.errors import UserError
-    from medvtc.medical.tokenseg import bench
+    from medvtc.medical.tokenseg.bench import TokenSegBench
     from medvtc.tasks import get_task
 
-    cfg = get_task("tokenseg").load_config(None, [f"bench.output_dir={tmp_path}"])
-    ts = bench._variant_config(cfg, "tokenseg", "boundary", "tokenseg")
-    unet = bench._variant_config(cfg, "unet", "boundary", "unet")
-    saved = tmp_path / "config.yaml"
-    save_config(replace(ts, model=replace(ts.model, feature_size=4)), saved)
-    with pytest.raises(UserError, match=r"model\.feature_size: 4 there, 16 now"):
-        bench._check_reusable(ts, saved, "tokenseg")
-    save_config(replace(unet, model=replace(unet.model, feature_size=4), train=replace(unet.train, progress=False)), saved)
-    bench._check_reusable(unet, saved, "unet")  # TokenSeg's width and logging do not change a UNet
-    save_config(replace(unet, train=replace(unet.train, max_steps=7)), saved)
-    with pytest.raises(UserError, match=r"train\.max_steps: 7 there"):
-        bench._check_reusable(unet, saved, "unet")
+    task = get_task("tokenseg")
+    cfg = task.load_config(None, [f"bench.output_dir={tmp_path}"])
+    spec = TokenSegBench(task, cfg)
+    ts = spec.variant_config(cfg, parse_variant("tokenseg"), 0, tmp_path / "tokenseg" / "seed_0")
+    unet = spec.variant_config(cfg, parse_variant("unet"), 0, tmp_path / "unet" / "seed_0")
+    settings = lambda c: spec.settings(to_dict(c))  # noqa: E731
+    assert settings_diff(settings(replace(ts, model=replace(ts.model, feature_size=4))), settings(ts)) == [
+        ("model.feature_size", 4, 16)]
+    assert "model.baseline_args" not in settings(ts) and "model.feature_size" not in settings(unet)
+    # TokenSeg's width, the data cache and logging do not change a UNet
+    other = replace(unet, model=replace(unet.model, feature_size=4), data=replace(unet.data, cache=False),
+                    train=replace(unet.train, progress=False))
+    assert settings_diff(settings(other), settings(unet)) == []
+    assert settings_diff(settings(replace(unet, model=replace(unet.model, baseline_args={"unet": {"channels": [4]}}))),
+                         settings(unet))[0][0] == "model.baseline_args"
+    # through the runner: a run made by hand (config.yaml) with another budget is refused by name
+    run_dir = Path(unet.output_dir)
+    (run_dir / "final").mkdir(parents=True)
+    save_config(replace(unet, train=replace(unet.train, max_steps=7)), run_dir / "config.yaml")
+    with pytest.raises(UserError, match=r"train\.max_steps: 7 there, 300 now"):
+        train_or_reuse(spec, unet, run_dir, False, print)
+    save_config(other, run_dir / "config.yaml")
+    (run_dir / "final" / "model.safetensors").write_bytes(b"")
+    assert train_or_reuse(spec, unet, run_dir, False, print) == ("reused", None)

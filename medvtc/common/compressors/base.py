@@ -1,4 +1,4 @@
-"""The compressor contract (DESIGN.md, "The compressor contract").
+"""The compressor contract (docs/architecture.md, "The compressor contract").
 
     out = compressor(tokens, grid=..., budget=..., text=..., text_mask=..., scores=...)
 

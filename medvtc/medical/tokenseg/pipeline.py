@@ -115,14 +115,29 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, roi: Sequenc
     spacing), plus for TokenSeg `kept_boundary_fraction` (share of kept tokens within
     `near_boundary_voxels` of a label edge) and `candidate_boundary_fraction` (the same share
     among all candidates: what a selection blind to boundaries would get)."""
+    return evaluate_cases(model, dataset, device, roi, num_classes, class_names, sw_batch_size=sw_batch_size,
+                          overlap=overlap, mode=mode, tolerance_mm=tolerance_mm, near_boundary_voxels=near_boundary_voxels,
+                          max_volumes=max_volumes, progress=progress)[0]
+
+
+@torch.no_grad()
+def evaluate_cases(model: torch.nn.Module, dataset, device: torch.device, roi: Sequence[int], num_classes: int,
+                   class_names: Sequence[str], *, sw_batch_size: int = 4, overlap: float = 0.25, mode: str = "gaussian",
+                   tolerance_mm: float = 2.0, near_boundary_voxels: float = 2.0, max_volumes: int = 0,
+                   progress: bool = False) -> tuple[dict[str, float], dict[str, list[Any]]]:
+    """`evaluate`'s metrics and the per-volume values they come from: {"case": [volume names],
+    "<metric>_<class>": [...], "<metric>_mean": [...]} for metric in dice, iou, hd95, nsd (the
+    per-volume mean is over the classes that count in that volume; NaN where none does), one
+    entry per volume in dataset order. The split's figures (`aggregate`) are recomputable from
+    the per-class columns: NaN-aware mean over volumes per class, then the mean over classes."""
     from tqdm.auto import tqdm
 
-    from medvtc.medical.tokenseg.metrics import aggregate, case_metrics
+    from medvtc.medical.tokenseg.metrics import METRICS, aggregate, case_metrics
 
     was_training = model.training
     model.eval()
     n = len(dataset) if max_volumes <= 0 else min(len(dataset), max_volumes)
-    cases, fractions, base = [], [], []
+    cases, names, fractions, base = [], [], [], []
     for i in tqdm(range(n), desc="eval", unit="vol", disable=not progress, dynamic_ncols=True):
         item = dataset[i]
         image = item["image"][None].to(device)
@@ -131,6 +146,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, roi: Sequenc
                                                 label=label, tolerance=near_boundary_voxels)
         pred = logits.argmax(dim=1)[0].cpu()
         cases.append(case_metrics(pred, item["label"][0].cpu(), num_classes, item["spacing"].tolist(), tolerance_mm))
+        names.append(str(item.get("name", i)))
         fractions.extend(record.fractions)
         base.extend(record.base_rates)
     model.train(was_training)
@@ -138,7 +154,14 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, roi: Sequenc
     if fractions:
         metrics["kept_boundary_fraction"] = float(np.mean(fractions))
         metrics["candidate_boundary_fraction"] = float(np.mean(base))
-    return metrics
+    columns: dict[str, list[Any]] = {"case": names}
+    for metric in METRICS:
+        for j, cls in enumerate(class_names):
+            columns[f"{metric}_{cls}"] = [float(c[metric][j]) for c in cases]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a volume where no class counts: NaN
+            columns[f"{metric}_mean"] = [float(np.nanmean(c[metric])) for c in cases]
+    return metrics, columns
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,7 +207,7 @@ class Segmenter:
         from medvtc.common import checkpoint as ckpt
         from medvtc.common.config import load_config
         from medvtc.medical.tokenseg.networks import build_network
-        from medvtc.medical.tokenseg.task import TokenSegTaskConfig
+        from medvtc.medical.tokenseg.config import TokenSegTaskConfig
 
         p = resolve_model_dir(path)
         cfg = load_config(TokenSegTaskConfig, p / CONFIG_FILE)
@@ -236,4 +259,4 @@ class Segmenter:
         )
 
 
-__all__ = ["TokenRecord", "WindowPredictor", "sliding_window_predict", "evaluate", "Segmenter", "Segmentation", "resolve_model_dir"]
+__all__ = ["TokenRecord", "WindowPredictor", "sliding_window_predict", "evaluate", "evaluate_cases", "Segmenter", "Segmentation", "resolve_model_dir"]

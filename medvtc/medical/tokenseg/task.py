@@ -3,7 +3,7 @@
     medvtc data  --task tokenseg                      # the embedded MRI phantom set (MSD layout)
     medvtc train --task tokenseg                      # TokenSeg (model.name=unet|segresnet|unetr|swinunetr)
     medvtc eval  --task tokenseg                      # test split: Dice, IoU, HD95, NSD per class
-    medvtc bench --task tokenseg                      # every network + the selection ablations
+    medvtc bench --task tokenseg                      # every network + the selection ablations (bench.variants)
     medvtc segment --checkpoint runs/tokenseg scan.nii.gz -o mask.nii.gz --png
 
 Every network is trained by the shared trainer on the same data (random ROI crops balanced
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -32,124 +32,8 @@ from medvtc.common.config import save_config
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_directory, atomic_write_json
 from medvtc.common.task import Task
-from medvtc.common.trainer import TrainConfig, Trainer
-
-DEFAULT_ROOTS = {"phantom": "data/tokenseg_phantom", "mni152": "data/tokenseg_mni152"}
-
-
-@dataclass
-class TokenSegDataConfig:
-    """`data.*`: where the MSD-layout data is, how volumes are prepared, and the embedded
-    generators' settings (used only when `root` is missing)."""
-
-    root: str | None = None  # an MSD task folder; null: data/tokenseg_<dataset>
-    dataset: Literal["phantom", "mni152"] = "phantom"  # which embedded set `medvtc data` writes
-    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)  # mm after Spacingd; null keeps the scan's
-    intensity: Literal["zscore", "percentile", "none"] = "zscore"
-    samples_per_volume: int = 1  # RandCropByPosNegLabeld crops per volume and step
-    pos: float = 1.0
-    neg: float = 1.0
-    augment: bool = True
-    val_fraction: float = 0.1  # used when the data has no medvtc_splits.json
-    test_fraction: float = 0.2
-    cache: bool = True
-    num_train: int = 40
-    num_val: int = 8
-    num_test: int = 16
-    phantom_shape: tuple[int, int, int] = (64, 64, 64)
-    phantom_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
-    num_modalities: int = 2
-    seed: int = 0
-
-    @property
-    def resolved_root(self) -> str:
-        return self.root if self.root else DEFAULT_ROOTS[self.dataset]
-
-    def validate(self) -> None:
-        if self.samples_per_volume < 1:
-            raise ValueError(f"samples_per_volume must be >= 1, got {self.samples_per_volume}")
-        if self.pos < 0 or self.neg < 0 or self.pos + self.neg == 0:
-            raise ValueError(f"pos and neg must be >= 0 and not both 0, got {self.pos}, {self.neg}")
-        if self.spacing is not None and any(s <= 0 for s in self.spacing):
-            raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
-
-
-@dataclass
-class TokenSegModelConfig:
-    """`model.*`: which network, and TokenSeg's settings (ignored by the MONAI networks)."""
-
-    name: Literal["tokenseg", "unet", "segresnet", "unetr", "swinunetr"] = "tokenseg"
-    img_size: tuple[int, int, int] = (64, 64, 32)  # training crop and sliding-window ROI (SwinUNETR: multiples of 32)
-    feature_size: int = 16
-    num_tokens: int = 400
-    keep_tokens: int = 100
-    token_dim: int = 128
-    codebook_size: int = 512
-    commitment_cost: float = 0.25
-    ema_decay: float = 0.99
-    dead_code_threshold: float = 0.03
-    saliency_weight: float = 0.5
-    selection: str = "boundary"  # or a core compressor for the ablations: random, pooling, divprune
-    selection_args: dict[str, Any] = field(default_factory=dict)
-    level_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.2, 0.1])
-    tokens_per_level: list[int] | None = None
-    coarse_level: int = 3
-    mixer_layers: int = 2
-    mixer_heads: int = 4
-    boundary_sigma: float = 2.0
-    boundary_loss_weight: float = 0.5
-    commitment_loss_weight: float = 1.0
-    baseline_args: dict[str, Any] = field(default_factory=dict)  # per MONAI network: {swinunetr: {feature_size: 24}}
-
-    def validate(self) -> None:
-        if any(s < 8 for s in self.img_size):
-            raise ValueError(f"img_size sides must be >= 8, got {list(self.img_size)}")
-
-
-@dataclass
-class TokenSegEvalConfig:
-    """`eval.*`: sliding-window inference and metrics."""
-
-    sw_batch_size: int = 4
-    overlap: float = 0.25
-    mode: Literal["constant", "gaussian"] = "gaussian"
-    surface_tolerance_mm: float = 2.0  # NSD tolerance
-    near_boundary_voxels: float = 2.0  # a kept token within this of a label edge counts as near it
-    max_volumes: int = 0  # 0: the whole split
-
-    def validate(self) -> None:
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
-
-
-@dataclass
-class TokenSegBenchConfig:
-    """`bench.*`: every network trained with the task's config and budget, then the ablations
-    (TokenSeg with a core compressor in place of its boundary-aware selection)."""
-
-    models: list[str] = field(default_factory=lambda: ["tokenseg", "unet", "segresnet", "unetr", "swinunetr"])
-    ablations: list[str] = field(default_factory=lambda: ["random", "pooling", "divprune"])
-    output_dir: str = "runs/bench-tokenseg"
-    sizes: list[int] = field(default_factory=lambda: [128, 96])  # cubic inputs for memory / latency / FLOPs
-    repeats: int = 5
-    max_steps: int | None = None  # training steps per network; null: train.max_steps
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-@dataclass
-class TokenSegTaskConfig:
-    seed: int = 0
-    output_dir: str = "runs/tokenseg"
-    data: TokenSegDataConfig = field(default_factory=TokenSegDataConfig)
-    model: TokenSegModelConfig = field(default_factory=TokenSegModelConfig)
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(max_steps=300, batch_size=2, lr=5e-4, warmup_steps=20, save_every=100,
-                                            eval_every=0, log_every=10)
-    )
-    eval: TokenSegEvalConfig = field(default_factory=TokenSegEvalConfig)
-    bench: TokenSegBenchConfig = field(default_factory=TokenSegBenchConfig)
+from medvtc.common.trainer import Trainer
+from medvtc.medical.tokenseg.config import DEFAULT_ROOTS, TokenSegTaskConfig
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,17 +138,20 @@ class TokenSegTask(Task):
 
         return build_network(cfg.model, in_channels, num_classes, img_size)
 
-    def eval_fn(self, cfg: TokenSegTaskConfig, info, progress: bool = False):
+    def eval_fn(self, cfg: TokenSegTaskConfig, info, progress: bool = False, cases: bool = False):
+        """(model, dataset, device) -> the split's metrics (`pipeline.evaluate`); with `cases`,
+        (metrics, per-volume columns) (`pipeline.evaluate_cases`)."""
         from medvtc.medical.tokenseg.metrics import class_keys
-        from medvtc.medical.tokenseg.pipeline import evaluate
+        from medvtc.medical.tokenseg.pipeline import evaluate_cases
 
         e = cfg.eval
 
         def fn(model, dataset, device):
-            return evaluate(model, dataset, device, cfg.model.img_size, info.num_classes, class_keys(info.labels),
-                            sw_batch_size=e.sw_batch_size, overlap=e.overlap, mode=e.mode,
-                            tolerance_mm=e.surface_tolerance_mm, near_boundary_voxels=e.near_boundary_voxels,
-                            max_volumes=e.max_volumes, progress=progress)
+            out = evaluate_cases(model, dataset, device, cfg.model.img_size, info.num_classes, class_keys(info.labels),
+                                 sw_batch_size=e.sw_batch_size, overlap=e.overlap, mode=e.mode,
+                                 tolerance_mm=e.surface_tolerance_mm, near_boundary_voxels=e.near_boundary_voxels,
+                                 max_volumes=e.max_volumes, progress=progress)
+            return out if cases else out[0]
 
         return fn
 
@@ -350,6 +237,13 @@ class TokenSegTask(Task):
 
     def evaluate_checkpoint(self, cfg: TokenSegTaskConfig, checkpoint: str | None, split: str = "test",
                             device: torch.device | None = None) -> tuple[dict[str, float], torch.nn.Module, Any]:
+        metrics, _, model, info = self.evaluate_checkpoint_cases(cfg, checkpoint, split, device)
+        return metrics, model, info
+
+    def evaluate_checkpoint_cases(self, cfg: TokenSegTaskConfig, checkpoint: str | None, split: str = "test",
+                                  device: torch.device | None = None) -> tuple[dict[str, float], dict[str, list], torch.nn.Module, Any]:
+        """(metrics, per-volume columns, model, dataset info) of a trained run on `split` (see
+        `pipeline.evaluate_cases`)."""
         from medvtc.common.trainer import resolve_device
 
         path, cfg = self.resolve_checkpoint(cfg, checkpoint)
@@ -361,8 +255,8 @@ class TokenSegTask(Task):
         device = device or resolve_device(cfg.train.device)
         model.to(device).eval()
         with torch.no_grad():
-            metrics = self.eval_fn(cfg, info, progress=cfg.train.progress)(model, dataset, device)
-        return metrics, model, info
+            metrics, cases = self.eval_fn(cfg, info, progress=cfg.train.progress, cases=True)(model, dataset, device)
+        return metrics, cases, model, info
 
     def eval(self, cfg: TokenSegTaskConfig, checkpoint: str | None) -> int:
         metrics, model, info = self.evaluate_checkpoint(cfg, checkpoint)
@@ -372,10 +266,10 @@ class TokenSegTask(Task):
         return 0
 
     # -- bench -----------------------------------------------------------------------------------
-    def bench(self, cfg: TokenSegTaskConfig, output: str) -> int:
+    def bench(self, cfg: TokenSegTaskConfig, output: str, retrain: bool = False) -> int:
         from medvtc.medical.tokenseg.bench import run_benchmark
 
-        run_benchmark(self, cfg, output)
+        run_benchmark(self, cfg, output, retrain=retrain)
         return 0
 
 
