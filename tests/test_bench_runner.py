@@ -184,10 +184,10 @@ def test_a_changed_training_key_is_refused_by_name_and_retrain_trains_again(tmp_
     assert [r["metrics"]["run"] for r in rows_of(out).values()] == ["trained", "trained"]
     saved = json.loads((tmp_path / "runs" / "none" / "seed_0" / "bench_settings.json").read_text())["settings"]
     assert saved["train.max_steps"] == 5
-    # --retrain on runs that match: retrained all the same
+    # --retrain on runs that match: nothing is deleted, they are reused
     again = ToyBenchSpec()
     run_bench(again, changed, out, retrain=True, log=lambda s: None)
-    assert again.trained == ["none/seed_0", "pooling_8/seed_0"]
+    assert again.trained == [] and [r["metrics"]["run"] for r in rows_of(out).values()] == ["reused", "reused"]
 
 
 def test_a_run_made_by_hand_is_checked_against_its_config_yaml(tmp_path):

@@ -105,3 +105,21 @@ def test_target_status():
     assert format_interval(0.85, [0.83, 0.87]) == "0.850 [0.830, 0.870]"
     assert format_interval(0.01, [-0.01, 0.03], signed=True) == "+0.010 [-0.010, +0.030]"
     assert format_interval(None, None) == "-"
+
+
+def test_a_statistic_undefined_on_some_resamples_still_gets_its_interval():
+    """A per-task success rate is undefined on resamples that drew no episode of that task: the
+    interval comes from the resamples where it is defined, not nan."""
+    import numpy as np
+
+    from medvtc.common.intervals import bootstrap_interval
+
+    task = np.array([0] * 12 + [1] * 2)
+    success = np.array([1, 0] * 6 + [1, 1], dtype=float)
+
+    def task1_rate(c):
+        sel = c["task"] == 1
+        return float(c["success"][sel].mean()) if sel.any() else float("nan")
+
+    low, high = bootstrap_interval(task1_rate, {"task": task, "success": success})
+    assert (low, high) == (1.0, 1.0)

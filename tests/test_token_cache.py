@@ -139,3 +139,16 @@ def test_bad_encoder_output_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"expected \[2, N, D\]"):
         TokenCache.get_or_build(tmp_path, {"e": 1}, lambda items: torch.zeros(2, 3), _dataset(2), progress=False)
     assert not list(tmp_path.glob(f"*/{META_FILE}"))
+
+
+def test_another_rank_waits_for_the_store_and_overflow_is_refused(tmp_path):
+    data = _dataset(3)
+    with pytest.raises(TimeoutError):
+        TokenCache.wait_for(tmp_path, {"encoder": "a"}, 3, poll_s=0.01, timeout_s=0.05)
+    built = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, lambda items: torch.stack([it["x"] for it in items]), data,
+                                    progress=False)
+    assert TokenCache.wait_for(tmp_path, {"encoder": "a"}, 3, poll_s=0.01, timeout_s=1).path == built.path
+    with pytest.raises(ValueError, match="not finite in float16"):
+        TokenCache.get_or_build(tmp_path / "big", {"e": 1}, lambda items: torch.full((len(items), 2, 2), 1e6), data,
+                                progress=False)
+    assert not list((tmp_path / "big").glob(f"*/{META_FILE}"))

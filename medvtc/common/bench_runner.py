@@ -15,7 +15,7 @@ same way for every task:
   the flattened training-relevant keys (`BenchSpec.settings_sections`, less bookkeeping). A
   finished or partial run is reused (a partial one resumes) only when every key matches;
   otherwise the bench stops with one line naming the first differing key, or, with `--retrain`,
-  deletes the run and trains it again. A run made by hand with `medvtc train` (no
+  deletes that run and trains it again (a matching run is never deleted). A run made by hand with `medvtc train` (no
   bench_settings.json) is checked against its saved `config.yaml`.
 - **Evaluation results are kept** with the run (`bench_eval.json`, keyed by the settings and
   the evaluation's own settings), so a stopped bench resumes where it stopped: finished variants
@@ -142,6 +142,7 @@ class BenchSpec:
     keep_whole: tuple[str, ...] = ("compressor_args",)
     statistics: Mapping[str, CaseStatistic] = {}
     trains: bool = True
+    retrain: bool = False  # set by run_bench: --retrain was given
 
     # -- config -----------------------------------------------------------------------------
     def variant_overrides(self, variant: Variant) -> list[str]:
@@ -171,6 +172,21 @@ class BenchSpec:
     # -- work -------------------------------------------------------------------------------
     def is_trained(self, run_dir: Path) -> bool:
         return (run_dir / "final").is_dir()
+
+    def train_seconds(self, run_dir: Path) -> float | None:
+        """Seconds the run spent training, carried over resumes: the trainer's own `train_s`
+        in the run's metrics.csv (None when there is none: the runner then times its call)."""
+        from medvtc.common.trainer import read_training_summary
+
+        summary = read_training_summary(run_dir) if (run_dir / "metrics.csv").is_file() else None
+        return None if not summary or "train_s" not in summary else float(summary["train_s"])
+
+    def weights_signature(self, run_dir: Path) -> list[list[Any]]:
+        """(file, size, mtime) of the run's final weights: a saved evaluation of other weights (a
+        run retrained by hand under the same settings) is never reused."""
+        final = run_dir / "final"
+        files = sorted(final.rglob("*.safetensors")) if final.is_dir() else []
+        return [[str(f.relative_to(run_dir)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
     def train(self, vcfg: Any) -> None:
         raise NotImplementedError
@@ -234,13 +250,11 @@ def train_or_reuse(spec: BenchSpec, vcfg: Any, run_dir: Path, retrain: bool, log
             more = f", and {len(diff) - 1} more" if len(diff) > 1 else ""
             raise UserError(f"{run_dir} holds a run trained with other settings ({key}: {old!r} there, {new!r} now{more}); "
                             "pass --retrain to train it again, or set bench.output_dir to another folder")
-        if diff or retrain:
+        if diff:  # only with --retrain: a run of other settings is replaced, a matching one never
             log(f"medvtc bench: --retrain: removing {run_dir}")
             shutil.rmtree(run_dir)
         elif spec.is_trained(run_dir):
-            record = run_dir / TRAIN_FILE
-            train_s = json.loads(record.read_text()).get("train_s") if record.is_file() else None
-            return "reused", train_s
+            return "reused", _train_seconds(spec, run_dir)
         else:
             status = "resumed"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,15 +263,23 @@ def train_or_reuse(spec: BenchSpec, vcfg: Any, run_dir: Path, retrain: bool, log
     (run_dir / EVAL_FILE).unlink(missing_ok=True)  # results of older weights
     t0 = time.perf_counter()
     spec.train(vcfg)
-    train_s = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if spec.train_seconds(run_dir) is None:  # no training log to read it from: this call's wall time
+        atomic_write_json(run_dir / TRAIN_FILE, {"train_s": round(wall, 1), "note": "wall seconds of the bench's last training call"})
+    return status, _train_seconds(spec, run_dir)
+
+
+def _train_seconds(spec: BenchSpec, run_dir: Path) -> float | None:
+    logged = spec.train_seconds(run_dir)
+    if logged is not None:
+        return round(float(logged), 1)
     record = run_dir / TRAIN_FILE
-    before = json.loads(record.read_text()).get("train_s", 0.0) if record.is_file() and status == "resumed" else 0.0
-    atomic_write_json(record, {"train_s": round((before or 0.0) + train_s, 1), "note": "wall seconds of the bench's training calls, summed over resumes"})
-    return status, round((before or 0.0) + train_s, 1)
+    return json.loads(record.read_text()).get("train_s") if record.is_file() else None
 
 
 def evaluate_or_reuse(spec: BenchSpec, vcfg: Any, variant: Variant, run_dir: Path, log: Callable[[str], None]) -> Evaluation:
-    key = {"settings": spec.settings(to_dict(vcfg)), "eval": json.loads(json.dumps(spec.eval_settings(vcfg), default=str))}
+    key = {"settings": spec.settings(to_dict(vcfg)), "eval": json.loads(json.dumps(spec.eval_settings(vcfg), default=str)),
+           "weights": spec.weights_signature(run_dir)}
     path = run_dir / EVAL_FILE
     if path.is_file():
         try:
@@ -276,7 +298,9 @@ def evaluate_or_reuse(spec: BenchSpec, vcfg: Any, variant: Variant, run_dir: Pat
 # Rows and intervals
 # ------------------------------------------------------------------------------------------------
 def _interval(stat: CaseStatistic, case_sets: list[dict[str, np.ndarray]], seed: int) -> tuple[float, float]:
-    if stat.interval == "wilson":
+    # Wilson for one seed's episodes; with several seeds the same episodes are played by each,
+    # so they are not independent trials: the case bootstrap of the seed mean instead
+    if stat.interval == "wilson" and len(case_sets) == 1:
         successes = sum(int(np.sum(c[stat.column])) for c in case_sets)
         trials = sum(len(c[stat.column]) for c in case_sets)
         return wilson_interval(successes, trials)
@@ -363,6 +387,7 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
         for s in seeds:
             run_dir = runs / v.folder / f"seed_{s}"
             plan.append((v, s, run_dir, spec.variant_config(cfg, v, s, run_dir)))
+    spec.retrain = retrain  # a spec may act on it in prepare (e.g. ct-report's shared stages)
     spec.prepare(cfg)
 
     evals: dict[str, list[Evaluation]] = {}

@@ -71,6 +71,15 @@ def _bootstrap(values_of: Callable[[np.ndarray], float], n: int, n_resamples: in
         warnings.simplefilter("ignore")
         res = bootstrap((np.arange(n),), batched, n_resamples=n_resamples, vectorized=True, method="percentile",
                         confidence_level=level, rng=np.random.default_rng(seed))
+    dist = np.asarray(res.bootstrap_distribution, dtype=float)
+    if np.isnan(dist).any():
+        # a statistic undefined on some resamples (a task with no episode drawn): the interval
+        # of the resamples where it is defined, rather than none at all
+        if np.isnan(dist).all():
+            return math.nan, math.nan
+        alpha = (1 - level) / 2
+        low, high = np.nanpercentile(dist, [100 * alpha, 100 * (1 - alpha)])
+        return float(low), float(high)
     ci = res.confidence_interval
     return float(ci.low), float(ci.high)
 
@@ -125,7 +134,7 @@ def mean_of(column: str) -> Statistic:
     """The statistic "mean of a per-case column" (Dice per volume, success per episode, ...)."""
     def statistic(cases: Mapping[str, np.ndarray]) -> float:
         values = np.asarray(cases[column], dtype=float)
-        values = values[np.isfinite(values)]  # HD95 is inf where a class is missed: left out, as MONAI's mean does with nan
+        values = values[np.isfinite(values)]  # undefined cases (nan, stored as null) are left out, as MONAI's mean does
         return float(values.mean()) if values.size else math.nan
 
     statistic.__name__ = f"mean_of_{column}"

@@ -221,7 +221,8 @@ def quality_cost_plot(
             x = float(x) / scale.get(column, 1.0)
             ci = r["metrics"].get(f"{quality}_ci")
             if ci is not None and None not in ci:  # the 95 % interval as an error bar
-                ax.errorbar(x, y, yerr=[[y - ci[0]], [ci[1] - y]], fmt="none", ecolor="0.6", elinewidth=1, capsize=2)
+                ax.errorbar(x, y, yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="none", ecolor="0.6",
+                            elinewidth=1, capsize=2)
             ax.scatter(x, y, label=r["method"])
             points.append((r["method"], x, y))
         _place_labels(ax, points)

@@ -132,8 +132,7 @@ class TokenCache:
             raise ValueError(f"views must be >= 1, got {views}")
         if views > 1 and augment is None:
             raise ValueError("views > 1 needs an augment(item, view, rng) function")
-        full = {**dict(fingerprint), "views": views, "seed": seed, "num_samples": len(dataset), "dtype": "float16"}
-        full = json.loads(json.dumps(full, sort_keys=True, default=str))
+        full = cls._full_fingerprint(fingerprint, views, seed, len(dataset))
         path = Path(root) / fingerprint_key(full)
         if (path / META_FILE).is_file():
             cache = cls(path)
@@ -159,7 +158,11 @@ class TokenCache:
                         out = encode(batch)
                         if out.ndim != 3 or out.shape[0] != len(batch):
                             raise ValueError(f"encode returned shape {tuple(out.shape)}; expected [{len(batch)}, N, D]")
-                        per_view.append(out.detach().to("cpu", torch.float16))
+                        half = out.detach().to("cpu", torch.float16)
+                        if not torch.isfinite(half).all():
+                            raise ValueError(f"encoder tokens of samples {idx[0]}-{idx[-1]} are not finite in float16 "
+                                             f"(|max| {float(out.detach().abs().max()):.3g}; fp16 holds up to 65504)")
+                        per_view.append(half)
                         bar.update(len(batch))
                     block = torch.stack(per_view, dim=1)  # [B, V, N, D]
                     if shape is None:
@@ -176,6 +179,29 @@ class TokenCache:
                                                 "views": views, "shard_size": shard_size, "shards": n_shards,
                                                 "token_shape": shape})
         log(f"medvtc: token cache written: {path} ({len(dataset)} samples x {views} views, tokens {shape})")
+        return cls(path)
+
+
+    @staticmethod
+    def _full_fingerprint(fingerprint: Mapping[str, Any], views: int, seed: int, num_samples: int) -> dict[str, Any]:
+        full = {**dict(fingerprint), "views": views, "seed": seed, "num_samples": num_samples, "dtype": "float16"}
+        return json.loads(json.dumps(full, sort_keys=True, default=str))
+
+    @classmethod
+    def wait_for(cls, root: str | Path, fingerprint: Mapping[str, Any], num_samples: int, *, views: int = 1,
+                 seed: int = 0, poll_s: float = 5.0, timeout_s: float = 24 * 3600.0) -> "TokenCache":
+        """The store another process (DDP rank 0) is building, once it is complete. Ranks wait by
+        polling the file system rather than in a collective, which NCCL would time out after 10
+        minutes while a large dataset is being encoded."""
+        import time
+
+        full = cls._full_fingerprint(fingerprint, views, seed, num_samples)
+        path = Path(root) / fingerprint_key(full)
+        deadline = time.monotonic() + timeout_s
+        while not (path / META_FILE).is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"token cache {path} was not completed within {timeout_s:.0f} s")
+            time.sleep(poll_s)
         return cls(path)
 
 

@@ -267,3 +267,16 @@ def test_bench_through_the_runner_with_intervals_reuse_and_retrain(run, tmp_path
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("--retrain: removing") == 2
     assert {row["metrics"]["run"] for row in json.loads((out / "ct-report.json").read_text())["rows"]} == {"trained"}
+
+
+def test_bench_refuses_bad_variants_before_any_training(run, tmp_path):
+    work, common, _ = run
+    bench = [*common, f"bench.output_dir={tmp_path / 'bench'}", "bench.scale=false"]
+    for variants, words in (("[none,pixle_shuffle@8]", ["pixle_shuffle", "pixel_shuffle"]),
+                            ("[none,pixel_shuffle@7]", ["pixel_shuffle@7", "nearest"])):
+        r = cli("bench", "--task", "ct-report", *bench, f"bench.variants={variants}", "--output", str(tmp_path / "r"), cwd=work)
+        assert r.returncode == 2 and all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "bench").exists()
+    r = cli("bench", "--task", "ct-report", *bench, "bench.seeds=[0,1]", f"stages.shared_dir={tmp_path / 's'}",
+            "--output", str(tmp_path / "r"), cwd=work)
+    assert r.returncode == 2 and "bench.seeds" in r.stderr

@@ -37,6 +37,7 @@ import torch
 
 from medvtc.common import accounting
 from medvtc.common.bench_runner import BenchSpec, Evaluation, Variant, run_bench
+from medvtc.common.compressors import list_compressors
 from medvtc.common.config import load_config, to_dict
 from medvtc.common.intervals import target_status
 from medvtc.common.results import ResultRow, quality_cost_plot
@@ -74,6 +75,7 @@ class CTReportBench(BenchSpec):
     method_key = "model.compressor"
     budget_key = "model.budget"
     ablations = ABLATIONS
+    methods = ("none", "identity", *list_compressors())
     settings_sections = ("seed", "data", "model", "stages", "train")
     keep_whole = ("compressor_args",)
 
@@ -84,10 +86,58 @@ class CTReportBench(BenchSpec):
         self.plot = _plot
 
     def variant_config(self, cfg, variant: Variant, seed: int, run_dir: Path):
+        from medvtc.common.compressors import resolve_compressor_args
+        from medvtc.common.errors import UserError
+
         vcfg = super().variant_config(cfg, variant, seed, run_dir)
         # the tokenizer, lm/vision warm-ups and the ViT token cache do not depend on the compressor
         shared = cfg.stages.shared_dir or str(Path(cfg.bench.output_dir) / "shared" / f"seed_{seed}")
-        return load_config(type(cfg), None, [f"stages.shared_dir={shared}"], base=to_dict(vcfg))
+        vcfg = load_config(type(cfg), None, [f"stages.shared_dir={shared}"], base=to_dict(vcfg))
+        m = vcfg.model
+        if m.compressor not in ("none", "identity"):  # a budget the method cannot lay out: now, not hours later
+            grid = tuple(s // p for s, p in zip(vcfg.data.spatial_size, m.patch_size))
+            try:
+                resolve_compressor_args(m.compressor, m.budget, dict(m.compressor_args), grid=grid,
+                                        dim=m.vision_hidden_size, heads=m.vision_heads)
+            except ValueError as e:
+                raise UserError(f"bench.variants entry {variant.name!r}: {e}") from None
+        return vcfg
+
+    def prepare(self, cfg) -> None:
+        """Data, and the shared warm-up stages of every seed checked before the first variant:
+        stages trained under other settings stop the bench naming the key, or with --retrain are
+        removed so that they train again."""
+        import shutil
+
+        from medvtc.common.errors import UserError
+
+        seeds = list(cfg.bench.seeds) or [cfg.seed]
+        if cfg.stages.shared_dir and len(seeds) > 1:
+            raise UserError(f"stages.shared_dir={cfg.stages.shared_dir} holds one seed's warm-up stages; with "
+                            f"bench.seeds={seeds} leave it unset (each seed gets bench.output_dir/shared/seed_<s>)")
+        self.ct_task._ensure_data(cfg)
+        for seed in seeds:
+            vcfg = self.variant_config(cfg, Variant("none", "none"), seed, Path(cfg.bench.output_dir) / "none" / f"seed_{seed}")
+            for stage in ("lm", "vision"):
+                done = Path(vcfg.stages.shared_dir) / f"stage_{stage}" / "done.json"
+                if not done.is_file():
+                    continue
+                try:
+                    self.ct_task._check_fingerprint(done, self.ct_task._fingerprint(vcfg, stage), stage)
+                except UserError:
+                    if not self.retrain:
+                        raise
+                    print(f"medvtc bench: --retrain: removing {done.parent}")
+                    shutil.rmtree(done.parent)
+
+    def train_seconds(self, run_dir: Path) -> float | None:
+        """The variant's own stages' training time (align + finetune, from their logs, carried
+        over resumes); the shared warm-ups are not counted."""
+        from medvtc.common.trainer import read_training_summary
+
+        times = [read_training_summary(d) for d in sorted(run_dir.glob("stage_*")) if (d / "metrics.csv").is_file()]
+        times = [t["train_s"] for t in times if t and "train_s" in t]
+        return float(sum(times)) if times else None
 
     def settings(self, cfg_tree):
         flat = super().settings(cfg_tree)
@@ -98,9 +148,6 @@ class CTReportBench(BenchSpec):
     def eval_settings(self, cfg) -> dict[str, Any]:
         return {"generation": to_dict(cfg.generation), "test_root": str(Path(cfg.data.root).resolve()),
                 "repeats": cfg.bench.repeats}
-
-    def prepare(self, cfg) -> None:
-        self.ct_task._ensure_data(cfg)
 
     def test_set(self, cfg):
         if self._test_set is None:

@@ -463,7 +463,6 @@ class CTReportTask(Task):
         """The frozen ViT's tokens of every volume of `dataset`, encoded once into
         `shared/token_cache` (medvtc.common.token_cache) and reused by every run whose ViT
         weights, preprocessing and volumes are the same (the bench's variants share one)."""
-        from medvtc.common.distributed import barrier
         from medvtc.common.token_cache import TokenCache, module_fingerprint
 
         encoder = model.vision_encoder
@@ -480,12 +479,10 @@ class CTReportTask(Task):
         is_main = dist_info is None or dist_info.is_main
         try:
             if is_main:
-                TokenCache.get_or_build(shared / "token_cache", fingerprint, encode, dataset, seed=cfg.seed,
-                                        progress=cfg.train.progress)
-            if dist_info is not None:
-                barrier(dist_info)
-            return TokenCache.get_or_build(shared / "token_cache", fingerprint, encode, dataset, seed=cfg.seed,
-                                           progress=False, log=lambda msg: None)
+                return TokenCache.get_or_build(shared / "token_cache", fingerprint, encode, dataset, seed=cfg.seed,
+                                               progress=cfg.train.progress)
+            # other DDP ranks wait for rank 0's store on the file system (no collective to time out)
+            return TokenCache.wait_for(shared / "token_cache", fingerprint, len(dataset), seed=cfg.seed)
         finally:
             encoder.train(was_training)
 
