@@ -126,6 +126,9 @@ class Evaluation:
     cases: dict[str, list[Any]]
     metrics: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)  # tokens, flops, params, latency_ms, peak_mem_mb
+    # a variant measured at several settings (the compressors bench: grids x batches x budgets)
+    # gives its rows itself; they carry no cases, so no intervals
+    rows: list[ResultRow] | None = None
 
 
 class BenchSpec:
@@ -206,7 +209,16 @@ class BenchSpec:
     def prepare(self, cfg: Any) -> None:
         """Checks and data before the first (long) training run."""
 
+    def variant_names(self, cfg: Any) -> list[str]:
+        """The variants to run, as written (`bench.variants`)."""
+        return list(cfg.bench.variants)
+
     # -- output -----------------------------------------------------------------------------
+    def extra_rows(self) -> list[ResultRow]:
+        """Rows that belong to no one variant (the compressors bench's reference implementations),
+        appended after the variants' rows."""
+        return []
+
     def markdown_extra(self, rows: list[ResultRow], cfg: Any) -> str:
         return ""
 
@@ -371,7 +383,7 @@ def _row(name: str, evals: list[Evaluation], cost: Mapping[str, Any] | None) -> 
 def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = False,
               log: Callable[[str], None] = print) -> list[ResultRow]:
     b = cfg.bench
-    variants = [parse_variant(v, spec.ablations, spec.methods) for v in b.variants]
+    variants = [parse_variant(v, spec.ablations, spec.methods) for v in spec.variant_names(cfg)]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise UserError(f"bench.variants lists a variant twice: {names}")
@@ -409,16 +421,15 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
         train_s.setdefault(v.name, []).append(secs)
         vcfgs.setdefault(v.name, vcfg)  # the first seed's config stands for the variant in cost runs
         if len(evals[v.name]) == len(seeds):
-            rows = [_row(n, evals[n], None) for n in evals]
-            _finish_rows(spec, rows, cases, evals, status, train_s, seeds, memo)
-            log(f"medvtc bench: {v.name}: " + _summary(rows[-1], spec))
-            write_results(spec.task, rows, {"partial": True, **spec.results_config(cfg)}, output,
+            rows = _rows(spec, evals, None, cases, status, train_s, seeds, memo)
+            if evals[v.name][0].rows is None:
+                log(f"medvtc bench: {v.name}: " + _summary(rows[-1], spec))
+            write_results(spec.task, rows + spec.extra_rows(), {"partial": True, **spec.results_config(cfg)}, output,
                           name=f"{spec.task}.partial", plot=spec.plot)
 
     spec.after_all(cfg, vcfgs)
     costs = spec.measure_costs(vcfgs)
-    rows = [_row(n, evals[n], costs.get(n) if costs else None) for n in evals]
-    _finish_rows(spec, rows, cases, evals, status, train_s, seeds, memo)
+    rows = _rows(spec, evals, costs, cases, status, train_s, seeds, memo) + spec.extra_rows()
     config = {**spec.results_config(cfg), "seeds": seeds, "elapsed_s": round(time.perf_counter() - t_start, 1),
               "reference": spec.reference}
     extra = spec.markdown_extra(rows, cfg)
@@ -430,8 +441,24 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
     return rows
 
 
+def _rows(spec: BenchSpec, evals, costs, cases, status, train_s, seeds, memo) -> list[ResultRow]:
+    """Every finished variant's row (or its own rows), with intervals, status and cases."""
+    rows: list[ResultRow] = []
+    complete = {n: cases[n] for n, ev in evals.items() if len(ev) == len(seeds)}  # not a variant still running
+    for name, ev in evals.items():
+        if name not in complete:
+            continue
+        if ev[0].rows is not None:
+            rows.extend(ev[0].rows)
+            continue
+        row = _row(name, ev, costs.get(name) if costs else None)
+        _finish_rows(spec, [row], complete, evals, status, train_s, seeds, memo)
+        rows.append(row)
+    return rows
+
+
 def _finish_rows(spec: BenchSpec, rows: list[ResultRow], cases, evals, status, train_s, seeds, memo) -> None:
-    add_intervals(spec, rows, {r.method: cases[r.method] for r in rows}, memo=memo)
+    add_intervals(spec, rows, cases, memo=memo)
     for r in rows:
         r.metrics["run"] = status[r.method][0] if len(seeds) == 1 else status[r.method]
         secs = train_s[r.method]

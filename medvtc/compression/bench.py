@@ -18,12 +18,13 @@ are skipped and listed as skipped, so one slow greedy method cannot hold up the 
 (`medvtc.common.bench_runner.parse_variant`): a registered method name measures it at every
 budget of `bench.budgets`, `method@budget` (`pooling@0.25`, `tome@64`) at that one budget only
 (a method may be listed once per pinned budget); an empty list means every registered method.
-Unknown names and repeated entries are one error before any measurement. Partial results
-(`compressors.partial.*`) are written after every grid and batch and removed once the final
-files are written, as the runner does after each variant. Nothing is trained, and the rows are
-per method, grid, batch and budget rather than per variant (so the loop is this module's, not
-`run_bench`'s); they have no per-case quality metric either (the information-kept measures are
-one figure of one structured batch): no 95 % intervals nor paired differences here.
+Unknown names and repeated entries are one error before any measurement. The bench runs through
+the shared runner (`run_bench` with `CompressorsBench`, a spec that trains nothing): each
+method is one variant that gives its own rows (one per grid, batch and budget), partial results
+(`compressors.partial.*`) are written after every method and removed once the final files are
+written, and the reference implementations and speed targets come after the last method. The
+rows have no per-case quality metric (the information-kept measures are one figure of one
+structured batch): no 95 % intervals nor paired differences here.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from medvtc.common import accounting
-from medvtc.common.bench_runner import Variant, parse_variant
+from medvtc.common.bench_runner import BenchSpec, Evaluation, Variant, parse_variant, run_bench
 from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compressors
 from medvtc.common.compressors.metrics import coverage, reconstruction_kept
 from medvtc.common.compressors.utils import resolve_budget
@@ -103,81 +104,138 @@ def _budgets(v: Variant, cfg) -> list[float | int]:
     return [1.0] if v.method == "identity" else sorted(cfg.budgets)  # small K first
 
 
-def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
-    variants = bench_variants(cfg)
-    methods = list(dict.fromkeys(v.method for v in variants))
-    budgets_of = {m: sorted({b for v in variants if v.method == m for b in _budgets(v, cfg)}) for m in methods}
-    from medvtc.common.compressors import references
+class CompressorsBench(BenchSpec):
+    """The compressors bench as a runner spec: a variant is a method (or `method@budget`),
+    measured at every grid x batch x budget (its own rows: `Evaluation.rows`); nothing trains,
+    and the rows carry no per-case quality metric, so no intervals. The plain references are
+    timed after every method (`extra_rows`), then the speed targets."""
 
+    task = "compressors"
+    reference = None
+    method_key = None
+    budget_key = None
+    trains = False
+
+    def __init__(self, bench_cfg, log: Callable[[str], None]) -> None:
+        self.b, self.log = bench_cfg, log
+        self.methods = list_compressors()
+        self.skipped: list[str] = []
+        self.history: dict[tuple[str, int], tuple[int, int, float]] = {}  # (method, batch) -> (N, K, seconds)
+        self.fast_rows: list[ResultRow] = []
+        self.reference_rows: list[ResultRow] = []
+        self.budgets_of: dict[str, list[float | int]] = {}
+        self.targets_md, self.targets = "", {}
+        self._inputs: dict[tuple[tuple[int, ...], int], dict[str, torch.Tensor]] = {}
+        self.t_start = time.perf_counter()
+        self.plot = plot_information_kept
+
+    def variant_names(self, cfg) -> list[str]:
+        return list(self.b.methods or list_compressors())
+
+    def variant_config(self, cfg, variant: Variant, seed: int, run_dir: Path):
+        self.budgets_of.setdefault(variant.method, [])
+        self.budgets_of[variant.method] = sorted(set(self.budgets_of[variant.method]) | set(_budgets(variant, self.b)))
+        return cfg
+
+    def inputs(self, grid: tuple[int, ...], batch: int) -> dict[str, torch.Tensor]:
+        # generated once per grid and batch, shared by every method (about 1 GiB at the defaults)
+        if (grid, batch) not in self._inputs:
+            self._inputs[(grid, batch)] = bench_inputs(grid, self.b.dim, self.b.text_dim, batch, self.b.seed)
+        return self._inputs[(grid, batch)]
+
+    def evaluate(self, vcfg, variant: Variant) -> Evaluation:
+        cfg, name = self.b, variant.method
+        cls = COMPRESSORS.get(name)
+        largest_n = max(math.prod(g) for g in cfg.grids)
+        rows: list[ResultRow] = []
+        for grid_list in cfg.grids:
+            grid = tuple(int(g) for g in grid_list)
+            n = math.prod(grid)
+            for batch in cfg.batches:
+                inputs = self.inputs(grid, batch)
+                for i, budget in enumerate(_budgets(variant, cfg)):
+                    row = self._measure_row(cls, name, inputs, grid, n, batch, budget,
+                                            must_run=n == largest_n and batch == min(cfg.batches) and i == 0)
+                    if row is not None:
+                        rows.append(row)
+        self.fast_rows.extend(rows)
+        return Evaluation(cases={}, rows=rows)
+
+    def _measure_row(self, cls, name, inputs, grid, n, batch, budget, must_run: bool) -> ResultRow | None:
+        cfg = self.b
+        k = resolve_budget(budget, n, name)
+        # Every method gets one row at the largest N (batch 1, smallest budget): the proof that it
+        # runs there on this machine; other rows are skipped when the same method's last row,
+        # scaled by its cost formula, says they would be slow.
+        est = _estimate(cls, self.history.get((name, batch)), n, k, cfg.dim)
+        if est > cfg.max_seconds and not must_run:
+            self.skipped.append(f"{name} N={n} B={batch} K={k}: expected ~{est:.0f} s > {cfg.max_seconds:.0f} s")
+            return None
+        torch.manual_seed(cfg.seed)
+        comp = _sized_for(name, k, grid, cfg).eval()
+        fn = _call(comp, inputs, grid, k)
+        try:
+            flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
+        except ValueError as e:
+            # Grid-structured methods refuse budgets they cannot lay out; measure the nearest one
+            # they can instead (the row's `tokens` says which).
+            near = _nearest_budget(str(e), k)
+            if near is None:
+                self.skipped.append(f"{name} N={n} B={batch} K={k}: {e}")
+                return None
+            k = near
+            fn = _call(comp, inputs, grid, k)
+            flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
+        self.history[(name, batch)] = (n, k, latency / 1e3)
+        metrics: dict[str, Any] = {"N": n, "grid": "x".join(map(str, grid)), "batch": batch,
+                                   "budget": budget, "kept_ratio": out.tokens.shape[1] / n}
+        if not cls.learnable and out.tokens.shape[-1] == cfg.dim:
+            metrics["nearest_kept"] = reconstruction_kept(inputs["tokens"][:1], out.tokens[:1], None if out.mask is None else out.mask[:1])
+            metrics["coverage"] = coverage(inputs["tokens"][:1], out.tokens[:1])
+        metrics["learned"] = cls.learnable
+        row = ResultRow(name, int(out.tokens.shape[1]), flops, accounting.count_params(comp), latency, peak, metrics)
+        self.log(f"{name:16s} N={n:6d} B={batch} K={k:6d} {latency:10.1f} ms {peak:8.1f} MiB {flops / 1e9:8.2f} GFLOP")
+        del out, comp
+        gc.collect()
+        return row
+
+    def after_all(self, cfg, vcfgs) -> None:
+        from medvtc.common.compressors import references
+
+        if self.b.references:
+            for grid_list in self.b.grids:
+                grid = tuple(int(g) for g in grid_list)
+                for batch in self.b.batches:
+                    self.reference_rows.extend(_reference_rows(references, self.inputs(grid, batch), grid, self.b,
+                                                               self.fast_rows, self.skipped, self.log, self.budgets_of))
+        self._inputs.clear()
+        gc.collect()
+        self.targets_md, self.targets = _targets(self.b, references, self.log, list(self.budgets_of))
+
+    def extra_rows(self) -> list[ResultRow]:
+        return list(self.reference_rows)
+
+    def results_config(self, cfg) -> dict[str, Any]:
+        return {**asdict(self.b), "skipped": list(self.skipped), "targets": self.targets,
+                "elapsed_s": round(time.perf_counter() - self.t_start, 1),
+                "notes": "peak_mem_mb is the extra peak over the memory in use before the call (inputs "
+                         "excluded); information-kept measures only for training-free methods."}
+
+    def markdown_extra(self, rows: list[ResultRow], cfg) -> str:
+        skipped = "\n### Skipped rows\n\n" + "\n".join(f"- {s}" for s in self.skipped) + "\n" if self.skipped else ""
+        return self.targets_md + skipped
+
+
+def run_benchmark(cfg, output: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """`cfg` is the compressors task's `bench` section (CompressorBenchConfig)."""
+    from types import SimpleNamespace
+
+    bench_variants(cfg)  # unknown names and repeated entries: one clear error before any work
     torch.manual_seed(cfg.seed)
-    rows: list[ResultRow] = []
-    skipped: list[str] = []
-    history: dict[tuple[str, int], tuple[int, int, float]] = {}  # (method, batch) -> (N, K, seconds)
-    largest_n = max(math.prod(g) for g in cfg.grids)
-    t_start = time.perf_counter()
-    for grid_list in cfg.grids:
-        grid = tuple(int(g) for g in grid_list)
-        n = math.prod(grid)
-        for batch in cfg.batches:
-            inputs = bench_inputs(grid, cfg.dim, cfg.text_dim, batch, cfg.seed)
-            for v in variants:
-                name = v.method
-                cls = COMPRESSORS.get(name)
-                budgets = _budgets(v, cfg)
-                for i, budget in enumerate(budgets):
-                    k = resolve_budget(budget, n, name)
-                    # Every method gets one row at the largest N (batch 1, smallest budget): the
-                    # proof that it runs there on this machine; other rows are skipped when the
-                    # same method's last row, scaled by its cost formula, says they would be slow.
-                    must_run = n == largest_n and batch == min(cfg.batches) and i == 0
-                    est = _estimate(cls, history.get((name, batch)), n, k, cfg.dim)
-                    if est > cfg.max_seconds and not must_run:
-                        skipped.append(f"{name} N={n} B={batch} K={k}: expected ~{est:.0f} s > {cfg.max_seconds:.0f} s")
-                        continue
-                    torch.manual_seed(cfg.seed)
-                    comp = _sized_for(name, k, grid, cfg).eval()
-                    fn = _call(comp, inputs, grid, k)
-                    try:
-                        flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
-                    except ValueError as e:
-                        # Grid-structured methods refuse budgets they cannot lay out; measure the
-                        # nearest one they can instead (the row's `tokens` says which).
-                        near = _nearest_budget(str(e), k)
-                        if near is None:
-                            skipped.append(f"{name} N={n} B={batch} K={k}: {e}")
-                            continue
-                        k = near
-                        fn = _call(comp, inputs, grid, k)
-                        flops, peak, latency, out = _measure(fn, comp, cfg.repeats, cfg.warmup, cfg.max_seconds)
-                    history[(name, batch)] = (n, k, latency / 1e3)
-                    metrics: dict[str, Any] = {"N": n, "grid": "x".join(map(str, grid)), "batch": batch,
-                                               "budget": budget, "kept_ratio": out.tokens.shape[1] / n}
-                    if not cls.learnable and out.tokens.shape[-1] == cfg.dim:
-                        metrics["nearest_kept"] = reconstruction_kept(inputs["tokens"][:1], out.tokens[:1], None if out.mask is None else out.mask[:1])
-                        metrics["coverage"] = coverage(inputs["tokens"][:1], out.tokens[:1])
-                    metrics["learned"] = cls.learnable
-                    rows.append(ResultRow(name, int(out.tokens.shape[1]), flops, accounting.count_params(comp), latency, peak, metrics))
-                    log(f"{name:16s} N={n:6d} B={batch} K={k:6d} {latency:10.1f} ms {peak:8.1f} MiB {flops / 1e9:8.2f} GFLOP")
-                    del out, comp
-            if cfg.references:
-                rows.extend(_reference_rows(references, inputs, grid, cfg, rows, skipped, log, budgets_of))
-            del inputs
-            gc.collect()
-            # Partial results after every grid and batch: a run stopped part-way (hours at
-            # N=32768 on a small CPU) still leaves everything it measured.
-            write_results("compressors", rows, {**asdict(cfg), "partial": True, "skipped": skipped,
-                                                "elapsed_s": round(time.perf_counter() - t_start, 1)},
-                          output, plot=plot_information_kept, name="compressors.partial")
-    targets_md, targets = _targets(cfg, references, log, methods)
-    elapsed = time.perf_counter() - t_start
-    config = {**asdict(cfg), "elapsed_s": round(elapsed, 1), "skipped": skipped, "targets": targets,
-              "notes": "peak_mem_mb is the extra peak over the memory in use before the call (inputs "
-                       "excluded); information-kept measures only for training-free methods."}
-    extra = targets_md + ("\n### Skipped rows\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n" if skipped else "")
-    paths = write_results("compressors", rows, config, output, plot=plot_information_kept, markdown_extra=extra)
-    for suffix in ("json", "md", "png"):
-        (Path(output) / f"compressors.partial.{suffix}").unlink(missing_ok=True)
-    log(f"wrote {paths['json']}, {paths['md']}, {paths['png']} in {elapsed:.0f} s")
+    spec = CompressorsBench(cfg, log)
+    run_bench(spec, SimpleNamespace(bench=cfg, seed=cfg.seed, output_dir=str(output)), output, log=log)
+    paths = {suffix: Path(output) / f"compressors.{suffix}" for suffix in ("json", "md", "png")}
+    log(f"wrote {paths['json']}, {paths['md']}, {paths['png']} in {time.perf_counter() - spec.t_start:.0f} s")
     return paths
 
 
