@@ -53,7 +53,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML config; defaults to configs/<task>.yaml (keys you leave out keep their defaults)",
+        help="YAML config; defaults to medvtc/configs/<task>.yaml, shipped with the package (keys you leave out keep their defaults)",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
 

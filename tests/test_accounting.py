@@ -87,4 +87,14 @@ def test_labels_of_points_on_the_same_spot_are_stacked_not_overprinted():
     offsets = {a.get_text(): a.xyann for a in ax.texts}
     assert offsets["random"] == (3, 3.0) and offsets["pooling"][1] > offsets["random"][1] + 7  # stacked
     assert offsets["none"] == offsets["act"] == (3, 3.0)  # far apart: left where they are
+    # every label is anchored at its own point; only the moved one gets a thin grey leader line
+    anchors = {a.get_text(): a.xy for a in ax.texts}
+    assert anchors == {name: (x, y) for name, x, y in points}
+    leaders = {a.get_text(): a.arrow_patch for a in ax.texts}
+    assert leaders["random"] is None and leaders["none"] is None and leaders["act"] is None
+    moved = leaders["pooling"]
+    assert moved is not None and moved.get_arrowstyle().__class__.__name__ == "Curve"  # "-": a plain line
+    assert moved.get_linewidth() == 0.5
+    fig.canvas.draw()  # the leader renders (a path from the label towards the point)
+    assert len(moved.get_path().vertices) >= 2
     plt.close(fig)

@@ -94,3 +94,19 @@ def test_python_dash_m_and_entry_point_agree():
     exe = shutil.which("medvtc") or str(__import__("pathlib").Path(sys.executable).with_name("medvtc"))
     r = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "medvtc" in r.stdout
+
+
+def test_no_cuda_cudart_deprecation_noise(tmp_path):
+    """MONAI probes the deprecated `cuda.cudart` on import (a FutureWarning from cuda-bindings);
+    medvtc silences it. `medvtc data --task tokenseg --inspect` on a missing MSD root loads MONAI
+    (the tokenseg dataset) and fails fast; the child also says whether MONAI was loaded, so the
+    check means something."""
+    code = (
+        "import sys; from medvtc.cli import main; rc = main(sys.argv[1:]); "
+        "print('monai loaded:', 'monai' in sys.modules); sys.exit(rc)"
+    )
+    args = ["data", "--task", "tokenseg", "--inspect", f"data.root={tmp_path / 'missing'}"]
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "missing" in _one_error_line(r.stderr)
+    assert "monai loaded: True" in r.stdout
+    assert "cuda.cudart" not in r.stderr, r.stderr

@@ -103,8 +103,8 @@ def test_parse_override_types():
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_shipped_config_files_equal_the_defaults(name):
-    """configs/<task>.yaml documents the defaults: loading it must give exactly the dataclass defaults."""
+    """medvtc/configs/<task>.yaml documents the defaults: loading it must give exactly the dataclass defaults."""
     task = get_task(name)
     path = task.default_config_path()
-    assert path is not None, f"configs/{name}.yaml is missing"
+    assert path is not None, f"medvtc/configs/{name}.yaml is missing"
     assert to_dict(load_config(task.config_class, path)) == to_dict(task.config_class())

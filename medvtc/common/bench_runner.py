@@ -424,7 +424,8 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
             rows = _rows(spec, evals, None, cases, status, train_s, seeds, memo)
             if evals[v.name][0].rows is None:
                 log(f"medvtc bench: {v.name}: " + _summary(rows[-1], spec))
-            write_results(spec.task, rows + spec.extra_rows(), {"partial": True, **spec.results_config(cfg)}, output,
+            write_results(spec.task, rows + spec.extra_rows(), {"partial": True, **spec.results_config(cfg),
+                                                                "reference": spec.reference}, output,
                           name=f"{spec.task}.partial", plot=spec.plot)
 
     spec.after_all(cfg, vcfgs)

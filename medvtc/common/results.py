@@ -175,21 +175,25 @@ def default_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _place_labels(ax: Any, points: list[tuple[str, float, float]], fontsize: float = 7) -> None:
-    """Annotate each point with its name, moving a label up until it clears the ones already
-    placed: variants often sit on nearly the same spot (same tokens, same success). Boxes are
-    estimated in points (0.6 em per character), which is close enough for short names."""
+    """Annotate each point with its name, just above and right of it, moving a label up until it
+    clears the ones already placed: variants often sit on nearly the same spot (same tokens, same
+    success). A label that had to move gets a thin leader line to its point, so it still reads as
+    that point's. Boxes are estimated in points (0.6 em per character), close enough for short names."""
     ax.autoscale_view()
     to_points = 72.0 / ax.figure.dpi
+    dx, dy0 = 3.0, 3.0  # the default offset of a label from its point, in points
     placed: list[tuple[float, float, float, float]] = []
     for method, x, y in points:
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
         width, height = 0.6 * fontsize * len(method), fontsize + 1
-        dy = 3.0
-        while any(px + 3 < r and px + 3 + width > l and py + dy < t and py + dy + height > b
-                  for l, b, r, t in placed):
+        dy = dy0
+        while any(px + dx < right and px + dx + width > left and py + dy < top and py + dy + height > bottom
+                  for left, bottom, right, top in placed):
             dy += height
-        placed.append((px + 3, py + dy, px + 3 + width, py + dy + height))
-        ax.annotate(method, (x, y), fontsize=fontsize, xytext=(3, dy), textcoords="offset points")
+        placed.append((px + dx, py + dy, px + dx + width, py + dy + height))
+        # The leader runs from the label's lower-left corner to (just short of) the point.
+        leader = None if dy == dy0 else dict(arrowstyle="-", lw=0.5, color="0.5", relpos=(0, 0), shrinkA=0, shrinkB=3)
+        ax.annotate(method, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points", arrowprops=leader)
 
 
 def quality_cost_plot(
@@ -225,11 +229,11 @@ def quality_cost_plot(
                             elinewidth=1, capsize=2)
             ax.scatter(x, y, label=r["method"])
             points.append((r["method"], x, y))
+        if log:  # before the labels: their overlap is judged on the final axes
+            ax.set_xscale("log")
         _place_labels(ax, points)
         ax.set_xlabel(label)
         ax.set_ylabel(quality_label)
-        if log:
-            ax.set_xscale("log")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)

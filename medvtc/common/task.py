@@ -2,7 +2,7 @@
 
 Each task (`compressors`, and the applications the later issues add) subclasses `Task` and is
 listed in `medvtc.tasks`. The CLI resolves `--task`, loads the config (defaults, then
-`configs/<task>.yaml`, then `--config`, then `key=value` overrides) and calls the command.
+`medvtc/configs/<task>.yaml`, then `--config`, then `key=value` overrides) and calls the command.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Callable, ClassVar, Sequence
 from medvtc.common.config import load_config
 from medvtc.common.errors import UserError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# The tasks' default YAML files ship inside the package (package data), so an installed wheel has them too.
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class Task:
@@ -23,7 +24,7 @@ class Task:
     commands: ClassVar[tuple[str, ...]] = ("train", "eval", "bench", "data")
 
     def default_config_path(self) -> Path | None:
-        path = REPO_CONFIGS / f"{self.name}.yaml"
+        path = CONFIGS_DIR / f"{self.name}.yaml"
         return path if path.is_file() else None
 
     def load_config(self, path: str | None, overrides: Sequence[str]) -> Any:

@@ -45,7 +45,7 @@ from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compr
 from medvtc.common.compressors.metrics import coverage, reconstruction_kept
 from medvtc.common.compressors.utils import resolve_budget
 from medvtc.common.errors import UserError
-from medvtc.common.results import ResultRow, write_results
+from medvtc.common.results import ResultRow
 from medvtc.compression.token_grids import TokenGridSpec, class_tables, sample_scene
 
 

@@ -1272,11 +1272,11 @@ class _Renderer:
                 for _ in range(int(rng.integers(3, 6))):
                     i = int(rng.integers(len(ls)))
                     for j in range(i, min(i + 2, len(ls))):
-                        l, b = ls[j] * hl, betas[j]
-                        rho = math.sqrt(max(1 - (l / hl) ** 2, 0.05))
+                        along, b = ls[j] * hl, betas[j]
+                        rho = math.sqrt(max(1 - (along / hl) ** 2, 0.05))
                         e = self.heart_axes
                         ring = (self.heart_semi[1] + 2.5) * math.cos(b) * e[1] + (self.heart_semi[2] + 2.5) * math.sin(b) * e[2]
-                        p = self.heart_c + l * e[0] + rho * ring
+                        p = self.heart_c + along * e[0] + rho * ring
                         pts.append(p)
                         rads.append(rng.uniform(2.2, 3.0))
             patch = self.splat(np.array(pts), np.array(rads))

@@ -139,7 +139,7 @@ def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, wa
         policy.eval()
         batch = pre(example_observation(policy.config)) if pre is not None else example_observation(policy.config)
         device = next(policy.parameters()).device
-        fn = (lambda p=policy, b=batch: p.predict_action_chunk(b))
+        fn = (lambda p=policy, b=batch: p.predict_action_chunk(b))  # noqa: E731
         with torch.inference_mode():
             fn()  # warm-up before the counters
         flops = count_flops(fn)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from medvtc.common.compressors.references import tome as reference_tome
 from medvtc.common.compressors import create_compressor
 from medvtc.common.compressors import tome as tome_mod
+from medvtc.common.compressors.references import tome as reference_tome
 from medvtc.common.compressors.tome import ToMe, proportional_attention_bias
 
 

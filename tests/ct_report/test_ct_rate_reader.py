@@ -102,7 +102,7 @@ def ct_root(tmp_path: Path) -> Path:
 
 def _expected_val_patients(patients: list[str], fraction: float) -> set[str]:
     """The documented rule, recomputed here: rank by sha256(salt + id), take round(f * n)."""
-    key = lambda p: (int.from_bytes(hashlib.sha256(("medvtc-ct-rate-val:" + p).encode()).digest()[:8], "big"), p)
+    key = lambda p: (int.from_bytes(hashlib.sha256(("medvtc-ct-rate-val:" + p).encode()).digest()[:8], "big"), p)  # noqa: E731
     ranked = sorted(set(patients), key=key)
     n_val = min(len(ranked) - 1, max(1, int(fraction * len(ranked) + 0.5)))
     return set(ranked[:n_val])

@@ -56,7 +56,6 @@ def trained_run(recorded_demos, tmp_path_factory):
 def test_token_maps_and_drawing_show_what_each_compressor_kept():
     from medvtc.robotics.policies.compressor_vla import CompressorVLAPolicy
     from medvtc.robotics.token_video import DIMMED, KEPT_COLOR, draw_token_map, token_maps
-
     from tests.robotics.test_compressor_vla_policy import batch_of, tiny_config
 
     torch.manual_seed(0)
@@ -175,7 +174,6 @@ def test_a_policy_for_another_robot_is_refused():
     from lerobot.configs.types import FeatureType, PolicyFeature
 
     from medvtc.robotics.rollout import policy_cameras
-
     from tests.robotics.test_compressor_vla_policy import tiny_config
 
     assert policy_cameras(tiny_config()) == ("agentview", "wrist")

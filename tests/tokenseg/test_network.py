@@ -175,8 +175,8 @@ def test_bad_selections_are_reported(tiny_net):
 def test_monai_baselines_build_and_run_on_the_same_input():
     from dataclasses import replace
 
-    from medvtc.medical.tokenseg.networks import build_network, num_tokens
     from medvtc.medical.tokenseg.config import TokenSegModelConfig
+    from medvtc.medical.tokenseg.networks import build_network, num_tokens
 
     small = {"unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
              "segresnet": {"init_filters": 8}, "unetr": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 4},

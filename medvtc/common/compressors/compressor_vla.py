@@ -8,8 +8,8 @@ import torch
 
 from medvtc.common.compressors import utils
 from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
-from medvtc.common.compressors.stc import SemanticTaskCompressor
 from medvtc.common.compressors.src import SpatialRefinementCompressor, window_options
+from medvtc.common.compressors.stc import SemanticTaskCompressor
 
 
 @register

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
 from medvtc.common.compressors import utils
+from medvtc.common.compressors.base import CompressorOutput, TokenCompressor, register
 from medvtc.common.compressors.perceiver import chunked_attention
 
 

@@ -3,7 +3,6 @@ the budget over spatial partitions."""
 
 from __future__ import annotations
 
-
 import torch
 
 from medvtc.common.compressors import utils

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-
 import torch
 
 from medvtc.common import checkpoint as ckpt

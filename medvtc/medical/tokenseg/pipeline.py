@@ -206,8 +206,8 @@ class Segmenter:
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> "Segmenter":
         from medvtc.common import checkpoint as ckpt
         from medvtc.common.config import load_config
-        from medvtc.medical.tokenseg.networks import build_network
         from medvtc.medical.tokenseg.config import TokenSegTaskConfig
+        from medvtc.medical.tokenseg.networks import build_network
 
         p = resolve_model_dir(path)
         cfg = load_config(TokenSegTaskConfig, p / CONFIG_FILE)

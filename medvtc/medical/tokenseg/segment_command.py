@@ -27,7 +27,6 @@ from medvtc.common.io import atomic_write_bytes
 from medvtc.datasets.ct_rate import find_nifti_files, is_nifti_name, nifti_stem
 
 
-
 def find_scans(inputs: list[str]) -> list[Path]:
     return find_nifti_files(inputs, "scan")
 

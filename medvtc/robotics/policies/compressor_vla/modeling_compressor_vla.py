@@ -44,10 +44,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import Tensor, nn
-
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
+from torch import Tensor, nn
 
 from medvtc.robotics.policies.compressor_vla.configuration_compressor_vla import NO_COMPRESSION, CompressorVLAConfig
 from medvtc.robotics.policies.compressor_vla.processor_compressor_vla import HashedWordTokenizer

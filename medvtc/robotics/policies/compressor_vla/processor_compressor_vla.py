@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from lerobot.processor import (
     AddBatchDimensionProcessorStep,
     DeviceProcessorStep,
