@@ -180,16 +180,11 @@ def corpus_bleu_from_cases(cases: Mapping[str, np.ndarray], max_n: int = BLEU_N)
     return float(bp * math.exp(sum(logs) / max_n))
 
 
-def _mean(column: str):
-    from medvtc.common.intervals import mean_of
-
-    return mean_of(column)
-
-
 def case_statistics() -> dict[str, Any]:
     """name -> CaseStatistic for the bench: clinical (labeler vs labeler) and label-CSV F1,
     corpus BLEU-4, mean ROUGE-L and METEOR, each recomputed from `report_cases` columns."""
     from medvtc.common.bench_runner import CaseStatistic
+    from medvtc.common.intervals import mean_of
 
     return {
         "clinical_micro_f1": CaseStatistic(_label_f1("pred_labels", "ref_labels", "micro")),
@@ -197,8 +192,8 @@ def case_statistics() -> dict[str, Any]:
         "label_micro_f1": CaseStatistic(_label_f1("pred_labels", "true_labels", "micro")),
         "label_macro_f1": CaseStatistic(_label_f1("pred_labels", "true_labels", "macro")),
         "bleu4": CaseStatistic(corpus_bleu_from_cases),
-        "rouge_l": CaseStatistic(_mean("rouge_l")),
-        "meteor": CaseStatistic(_mean("meteor")),
+        "rouge_l": CaseStatistic(mean_of("rouge_l")),
+        "meteor": CaseStatistic(mean_of("meteor")),
     }
 
 
