@@ -49,6 +49,7 @@ from medvtc.datasets.ct_rate_layout import (
     REPORT_COLUMNS,
     volume_relpath,
 )
+from medvtc.datasets.nifti import centred_affine, save_nifti
 
 __all__ = [
     "FORMAT",
@@ -1376,14 +1377,6 @@ def _resolve_grid(
     return shp, sp  # type: ignore[return-value]
 
 
-def _affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
-    aff = np.eye(4)
-    for k in range(3):
-        aff[k, k] = spacing[k]
-        aff[k, 3] = -(shape[k] - 1) / 2.0 * spacing[k]
-    return aff
-
-
 def render_phantom(
     case: dict[str, dict[str, Any]],
     rng: np.random.Generator,
@@ -1404,7 +1397,7 @@ def render_phantom(
     case_labels(case)  # validates the names
     r = _Renderer(case, rng, shp, sp)
     vol = r.render()
-    aff = _affine(shp, sp)
+    aff = centred_affine(shp, sp)
     if not return_masks:
         return vol, aff
     masks = dict(r.masks)
@@ -1446,18 +1439,6 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
-
-
-def _save_nifti(path: Path, vol: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(vol, affine)
-    img.header.set_data_dtype(np.int16)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
 
 
 def generate_ct_rate(
@@ -1510,7 +1491,7 @@ def generate_ct_rate(
             name = f"{'valid' if official == 'valid' else 'train'}_{patient}_a_1.nii.gz"
             case = sample_case(np.random.default_rng([seed, split_id, index, 0]))
             vol, aff = render_phantom(case, np.random.default_rng([seed, split_id, index, 1]), shp, sp)
-            _save_nifti(dataset / volume_relpath(name), vol, aff)
+            save_nifti(dataset / volume_relpath(name), vol, aff)
             text_rng = np.random.default_rng([seed, split_id, index, 2])
             findings, impression = write_report(case, text_rng)
             clinical = _CLINICAL[int(text_rng.integers(len(_CLINICAL)))]

@@ -33,7 +33,6 @@ import functools
 import hashlib
 import json
 import math
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -52,6 +51,7 @@ from medvtc.datasets.ct_rate_layout import (
     parse_volume_name,
     volume_relpath,
 )
+from medvtc.datasets.nifti import is_nifti_name, one_line, read_nifti
 
 __all__ = [
     "SPLITS",
@@ -144,11 +144,6 @@ def val_patients(patients: Iterable[str], val_fraction: float) -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's text on one line (the CLI prints UserErrors on one line)."""
-    return " ".join(str(exc).split())
-
-
 def _listing(items: Sequence[str]) -> str:
     shown = ", ".join(str(x) for x in items[:_MAX_LISTED])
     more = len(items) - _MAX_LISTED
@@ -175,11 +170,11 @@ def _read_csv(path: Path, required: Sequence[str], kind: str) -> list[dict[str, 
             reader.fieldnames = header
             return [dict(row) for row in reader]
     except UnicodeDecodeError as exc:
-        raise UserError(f"{kind} {path} is not UTF-8 text: {_one_line(exc)}") from exc
+        raise UserError(f"{kind} {path} is not UTF-8 text: {one_line(exc)}") from exc
     except csv.Error as exc:
-        raise UserError(f"{kind} {path} is not a readable CSV: {_one_line(exc)}") from exc
+        raise UserError(f"{kind} {path} is not a readable CSV: {one_line(exc)}") from exc
     except OSError as exc:
-        raise UserError(f"{kind} {path} could not be read: {_one_line(exc)}") from exc
+        raise UserError(f"{kind} {path} could not be read: {one_line(exc)}") from exc
 
 
 def _cell(row: dict[str, str | None], column: str) -> str:
@@ -211,7 +206,7 @@ def _read_reports(dataset: Path, official: str) -> tuple[Path, dict[str, dict[st
         try:
             row_official = _official_of(name)
         except ValueError as exc:
-            raise UserError(f"reports CSV {csv_path} data row {i}: {_one_line(exc)}") from exc
+            raise UserError(f"reports CSV {csv_path} data row {i}: {one_line(exc)}") from exc
         if row_official != official:
             raise UserError(
                 f"reports CSV {csv_path} data row {i}: volume {name} belongs to the official "
@@ -265,39 +260,6 @@ def _read_labels(dataset: Path, official: str, require: bool) -> tuple[Path, dic
             [_parse_label(row.get(c), csv_path, name, c) for c in CT_RATE_LABELS], dtype=np.int64
         )
     return csv_path, out
-
-
-def is_nifti_name(name: str) -> bool:
-    low = name.lower()
-    return low.endswith(".nii") or low.endswith(".nii.gz")
-
-
-def nifti_stem(path: str | Path) -> str:
-    """The file name without its .nii / .nii.gz suffix (any case)."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
-
-
-def find_nifti_files(inputs: Sequence[str | Path], noun: str = "volume") -> list[Path]:
-    """Command-line inputs -> files: a folder gives every .nii/.nii.gz under it (recursively,
-    sorted), a file is taken as it is (a wrong one is reported by the reader, naming it). A
-    missing path or a folder without NIfTI files is a UserError; `noun` names what is expected."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti_name(p.name))
-            if not found:
-                raise UserError(f"folder {path} holds no .nii or .nii.gz {noun}s")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise UserError(f"{path} does not exist (expected a .nii/.nii.gz {noun} or a folder of them)")
-    return files
 
 
 def _read_official(
@@ -370,9 +332,9 @@ def _read_splits_file(path: Path) -> dict[str, list[str]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"splits file {path} could not be read: {_one_line(exc)}") from exc
+        raise UserError(f"splits file {path} could not be read: {one_line(exc)}") from exc
     except json.JSONDecodeError as exc:
-        raise UserError(f"splits file {path} is not valid JSON ({_one_line(exc)}): expected {expected}") from exc
+        raise UserError(f"splits file {path} is not valid JSON ({one_line(exc)}): expected {expected}") from exc
     if not isinstance(data, dict) or set(data) != set(SPLITS):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise UserError(f"splits file {path} has keys {keys}: expected {expected}")
@@ -393,7 +355,7 @@ def _read_splits_file(path: Path) -> dict[str, list[str]]:
             try:
                 parse_volume_name(n)
             except ValueError as exc:
-                raise UserError(f"splits file {path}, {split!r}: {_one_line(exc)}") from exc
+                raise UserError(f"splits file {path}, {split!r}: {one_line(exc)}") from exc
         out[split] = list(names)
     return out
 
@@ -670,40 +632,6 @@ def _check_affine(affine: np.ndarray, what: str) -> None:
         raise UserError(f"{what} has an invalid affine (voxel-to-world matrix): expected a finite, invertible 4x4 matrix")
 
 
-def _read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels (float32, scaled to HU by the header's slope/intercept) and affine of a NIfTI file,
-    with every failure turned into a UserError naming the file."""
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-    from nibabel.spatialimages import HeaderDataError
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"CT volume {p}: file not found")
-    if not p.is_file():
-        raise UserError(f"CT volume {p}: not a file (expected a .nii or .nii.gz NIfTI file)")
-    if not is_nifti_name(p.name):
-        raise UserError(f"CT volume {p}: expected a NIfTI file named *.nii or *.nii.gz")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(2)
-    except OSError as exc:
-        raise UserError(f"could not read NIfTI {p}: {_one_line(exc)}") from exc
-    if p.name.lower().endswith(".gz") and head != b"\x1f\x8b":
-        raise UserError(f"could not read NIfTI {p}: not gzip-compressed, so not a .nii.gz NIfTI file")
-    try:
-        img = nib.load(str(p))
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise UserError(f"could not read NIfTI {p}: nibabel read it as {type(img).__name__}, not NIfTI")
-        data = img.get_fdata(dtype=np.float32)
-        affine = np.array(img.affine, dtype=np.float64)
-    except UserError:
-        raise
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError, MemoryError) as exc:
-        raise UserError(f"could not read NIfTI {p}: truncated or corrupt ({type(exc).__name__}: {_one_line(exc)})") from exc
-    return data, affine
-
-
 def load_ct_volume(
     path: str | Path,
     spatial_size: Sequence[int] = (64, 64, 32),
@@ -721,7 +649,7 @@ def load_ct_volume(
     image, a singleton spatial dimension, or 4D with several channels); NaN/inf voxels.
     """
     _check_transform_args(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins)
-    data, affine = _read_nifti(path)
+    data, affine = read_nifti(path, "CT volume")
     what = f"CT volume {Path(path)}"
     data = _as_3d(data, what)
     _check_finite(data, what)

@@ -48,6 +48,7 @@ import numpy as np
 
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_directory
+from medvtc.datasets.nifti import centred_affine, save_nifti
 
 MODALITIES = ("T1w", "T2w")
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
@@ -269,23 +270,6 @@ def render_case(
     return image, label
 
 
-def _affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
-    aff = np.diag([*map(float, spacing), 1.0])
-    aff[:3, 3] = -(np.asarray(shape) - 1) / 2 * np.asarray(spacing, dtype=float)
-    return aff
-
-
-def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
 def _dataset_json(name: str, description: str, modalities: Sequence[str], labels: dict[int, str], cases: list[str]) -> dict:
     return {
         "name": name,
@@ -336,7 +320,7 @@ def generate_mri_phantom(
         raise UserError(f"num_modalities={num_modalities}: expected 1 to 4")
     modalities = [*MODALITIES, "FLAIR", "T1gd"][: int(num_modalities)]
     fov = np.asarray(shape) * np.asarray(spacing)
-    affine = _affine(shape, spacing)
+    affine = centred_affine(shape, spacing)
     plan = [(s, i) for s, n in (("train", num_train), ("val", num_val), ("test", num_test)) for i in range(n)]
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     cases: list[str] = []
@@ -346,8 +330,8 @@ def generate_mri_phantom(
             case = sample_case(np.random.default_rng([int(seed), SPLIT_IDS[split], index, 0]), fov)
             image, label = render_case(case, np.random.default_rng([int(seed), SPLIT_IDS[split], index, 1]), shape, spacing,
                                        int(num_modalities))
-            _save(tmp / "imagesTr" / f"{name}.nii.gz", image if image.shape[-1] > 1 else image[..., 0], affine)
-            _save(tmp / "labelsTr" / f"{name}.nii.gz", label, affine)
+            save_nifti(tmp / "imagesTr" / f"{name}.nii.gz", image if image.shape[-1] > 1 else image[..., 0], affine)
+            save_nifti(tmp / "labelsTr" / f"{name}.nii.gz", label, affine)
             splits[split].append(f"./imagesTr/{name}.nii.gz")
             cases.append(name)
         meta = _dataset_json(
@@ -388,9 +372,9 @@ def generate_mni152(root: str | Path, resolution: int = 2, overwrite: bool = Fal
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     with atomic_directory(root, overwrite=overwrite) as tmp:
         for name, img, lab in (("mni152_left", left_img, left_lab), ("mni152_right", right_img, right_lab)):
-            aff = _affine(img.shape, spacing)
-            _save(tmp / "imagesTr" / f"{name}.nii.gz", np.ascontiguousarray(img), aff)
-            _save(tmp / "labelsTr" / f"{name}.nii.gz", np.ascontiguousarray(lab), aff)
+            aff = centred_affine(img.shape, spacing)
+            save_nifti(tmp / "imagesTr" / f"{name}.nii.gz", np.ascontiguousarray(img), aff)
+            save_nifti(tmp / "labelsTr" / f"{name}.nii.gz", np.ascontiguousarray(lab), aff)
         meta = _dataset_json(
             "MNI152", "nilearn's MNI152 2009 T1 template with grey/white matter (probability >= 0.5) labels; one subject "
             "split into its two hemispheres", ["T1w"], {0: "background", 1: "grey matter", 2: "white matter"},

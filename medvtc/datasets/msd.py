@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +41,7 @@ from monai.transforms import LoadImaged, MapTransform
 from torch.utils.data import Dataset
 
 from medvtc.common.errors import UserError
-from medvtc.datasets.ct_rate import is_nifti_name
+from medvtc.datasets.nifti import check_nifti_file, nifti_read_errors, one_line
 
 DATASET_JSON = "dataset.json"
 SPLITS_FILE = "medvtc_splits.json"
@@ -58,15 +57,10 @@ __all__ = [
     "MSDSegmentationDataset",
     "LoadMSDImaged",
     "CheckMSDd",
-    "check_nifti_file",
+    "check_nifti_file",  # from medvtc.datasets.nifti, still importable here (tokenseg.pipeline)
     "unwrap_user_error",
     "segmentation_collate",
 ]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 def unwrap_user_error(exc: BaseException) -> UserError | None:
@@ -126,9 +120,9 @@ def read_msd(root: str | Path) -> MSDInfo:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} could not be read: {_one_line(exc)}") from exc
+        raise UserError(f"{path} could not be read: {one_line(exc)}") from exc
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {_one_line(exc)}") from exc
+        raise UserError(f"{path} is not valid JSON: {one_line(exc)}") from exc
     if not isinstance(meta, dict):
         raise UserError(f"{path} must hold a JSON object with a 'training' list, not {type(meta).__name__}")
     training = meta.get("training")
@@ -187,7 +181,7 @@ def msd_split(info: MSDInfo, split: str, val_fraction: float = 0.1, test_fractio
         try:
             spec = json.loads(splits_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"splits file {splits_path} could not be read as JSON: {_one_line(exc)}") from exc
+            raise UserError(f"splits file {splits_path} could not be read as JSON: {one_line(exc)}") from exc
         if not isinstance(spec, dict) or not all(isinstance(spec.get(s), list) for s in SPLITS):
             raise UserError(f"splits file {splits_path} must hold {{\"train\": [...], \"val\": [...], \"test\": [...]}} "
                             "lists of image paths as written in dataset.json")
@@ -212,29 +206,6 @@ def msd_split(info: MSDInfo, split: str, val_fraction: float = 0.1, test_fractio
 # ------------------------------------------------------------------------------------------------
 # File checks and the transforms that raise UserErrors
 # ------------------------------------------------------------------------------------------------
-def check_nifti_file(path: str | Path, what: str = "image") -> Path:
-    """Cheap checks before decoding: the file exists, is named .nii/.nii.gz, and a .nii.gz is
-    gzip-compressed."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"{what} {p}: file not found")
-    if not p.is_file():
-        raise UserError(f"{what} {p}: not a file (expected a .nii or .nii.gz NIfTI file)")
-    if not is_nifti_name(p.name):
-        raise UserError(f"{what} {p}: expected a NIfTI file named *.nii or *.nii.gz")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(348)
-    except OSError as exc:
-        raise UserError(f"could not read {what} {p}: {_one_line(exc)}") from exc
-    if p.name.lower().endswith(".gz"):
-        if head[:2] != b"\x1f\x8b":
-            raise UserError(f"{what} {p} is not a NIfTI file: not gzip-compressed, so not a .nii.gz")
-    elif len(head) < 348:
-        raise UserError(f"{what} {p} is not a NIfTI file: shorter than a NIfTI header (truncated)")
-    return p
-
-
 class LoadMSDImaged(MapTransform):
     """MONAI's LoadImaged (nibabel reader) per key, after `check_nifti_file`, with the file named
     in every failure (a UserError)."""
@@ -244,9 +215,6 @@ class LoadMSDImaged(MapTransform):
         self.loaders = {k: LoadImaged(keys=k, reader="NibabelReader", image_only=True) for k in self.keys}
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        from nibabel.filebasedimages import ImageFileError
-        from nibabel.spatialimages import HeaderDataError
-
         d = dict(data)
         for key in self.key_iterator(d):
             path = check_nifti_file(d[key], key)
@@ -254,12 +222,12 @@ class LoadMSDImaged(MapTransform):
                 d = self.loaders[key](d)
             except UserError:
                 raise
-            except (OSError, EOFError, ValueError, RuntimeError, zlib.error, ImageFileError, HeaderDataError, MemoryError) as exc:
+            except (RuntimeError, *nifti_read_errors()) as exc:
                 cause: BaseException = exc
                 while cause.__cause__ is not None:  # MONAI wraps the reader's error
                     cause = cause.__cause__
                 raise UserError(f"could not read {key} {path}: not a valid NIfTI file or truncated/corrupt "
-                                f"({type(cause).__name__}: {_one_line(cause)})") from exc
+                                f"({type(cause).__name__}: {one_line(cause)})") from exc
         return d
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medvtc.common.errors import UserError, report_failures
 from medvtc.common.io import atomic_write_text
-from medvtc.datasets.ct_rate import find_nifti_files, nifti_stem
+from medvtc.datasets.nifti import find_nifti_files, nifti_stem
 from medvtc.medical.ct_report.pipeline import CTReportGenerator
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from medvtc.common.errors import UserError, report_failures
 from medvtc.common.io import atomic_write_bytes
-from medvtc.datasets.ct_rate import find_nifti_files, is_nifti_name, nifti_stem
+from medvtc.datasets.nifti import find_nifti_files, is_nifti_name, nifti_stem
 
 
 def find_scans(inputs: list[str]) -> list[Path]:
