@@ -46,7 +46,7 @@ class CompressorVLAConfig(PreTrainedConfig):
         normalization_mapping: LeRobot normalisation per feature type (dataset mean/std).
         vision_backbone: any timm model name that supports `features_only` (built with
             pretrained=False: nothing is downloaded). The default MobileNetV3-Large cut at stride 8
-            is a cheap per-camera tokenizer (61k weights, 0.15 GFLOPs at 128 px), so the
+            is a cheap per-camera tokenizer (61k weights, 0.047 GFLOPs at 128 px), so the
             transformer head, where the tokens are spent, dominates the cost as the LLM does in
             the paper; `resnet18` (0.68M weights, 0.65 GFLOPs) is the heavier ACT-style choice.
             Or "mobilenetv2_imagenet": MobileNetV2 with ImageNet weights read from an installed
