@@ -4,12 +4,12 @@ demonstrations with the same budget and rolled out in the LIBERO simulator.
 
 Run through the shared runner (`medvtc.common.bench_runner`). A variant of `bench.variants`
 (default: compressor_vla, none, pooling, random, tome, divprune, stc_only, src_only,
-compressor_vla_no_instruction, act) is a method, the Compressor-VLA policy with that compressor
+compressor_vla_no_instruction, act, replay) is a method, the Compressor-VLA policy with that compressor
 (`policy.compressor`: `none`, `compressor_vla`, or any registered compressor; `method@budget`
 sets `policy.budget`, the tokens per camera; without one a generic compressor keeps as many
 tokens per camera as Compressor-VLA does on the same grid, the paper's comparison at equal
 tokens), or a named ablation of `ABLATIONS` (STC only, SRC only, Compressor-VLA without the
-instruction, LeRobot's ACT). Compressor arguments are the base config's, kept where the
+instruction, LeRobot's ACT, the no-vision replay floor). Compressor arguments are the base config's, kept where the
 variant's compressor takes them. For every variant and seed of `bench.seeds`:
 
 1. train it with the task's data / policy / train config under
@@ -36,7 +36,10 @@ markdown: at least 3x fewer visual tokens and 59 % fewer policy FLOPs than `none
 2 points of `none` or better (met only when the whole paired-difference interval lies above -2
 points, `intervals.target_status`), a compressed policy step under 50 ms on the CPU, and the
 uncompressed baseline at >= 50 % success (otherwise the success comparison is reported as not
-meaningful).
+meaningful), the uncompressed policy at >= 80 % (its Wilson interval decides) and above the
+no-vision floor (`replay`: the first recorded demonstration of each task replayed open loop,
+`medvtc.robotics.replay`; the paired interval decides). The floor trains nothing and has no
+network, so it has no token, FLOP or latency figures.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from medvtc.common.trainer import read_training_summary
 BASELINE = "none"
 PROPOSED = "compressor_vla"
 PEER = "act"
+FLOOR = "replay"
+BASELINE_SUCCESS_TARGET = 0.8
 TOKEN_RATIO_TARGET = 3.0
 FLOP_REDUCTION_TARGET = 0.59
 SUCCESS_MARGIN = 0.02
@@ -72,6 +77,7 @@ ABLATIONS: dict[str, list[str]] = {
     "compressor_vla_no_instruction": ["policy.name=compressor_vla", "policy.compressor=compressor_vla",
                                       "policy.compressor_args.use_instruction=false"],
     PEER: ["policy.name=act"],
+    FLOOR: ["policy.name=replay"],  # the no-vision floor: one demonstration per task, replayed open loop
 }
 
 # policy.* keys an ACT run depends on (the others configure Compressor-VLA).
@@ -82,12 +88,15 @@ def _training_settings(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
     """The flattened settings a policy's weights depend on: seed, data.root, the policy.* keys
     its policy uses, train.* less bookkeeping."""
     policy = dict(cfg_dict.get("policy", {}))
+    train = cfg_dict.get("train", {})
     if policy.get("name") == "act":
         policy = {k: v for k, v in policy.items() if k in _ACT_KEYS}
+    elif policy.get("name") == FLOOR:  # picks a demonstration: depends on the data only
+        policy, train = {"name": FLOOR}, {}
     else:
         policy.pop("act_args", None)
     flat = flatten_config({"seed": cfg_dict.get("seed"), "data": {"root": (cfg_dict.get("data") or {}).get("root")},
-                           "policy": policy, "train": cfg_dict.get("train", {})}, keep_whole=("compressor_args", "act_args"))
+                           "policy": policy, "train": train}, keep_whole=("compressor_args", "act_args"))
     return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in TRAIN_BOOKKEEPING)}
 
 
@@ -187,6 +196,9 @@ class LiberoBench(BenchSpec):
 
         vcfg = super().variant_config(cfg, variant, seed, run_dir)
         p = vcfg.policy
+        if p.name == FLOOR:
+            self.policies.setdefault(variant.name, {"name": FLOOR})
+            return vcfg
         if p.name != "act":
             args = self._args(p.compressor, dict(p.compressor_args))
             p = replace(p, compressor_args=args)
@@ -208,7 +220,9 @@ class LiberoBench(BenchSpec):
 
     # -- work -------------------------------------------------------------------------------
     def is_trained(self, run_dir: Path) -> bool:
-        return (run_dir / "final" / "model.safetensors").is_file()
+        from medvtc.robotics.replay import REPLAY_FILE
+
+        return any((run_dir / "final" / name).is_file() for name in ("model.safetensors", REPLAY_FILE))
 
     def train(self, vcfg) -> None:
         self.libero.train(vcfg, resume=True)  # from step 0 when there is no checkpoint
@@ -218,13 +232,16 @@ class LiberoBench(BenchSpec):
 
         b = vcfg.bench
         final = Path(vcfg.output_dir) / "final"
-        policy, pre, post = load_policy(final)
-        videos = Path(vcfg.output_dir) / "videos" if b.video_episodes else None
-        results = run_rollouts(policy, pre, post, suite=b.suite, task_ids=b.tasks, episodes=b.episodes,
-                               max_episode_steps=b.max_episode_steps, first_init_state=b.first_init_state,
-                               progress=vcfg.eval.progress, num_envs=b.num_envs, checkpoint=final, video_dir=videos,
-                               video_episodes=b.video_episodes)
-        del policy, pre, post
+        if vcfg.policy.name == FLOOR:
+            results = self._replay(vcfg, final)
+        else:
+            policy, pre, post = load_policy(final)
+            videos = Path(vcfg.output_dir) / "videos" if b.video_episodes else None
+            results = run_rollouts(policy, pre, post, suite=b.suite, task_ids=b.tasks, episodes=b.episodes,
+                                   max_episode_steps=b.max_episode_steps, first_init_state=b.first_init_state,
+                                   progress=vcfg.eval.progress, num_envs=b.num_envs, checkpoint=final, video_dir=videos,
+                                   video_episodes=b.video_episodes)
+            del policy, pre, post
         cases: dict[str, list[Any]] = {"task": [], "init_state": [], "success": [], "steps": []}
         for tid, t in results["tasks"].items():
             for r in t["episodes"]:
@@ -238,6 +255,26 @@ class LiberoBench(BenchSpec):
         if "train_loss" in training:
             metrics["train_loss"] = round(training["train_loss"], 4)
         return Evaluation(cases=cases, metrics=metrics)
+
+    @staticmethod
+    def _replay(vcfg, final: Path) -> dict[str, Any]:
+        """The floor's rollouts: each bench task replays the demonstration of the same instruction."""
+        from medvtc.robotics.libero_env import load_suite
+        from medvtc.robotics.replay import load_replay, replay_rollouts
+
+        b = vcfg.bench
+        by_instruction = load_replay(final)
+        suite = load_suite(b.suite)
+        actions = {}
+        for tid in b.tasks:
+            text = suite.get_task(tid).language
+            if text not in by_instruction:
+                raise UserError(f"bench task {tid} of {b.suite} ({text!r}) has no demonstration in {vcfg.data.root}: "
+                                "the replay floor needs one per bench task")
+            actions[int(tid)] = by_instruction[text]
+        return replay_rollouts(actions, suite=b.suite, task_ids=b.tasks, episodes=b.episodes,
+                               first_init_state=b.first_init_state, max_episode_steps=b.max_episode_steps,
+                               progress=vcfg.eval.progress)
 
     def measure_costs(self, vcfgs):
         """The trained policies' costs on the CPU, measured together, round by round."""
@@ -253,6 +290,8 @@ class LiberoBench(BenchSpec):
         try:
             loaded = {}
             for name, vcfg in vcfgs.items():
+                if vcfg.policy.name == FLOOR:
+                    continue  # no network: no tokens, FLOPs or latency to measure
                 policy, pre, _ = load_policy(Path(vcfg.output_dir) / "final", device="cpu")
                 loaded[name] = (policy, pre)
             costs = measure_policies(loaded, repeats=b.latency_repeats, warmup=b.latency_warmup, memory=True)
@@ -273,6 +312,10 @@ class LiberoBench(BenchSpec):
                 m["latency_vs_none"] = round(c["chunk_latency_ms"] / base["chunk_latency_ms"], 4)
             out[name] = {"tokens": c["tokens"], "flops": c["flops"], "params": c["params"],
                          "latency_ms": c["step_latency_ms"], "peak_mem_mb": c["peak_mem_mb"], "metrics": m}
+        for name, vcfg in vcfgs.items():
+            if vcfg.policy.name == FLOOR:  # reads no image: 0 tokens; no network to cost
+                out[name] = {"tokens": 0, "flops": math.nan, "params": 0, "latency_ms": math.nan,
+                             "peak_mem_mb": math.nan, "metrics": {}}
         return out
 
     # -- output -----------------------------------------------------------------------------
@@ -308,6 +351,29 @@ def _ci_pct(row: ResultRow) -> str:
     return "-" if ci is None or None in ci else f"{100 * ci[0]:.1f}, {100 * ci[1]:.1f}"
 
 
+def _floor_lines(no: ResultRow, floor: ResultRow | None) -> list[str]:
+    """The uncompressed policy against its success target and the no-vision floor."""
+    lines = []
+    base_ci = no.metrics.get("success_rate_ci")
+    if base_ci is not None and None not in base_ci:
+        lo, hi = base_ci
+        status = "met" if lo >= BASELINE_SUCCESS_TARGET else "missed" if hi < BASELINE_SUCCESS_TARGET else "not shown"
+        lines.append(f"- uncompressed policy at >= {_pct(BASELINE_SUCCESS_TARGET)} (met only when its whole 95 % interval "
+                     f"[{_ci_pct(no)}] lies at or above it): {status}")
+    if floor is not None:
+        fci = floor.metrics.get("success_rate_diff_ci")  # floor - none, paired over the same episodes
+        above = ("no paired difference" if fci is None or None in fci else
+                 "met" if fci[1] < 0 else "missed" if fci[0] > 0 else "not shown")
+        # none - floor: the negated floor - none difference (+ 0.0 turns -0.0 into 0.0)
+        diff = "" if fci is None or None in fci else (
+            f", none - floor {0.0 - floor.metrics['success_rate_diff'] * 100 + 0.0:+.1f} points "
+            f"[{0.0 - fci[1] * 100 + 0.0:+.1f}, {0.0 - fci[0] * 100 + 0.0:+.1f}]")
+        lines += ["", "### The no-vision floor: one recorded demonstration per task replayed open loop", "",
+                  f"- floor {_pct(floor.metrics['success_rate'])} [{_ci_pct(floor)}]{diff}; the uncompressed policy "
+                  f"above the floor by the paired interval: {above}"]
+    return lines
+
+
 def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None = None) -> str:
     b = cfg.bench
     by = {r.method: r for r in rows}
@@ -328,7 +394,8 @@ def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None
     cv, no = by.get(PROPOSED), by.get(BASELINE)
     if cv is None or no is None:
         missing = " and ".join(n for n, r in ((PROPOSED, cv), (BASELINE, no)) if r is None)
-        return "\n".join(lines + [f"(no {missing} row in this run: the targets cannot be checked)"]) + "\n"
+        lines.append(f"(no {missing} row in this run: the compression targets cannot be checked)")
+        return "\n".join(lines + (_floor_lines(no, by.get(FLOOR)) if no is not None else [])) + "\n"
 
     def met(ok: bool) -> str:
         return "met" if ok else "not met"
@@ -369,13 +436,14 @@ def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None
             "more training steps (train.max_steps), more demonstrations (data.episodes_per_task) or a GPU to afford "
             "both; the token, FLOP and latency figures above do not depend on it."
         )
+    lines += _floor_lines(no, by.get(FLOOR))
     peer = by.get(PEER)
     if peer is not None:
         lines += ["", "### Peer: LeRobot's ACT (same data, same budget, ResNet-18 from scratch)", "",
                   f"- success {_pct(peer.metrics['success_rate'])} (Compressor-VLA {_pct(s_cv)}), {peer.tokens} visual "
                   f"tokens, {peer.flops / 1e9:.3f} GFLOPs per chunk, {peer.latency_ms:.1f} ms per step, "
                   f"{peer.params / 1e6:.2f}M parameters"]
-    others = [r for r in rows if r.method not in (PROPOSED, BASELINE, PEER)]
+    others = [r for r in rows if r.method not in (PROPOSED, BASELINE, PEER, FLOOR)]
     if others:
         lines += ["", "### Generic compressors and ablations (success, visual tokens, GFLOPs per chunk)", ""]
         for r in [cv, *others]:
@@ -393,4 +461,4 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                        ("latency_ms", "policy latency per control step (ms, CPU)", False)], scale={"flops": 1e9})
 
 
-__all__ = ["ABLATIONS", "LiberoBench", "case_statistics", "run_benchmark", "targets_markdown"]
+__all__ = ["ABLATIONS", "FLOOR", "LiberoBench", "case_statistics", "run_benchmark", "targets_markdown"]

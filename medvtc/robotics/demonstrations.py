@@ -32,6 +32,20 @@ successful episodes are kept; attempts go on until `episodes_per_task` successes
 `max_attempts_per_task`. The counts of failed attempts and the expert's success rate are written
 to `meta/medvtc_recording.json` and returned.
 
+Variation to learn from. LIBERO's `ControlEnv` builds the robot with `initialization_noise=None`
+(zero), so without help every recorded episode starts from the very same arm pose, while the
+official evaluation states carry 0.004-0.035 rad of joint noise, and a closed-loop policy fitted
+to near-identical trajectories never learns to correct its own drift. Two knobs fix that:
+
+* `robot_init_noise` (rad): Gaussian joint noise at each random reset, robosuite's own
+  `initialization_noise` mechanism (its "default" is 0.02, which LIBERO's original demonstrations
+  used); drawn from the reset seed, so still deterministic. Official init states are never noised.
+* `action_noise`: DART (Laskey et al., "DART: Noise Injection for Robust Imitation Learning",
+  CoRL 2017): the simulator executes the expert's action plus Gaussian noise of this standard
+  deviation on the six arm dimensions (in the [-1, 1] action units; the gripper is left alone),
+  while the dataset records the expert's *clean* action as the label. The expert is closed loop on
+  the privileged state, so the labels at the perturbed states are corrective actions.
+
 The dataset is built in a temporary folder beside `root` and renamed into place when complete, so
 an interrupted recording leaves nothing half-written, and an existing dataset is never replaced
 unless `overwrite=True`.
@@ -155,6 +169,8 @@ class RecordingSummary:
     episodes_per_task: int
     tasks: list[TaskRecording]
     seconds: float = 0.0
+    robot_init_noise: float = 0.0
+    action_noise: float = 0.0
 
     @property
     def episodes(self) -> int:
@@ -189,7 +205,8 @@ class RecordingSummary:
         lines = [
             f"{self.episodes} successful episodes ({self.frames} frames) of {self.suite} at {self.fps} fps in "
             f"{self.root}; the expert failed {self.failures} of {self.attempts} attempts "
-            f"(success rate {self.expert_success_rate:.1%}, {self.init} initial states, seed {self.seed})",
+            f"(success rate {self.expert_success_rate:.1%}, {self.init} initial states, seed {self.seed}, "
+            f"robot init noise {self.robot_init_noise:g} rad, DART action noise {self.action_noise:g})",
         ]
         for t in self.tasks:
             short = "" if t.successes >= self.episodes_per_task else f"  (wanted {self.episodes_per_task})"
@@ -200,9 +217,15 @@ class RecordingSummary:
         return "\n".join(lines)
 
 
-def _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task) -> None:
+def _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task,
+                       robot_init_noise: float = 0.0, action_noise: float = 0.0) -> None:
     if init not in INIT_MODES:
         raise ConfigError(f"init must be one of {INIT_MODES}, got {init!r}")
+    for name, value in (("robot_init_noise", robot_init_noise), ("action_noise", action_noise)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if robot_init_noise > 0 and init == "official":
+        raise ConfigError("robot_init_noise applies to random initial states only; the official states carry their own")
     if episodes_per_task < 1:
         raise ConfigError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     if max_attempts_per_task is not None and max_attempts_per_task < episodes_per_task:
@@ -213,6 +236,30 @@ def _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_pe
         raise ConfigError("no task ids given")
     if len(set(task_ids)) != len(task_ids):
         raise ConfigError(f"task ids repeat: {list(task_ids)}")
+
+
+def set_robot_init_noise(env, magnitude: float) -> None:
+    """Gaussian joint noise of `magnitude` rad at every later reset of `env` (a `LiberoEnv`).
+
+    robosuite rebuilds its robots from `robot_configs` on a hard reset, so both the configs and the
+    live robots get the setting. The noise is drawn from numpy's global RNG, which `LiberoEnv`
+    seeds from the reset seed: resets stay deterministic.
+    """
+    noise = {"magnitude": float(magnitude), "type": "gaussian"}
+    robosuite_env = env.libero_env.env
+    for config in robosuite_env.robot_configs:
+        config["initialization_noise"] = dict(noise)
+    for robot in robosuite_env.robots:
+        robot.initialization_noise = dict(noise)
+
+
+def dart_action(clean: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
+    """The action DART executes: `clean` plus N(0, std) on the six arm dimensions, clipped to
+    [-1, 1]; the gripper command (last dimension) is executed as the expert gave it."""
+    executed = np.asarray(clean, dtype=np.float32).copy()
+    if std > 0:
+        executed[:6] += rng.normal(0.0, std, size=6).astype(np.float32)
+    return np.clip(executed, -1.0, 1.0)
 
 
 def record_demonstrations(
@@ -232,6 +279,8 @@ def record_demonstrations(
     progress: bool = True,
     expert_config: Any = None,
     env_kwargs: Mapping[str, Any] | None = None,
+    robot_init_noise: float = 0.0,
+    action_noise: float = 0.0,
 ) -> RecordingSummary:
     """Roll the scripted expert out and keep its successful episodes as a LeRobotDataset at `root`.
 
@@ -250,6 +299,10 @@ def record_demonstrations(
         video: store cameras as AV1 video instead of PNG frames.
         expert_config: a `scripted_expert.ExpertConfig` (default gains).
         env_kwargs: extra `LiberoEnv` arguments (e.g. ``fast_render=True``).
+        robot_init_noise: Gaussian joint noise (rad) of the arm at each random reset (0: none, as
+            LIBERO's ControlEnv; 0.02: robosuite's default, as LIBERO's own demonstrations).
+        action_noise: DART noise: standard deviation added to the executed arm actions while the
+            clean expert action is recorded (0: off).
 
     Returns the `RecordingSummary` (also saved as meta/medvtc_recording.json).
     """
@@ -262,7 +315,7 @@ def record_demonstrations(
 
     root = Path(root)
     task_ids = [int(t) for t in task_ids]
-    _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task)
+    _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task, robot_init_noise, action_noise)
     if root.exists() and not overwrite:
         raise UserError(f"{root} already exists; pass --overwrite (overwrite=True) to replace it or choose another data.root")
     n_tasks = load_suite(suite).get_num_tasks()  # raises for an unknown suite, listing the valid ones
@@ -277,7 +330,8 @@ def record_demonstrations(
     t_start = time.perf_counter()
     summary = RecordingSummary(
         root=str(root), suite=suite, seed=int(seed), init=init, camera_size=tuple(camera_size), fps=int(fps),
-        episodes_per_task=int(episodes_per_task), tasks=[],
+        episodes_per_task=int(episodes_per_task), tasks=[], robot_init_noise=float(robot_init_noise),
+        action_noise=float(action_noise),
     )
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
                disable=not progress, dynamic_ncols=True)
@@ -296,6 +350,8 @@ def record_demonstrations(
                         rec = TaskRecording(task_id=task_id, task=env.task_name, instruction=env.instruction)
                         summary.tasks.append(rec)
                         expert = ScriptedExpert(env, expert_config)
+                        if robot_init_noise > 0:
+                            set_robot_init_noise(env, robot_init_noise)
                         for attempt in range(max_attempts):
                             if rec.successes >= episodes_per_task:
                                 break
@@ -306,11 +362,13 @@ def record_demonstrations(
                                 ident = attempt % env.num_init_states
                                 obs, _ = env.reset(options={"init_state_id": ident})
                             expert.reset()
+                            noise_rng = np.random.default_rng([int(seed), task_id, attempt, 1])
                             frames, success = [], False
                             while True:
-                                action = expert.act()
+                                action = expert.act()  # the clean label
                                 frames.append(observation_to_frame(obs, action, env.instruction))
-                                obs, _, terminated, truncated, info = env.step(action)
+                                executed = dart_action(action, noise_rng, action_noise)
+                                obs, _, terminated, truncated, info = env.step(executed)
                                 if terminated or truncated:
                                     success = bool(info["is_success"])
                                     break
@@ -495,14 +553,15 @@ def describe_dataset(root: str | Path) -> str:
         lines.append(
             f"  scripted expert: {rec['episodes']} kept of {rec['attempts']} attempts "
             f"({rec['failures']} failed, success rate {rec['expert_success_rate']:.1%}), seed {rec['seed']}, "
-            f"{rec['init']} initial states"
+            f"{rec['init']} initial states, robot init noise {rec.get('robot_init_noise', 0.0):g} rad, "
+            f"DART action noise {rec.get('action_noise', 0.0):g}"
         )
     return "\n".join(lines)
 
 
 __all__ = [
     "ACTION_KEY", "CAMERA_TO_KEY", "IMAGE_KEY", "STATE_KEY", "WRIST_IMAGE_KEY", "RecordingSummary",
-    "TaskRecording", "attempt_seed", "check_dataset_features", "describe_dataset", "libero_features",
+    "TaskRecording", "attempt_seed", "check_dataset_features", "dart_action", "set_robot_init_noise", "describe_dataset", "libero_features",
     "load_demonstrations", "observation_to_batch", "observation_to_frame", "read_info",
     "read_recording_summary", "record_demonstrations", "required_features",
 ]

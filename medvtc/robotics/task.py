@@ -53,6 +53,8 @@ class LiberoDataConfig:
     seed: int = 0
     fast_render: bool = False  # MSAA off: faster, but pixels differ slightly from evaluation
     video: bool = False  # AV1 videos instead of PNG frames
+    robot_init_noise: float = 0.02  # rad of Gaussian arm-joint noise at each random reset (robosuite default, as LIBERO's own demos)
+    action_noise: float = 0.0  # DART: std of the noise added to the executed arm actions; labels stay clean
 
     def validate(self) -> None:
         if self.episodes_per_task < 1:
@@ -69,7 +71,9 @@ class LiberoPolicyConfig:
     LeRobot's ACT with `name: act` (then chunk_size, n_action_steps and dropout apply, the other
     fields are Compressor-VLA's, and `act_args` sets any `ACTConfig` field)."""
 
-    name: Literal["compressor_vla", "act"] = "compressor_vla"
+    # replay: the no-vision floor (one recorded demonstration per task, replayed open loop; see
+    # medvtc/robotics/replay.py): "training" picks the demonstration, nothing is learnt
+    name: Literal["compressor_vla", "act", "replay"] = "compressor_vla"
     act_args: dict[str, Any] = field(default_factory=dict)  # ACTConfig fields, e.g. {dim_model: 256}
     compressor: str = "compressor_vla"  # or none, pooling, random, tome, divprune, stc, src, ...
     budget: int | float | None = None  # tokens per camera; null: compressor_vla's 16 + N/4
@@ -113,7 +117,7 @@ class LiberoEvalConfig:
 
 DEFAULT_BENCH_VARIANTS = [
     "compressor_vla", "none", "pooling", "random", "tome", "divprune", "stc_only", "src_only",
-    "compressor_vla_no_instruction", "act",
+    "compressor_vla_no_instruction", "act", "replay",
 ]
 
 
@@ -169,6 +173,30 @@ class LiberoTaskConfig:
     bench: LiberoBenchConfig = field(default_factory=LiberoBenchConfig)
 
 
+def check_recording_matches(d: LiberoDataConfig) -> None:
+    """The embedded default dataset (data.root at its default) must have been recorded with the
+    data.* settings in force: it is made on first use, so without this a changed setting (or a
+    changed default) would train silently on the old recording. A dataset at a root of the user's
+    is taken as it is, whatever data.* says (those keys say how `medvtc data` records one)."""
+    from medvtc.robotics.demonstrations import read_recording_summary
+
+    rec = read_recording_summary(d.root) if d.root == DEFAULT_ROOT else None
+    if rec is None:
+        return
+    # recordings older than a setting were made without it (0 noise)
+    recorded = {"suite": rec.get("suite"), "tasks": [t["task_id"] for t in rec.get("tasks", [])],
+                "episodes_per_task": rec.get("episodes_per_task"), "seed": rec.get("seed"), "init": rec.get("init"),
+                "camera_size": list(rec.get("camera_size", [])), "robot_init_noise": rec.get("robot_init_noise", 0.0),
+                "action_noise": rec.get("action_noise", 0.0)}
+    wanted = {"suite": d.suite, "tasks": list(d.tasks), "episodes_per_task": d.episodes_per_task, "seed": d.seed,
+              "init": d.init, "camera_size": [d.camera_size, d.camera_size], "robot_init_noise": d.robot_init_noise,
+              "action_noise": d.action_noise}
+    for key, value in wanted.items():
+        if recorded[key] != value:
+            raise UserError(f"{d.root} was recorded with data.{key}={recorded[key]!r}, but the config says {value!r}: "
+                            f"record it again (`medvtc data --task libero --overwrite`) or point data.root elsewhere")
+
+
 class LiberoTask(Task):
     name = "libero"
     description = "Compressor-VLA robot policy on LIBERO: scripted demos, LeRobot policy, simulator rollouts"
@@ -185,6 +213,7 @@ class LiberoTask(Task):
                 d.root, suite=d.suite, task_ids=d.tasks, episodes_per_task=d.episodes_per_task, seed=d.seed,
                 camera_size=d.camera_size, init=d.init, max_attempts_per_task=d.max_attempts_per_task,
                 video=d.video, overwrite=overwrite, env_kwargs={"fast_render": d.fast_render},
+                robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
             )
             print(summary.describe())
         print(describe_dataset(cfg.data.root))
@@ -193,6 +222,8 @@ class LiberoTask(Task):
     def _ensure_data(self, cfg: LiberoTaskConfig) -> None:
         self.ensure_embedded_data(cfg.data.root, cfg.data.root == DEFAULT_ROOT, "a LeRobotDataset v3 folder",
                                   "recording the default LIBERO demonstrations (scripted expert)", lambda: self.data(cfg))
+        check_recording_matches(cfg.data)
+
 
     # -- train -----------------------------------------------------------------------------------
     def build(self, cfg: LiberoTaskConfig, device: str):
@@ -232,6 +263,8 @@ class LiberoTask(Task):
         out = Path(cfg.output_dir)
         if not resume and (ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "final").exists()):
             raise UserError(f"{out} already holds a libero run; pass --resume to continue it or choose another output_dir")
+        if cfg.policy.name == "replay":
+            return self._train_replay(cfg)
         device = resolve_device(cfg.train.device)
         dist_info = init_distributed(device.type)
         if dist_info.is_main:
@@ -264,6 +297,21 @@ class LiberoTask(Task):
                 })
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; policy in {out / 'final'}")
         cleanup(dist_info)
+        return 0
+
+    def _train_replay(self, cfg: LiberoTaskConfig) -> int:
+        """The no-vision floor: keep the first recorded demonstration of every task."""
+        from medvtc.robotics.replay import save_replay
+
+        self._ensure_data(cfg)
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        with atomic_directory(out / "final", overwrite=True) as tmp:
+            lengths = save_replay(tmp, cfg.data.root)
+            save_config(cfg, tmp / "medvtc_config.yaml")
+        print(f"medvtc: replay floor: the first demonstration of each of {len(lengths)} tasks "
+              f"({', '.join(str(n) for n in lengths.values())} actions) in {out / 'final'}")
         return 0
 
     # -- eval ------------------------------------------------------------------------------------

@@ -83,6 +83,69 @@ def test_recorded_values_replay_in_the_simulator(recorded_demos):
         env.close()
 
 
+def test_dart_action_perturbs_the_arm_only():
+    clean = np.array([0.1, -0.2, 0.95, 0.0, 0.3, -0.99, 1.0], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(demos.dart_action(clean, rng, 0.0), clean)
+    draws = np.stack([demos.dart_action(np.zeros(7, np.float32), rng, 0.2) for _ in range(4000)])
+    assert np.all(draws[:, 6] == 0.0)  # the gripper command is executed as given
+    np.testing.assert_allclose(draws[:, :6].std(axis=0), 0.2, rtol=0.06)
+    np.testing.assert_allclose(draws[:, :6].mean(axis=0), 0.0, atol=0.02)
+    near_limit = np.stack([demos.dart_action(clean, rng, 0.5) for _ in range(200)])
+    assert near_limit.min() >= -1.0 and near_limit.max() <= 1.0 and np.any(near_limit[:, 2] == 1.0)
+
+
+def test_robot_init_noise_is_seeded_and_off_by_default():
+    """LIBERO's ControlEnv starts the arm at the same pose for every seed; with the noise each
+    seed gives its own pose, the same one every time."""
+    from medvtc.robotics.libero_env import LiberoEnv
+
+    env = LiberoEnv(DEMO_SUITE, DEMO_TASK, cameras=())
+    try:
+        def start(seed):
+            obs, _ = env.reset(seed=seed, options={"init_state": "random"})
+            return obs["state"][:3].copy()
+
+        assert np.array_equal(start(1), start(2))  # no noise: one arm pose
+        demos.set_robot_init_noise(env, 0.02)
+        a, b, a2 = start(1), start(2), start(1)
+        assert np.array_equal(a, a2) and np.linalg.norm(a - b) > 1e-3
+    finally:
+        env.close()
+
+
+def test_recording_with_noise_keeps_the_clean_expert_actions(tmp_path):
+    """DART: the simulator executed label + noise (replaying that reproduces the recorded states),
+    while the dataset holds the expert's clean action; the arm starts from a noised pose."""
+    from medvtc.robotics.libero_env import LiberoEnv
+
+    root = tmp_path / "demos"
+    summary = record_demonstrations(root, suite=DEMO_SUITE, task_ids=[DEMO_TASK], episodes_per_task=1, seed=0,
+                                    camera_size=16, progress=False, env_kwargs=DEMO_ENV_KWARGS,
+                                    robot_init_noise=0.02, action_noise=0.3)
+    assert (summary.robot_init_noise, summary.action_noise) == (0.02, 0.3)
+    assert "robot init noise 0.02 rad, DART action noise 0.3" in summary.describe()
+    assert json.loads((root / demos.RECORDING_FILE).read_text())["action_noise"] == 0.3
+    attempt = len(summary.tasks[0].failed_seeds)  # the kept episode's attempt index
+    ds = load_demonstrations(root)
+    states = [ds[t][STATE_KEY].numpy() for t in range(9)]
+    labels = [ds[t][ACTION_KEY].numpy() for t in range(8)]
+    env = LiberoEnv(DEMO_SUITE, DEMO_TASK, cameras=())
+    try:
+        demos.set_robot_init_noise(env, 0.02)
+        rng = np.random.default_rng([0, DEMO_TASK, attempt, 1])
+        obs, _ = env.reset(seed=summary.tasks[0].kept_seeds[0], options={"init_state": "random"})
+        for t in range(8):
+            np.testing.assert_allclose(obs["state"], states[t], atol=1e-6)
+            obs, *_ = env.step(demos.dart_action(labels[t], rng, 0.3))
+        obs, _ = env.reset(seed=summary.tasks[0].kept_seeds[0], options={"init_state": "random"})
+        for t in range(8):  # the labels alone are not what was executed
+            obs, *_ = env.step(labels[t])
+        assert np.abs(obs["state"][:3] - states[8][:3]).max() > 1e-3
+    finally:
+        env.close()
+
+
 def test_existing_dataset_is_never_overwritten(recorded_demos):
     root, _ = recorded_demos
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
@@ -119,6 +182,9 @@ def test_interrupted_recording_leaves_nothing(tmp_path, monkeypatch):
         ({"task_ids": [12]}, ConfigError, "0..9"),
         ({"init": "fixed"}, ConfigError, "random"),
         ({"episodes_per_task": 0}, ConfigError, "episodes_per_task"),
+        ({"action_noise": -0.1}, ConfigError, "action_noise must be a finite number >= 0"),
+        ({"robot_init_noise": float("nan")}, ConfigError, "robot_init_noise must be a finite number >= 0"),
+        ({"robot_init_noise": 0.02, "init": "official"}, ConfigError, "random initial states only"),
     ],
 )
 def test_bad_recording_arguments(tmp_path, kwargs, error, pattern):

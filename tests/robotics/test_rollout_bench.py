@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -312,7 +313,7 @@ def test_bench_variants_through_the_grammar(recorded_demos, tmp_path):
     task = LiberoTask()
     cfg = task.load_config(None, overrides(root, tmp_path / "unused", f"bench.output_dir={tmp_path / 'b'}"))
     spec = LiberoBench(task, cfg)
-    assert set(DEFAULT_BENCH_VARIANTS) == {*VARIANTS, "act"}
+    assert set(DEFAULT_BENCH_VARIANTS) == {*VARIANTS, "act", "replay"}
 
     def resolve(text):
         v = parse_variant(text, ABLATIONS, spec.methods)
@@ -337,7 +338,35 @@ def test_bench_variants_through_the_grammar(recorded_demos, tmp_path):
     s_act, s_cv = spec.settings(to_dict(act)), spec.settings(to_dict(resolve("compressor_vla")))
     assert "policy.compressor" not in s_act and "policy.act_args" in s_act
     assert "policy.act_args" not in s_cv and "policy.compressor_args" in s_cv and "train.progress" not in s_cv
+    # the replay floor depends on the data only: no policy or training keys
+    s_floor = spec.settings(to_dict(resolve("replay")))
+    assert s_floor == {"seed": 0, "data.root": str(root), "policy.name": "replay"}
     assert not (tmp_path / "b").exists()  # configs only
+
+
+def test_bench_replay_floor_row(recorded_demos, tmp_path):
+    """The no-vision floor: its "training" keeps the first demonstration of each task, its
+    rollouts replay it from the same official initial states as the policies, paired with them;
+    it has no network to cost."""
+    root, _ = recorded_demos
+    task = LiberoTask()
+    results = tmp_path / "results"
+    bench = [f"bench.output_dir={tmp_path / 'bench'}", "bench.variants=[none, replay]", "bench.tasks=[0]",
+             "bench.episodes=2", "bench.max_episode_steps=5", "bench.latency_repeats=2", "bench.latency_warmup=1"]
+    cfg = task.load_config(None, overrides(root, tmp_path / "unused", "train.max_steps=1", *bench))
+    assert task.bench(cfg, str(results)) == 0
+    doc = json.loads((results / "libero.json").read_text())
+    floor = {r["method"]: r for r in doc["rows"]}["replay"]
+    assert floor["tokens"] == 0 and floor["params"] == 0 and math.isnan(floor["flops"])  # nothing to cost
+    cases = floor["cases"]["seed_0"]
+    assert (cases["task"], cases["init_state"]) == ([0, 0], [0, 1])  # the policies' episodes
+    assert all(1 <= n <= 5 for n in cases["steps"])
+    assert "success_rate_diff_ci" in floor["metrics"]  # paired with none over the same episodes
+    final = tmp_path / "bench" / "replay" / "seed_0" / "final"
+    assert (final / "replay.safetensors").is_file() and not (final / "model.safetensors").exists()
+    md = (results / "libero.md").read_text()
+    assert "### The no-vision floor" in md and "above the floor by the paired interval:" in md
+    assert "uncompressed policy at >= 80.0 % (met only when its whole 95 % interval [0.0, 65.8] lies at or above it): missed" in md
 
 
 def test_bench_config_is_checked_before_any_training(tmp_path):
