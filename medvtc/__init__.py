@@ -13,4 +13,10 @@ warnings.filterwarnings(
     module=r"importlib\._bootstrap",
 )
 
+# Before anything imports torch: OpenMP reads its wait policy once, at start-up (see
+# medvtc/common/threads.py for why medvtc prefers PASSIVE, and the figures behind it).
+from medvtc.common.threads import prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()
+
 __version__ = "0.1.0"

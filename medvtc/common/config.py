@@ -292,7 +292,8 @@ def replace(cfg: C, **changes: Any) -> C:
 
 
 # train.* keys that change how a run is logged or checkpointed, not the weights it produces.
-TRAIN_BOOKKEEPING = frozenset({"progress", "log_every", "save_every", "keep_last", "device", "num_workers", "eval_every"})
+TRAIN_BOOKKEEPING = frozenset({"progress", "log_every", "save_every", "keep_last", "device", "num_workers", "eval_every",
+                               "threads"})
 
 
 def flatten_config(tree: Mapping[str, Any], keep_whole: Sequence[str] = (), prefix: str = "") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from medvtc.common.distributed import DistInfo, all_reduce_mean, barrier, init_d
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_path
 from medvtc.common.seeding import get_rng_state, seed_everything, set_rng_state
+from medvtc.common.threads import configure_threads
 
 StepFn = Callable[[torch.nn.Module, Any], Any]
 EvalFn = Callable[[torch.nn.Module, Dataset, torch.device], Mapping[str, float]]
@@ -57,6 +58,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
+    # torch CPU threads; 0: OMP_NUM_THREADS if set, else the cores this process may use
+    # (medvtc.common.threads: why, and how OpenMP's threads wait under contention)
+    threads: int = 0
     log_every: int = 10
     eval_every: int = 0
     save_every: int = 100
@@ -68,7 +72,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "keep_last"):
+        for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "keep_last", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -256,6 +260,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        # torchrun sets OMP_NUM_THREADS=1 per process unless the user chose a number
+        self.threads = configure_threads(cfg.threads)
         seed_everything(seed, deterministic=cfg.deterministic)
         if len(train_set) < cfg.batch_size * self.dist.world_size:
             raise UserError(
