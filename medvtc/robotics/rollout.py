@@ -20,6 +20,13 @@ the episodes are spread over processes.
 policy loaded from `checkpoint` and one environment per task, so rendering, physics and policy
 inference use that many cores. Policies: Compressor-VLA (`compressor_vla`) and LeRobot's ACT
 (`act`), in LeRobot's saved layout.
+
+Any suite the installed LIBERO registers can be rolled out, LIBERO-PRO's perturbed ones
+(``libero_object_swap``, ``libero_object_lan``, ...) included. Before the episodes run, each task
+is matched to the policy's training tasks (`training_tasks`: what the checkpoint's training data
+says; `match_training_tasks`: by BDDL file name, goal, instruction and scene), printed one line
+per task and kept in the results: the same task, a perturbed version of training task k (which
+changes), a training task's goal elsewhere, or unseen.
 """
 
 from __future__ import annotations
@@ -119,8 +126,11 @@ def check_rollout_args(suite: str, task_ids: Sequence[int], episodes: int, num_e
                        video_episodes: int = 0, max_episode_steps: int | None = None):
     """Validate a rollout before anything runs or is written; returns the LIBERO suite object.
 
-    Unknown suite or task id: a ConfigError listing the valid ones."""
-    from medvtc.robotics.libero_env import load_suite
+    Any suite the installed LIBERO registers is accepted (LIBERO-PRO's perturbed ones included, see
+    `libero_env.available_suites`). Unknown suite or task id: a ConfigError listing the valid ones;
+    a registered suite whose BDDL / initial-state files are not installed, or one without a
+    default episode limit when none is given: a ConfigError saying so."""
+    from medvtc.robotics.libero_env import check_suite_files, load_suite, suite_max_steps
 
     if episodes < 1:
         raise UserError(f"episodes must be >= 1, got {episodes}")
@@ -139,7 +149,268 @@ def check_rollout_args(suite: str, task_ids: Sequence[int], episodes: int, num_e
                           f"0..{n_tasks - 1}:\n{names}")
     if len(set(int(t) for t in task_ids)) != len(task_ids):
         raise ConfigError(f"task ids repeat: {list(task_ids)}")
+    check_suite_files(suite, [int(t) for t in task_ids])
+    if max_episode_steps is None and suite_max_steps(suite) is None:
+        raise ConfigError(f"suite {suite!r} has no default episode limit; give one (--max-episode-steps N)")
     return bench
+
+
+# ----------------------------------------------------------------------------- training tasks
+
+RECORDING_COPY = "medvtc_recording.json"  # a copy of the dataset's meta/medvtc_recording.json beside the policy
+
+
+def _find_dataset(root: str, folder: Path) -> Path | None:
+    """data.root as the training run saw it: absolute, or relative to the working directory (of this
+    process, or of the run: tried from the checkpoint's folders upwards)."""
+    path = Path(root).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path] + [d / path for d in folder.resolve().parents]
+    return next((c for c in candidates if (c / "meta" / "info.json").is_file()), None)
+
+
+def _recorded_tasks(summary: dict[str, Any], source: str) -> dict[str, Any]:
+    tasks = [{"task_id": int(t["task_id"]), "task": t.get("task"), "instruction": t["instruction"]}
+             for t in summary.get("tasks", []) if int(t.get("successes", 1)) > 0]  # no episode: not trained on
+    return {"source": source, "suite": summary.get("suite"), "tasks": tasks}
+
+
+def training_tasks(checkpoint: str | Path) -> dict[str, Any]:
+    """The tasks a policy was trained on: ``{"source", "suite", "tasks": [{"task_id", "task",
+    "instruction"}]}`` (``suite``/``task_id``/``task`` None where only instructions are known;
+    ``source`` None and no tasks when nothing says).
+
+    Looked up, first found wins: a copy of the recording summary beside the policy
+    (``medvtc_recording.json``); the training dataset named by the saved config's ``data.root``:
+    its ``meta/medvtc_recording.json`` (a `medvtc data` recording: suite, task ids and
+    instructions of the tasks with at least one episode) or else its ``meta/tasks.parquet`` (any
+    LeRobotDataset, the real LIBERO ones included: the instructions); last, the saved config's
+    ``data.suite`` / ``data.tasks`` (what `medvtc data` records into data.root), marked as such.
+    """
+    try:
+        return _training_tasks(Path(checkpoint))
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged record must not stop a rollout
+        return {"source": None, "suite": None, "tasks": [], "error": f"{type(e).__name__}: {e}"}
+
+
+def _training_tasks(folder: Path) -> dict[str, Any]:
+    import yaml
+
+    copy = folder / RECORDING_COPY
+    if copy.is_file():
+        return _recorded_tasks(json.loads(copy.read_text()), str(copy))
+    cfg_file = next((f for f in (folder / "medvtc_config.yaml", folder.parent / "config.yaml") if f.is_file()), None)
+    data = {}
+    if cfg_file is not None:
+        try:
+            data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+    root = _find_dataset(str(data["root"]), folder) if data.get("root") else None
+    if root is not None:
+        rec = root / "meta" / "medvtc_recording.json"
+        if rec.is_file():
+            return _recorded_tasks(json.loads(rec.read_text()), str(rec))
+        tasks_file = root / "meta" / "tasks.parquet"
+        if tasks_file.is_file():
+            import pandas as pd
+
+            df = pd.read_parquet(tasks_file)
+            if "task_index" in df.columns:
+                df = df.sort_values("task_index")
+            names = list(df["task"]) if "task" in df.columns else list(df.index)
+            return {"source": str(tasks_file), "suite": None,
+                    "tasks": [{"task_id": None, "task": None, "instruction": str(n)} for n in names]}
+    if data.get("suite") and data.get("tasks") is not None:
+        from medvtc.robotics.libero_env import load_suite
+
+        try:
+            bench = load_suite(str(data["suite"]))
+            tasks = [{"task_id": int(t), "task": bench.get_task(int(t)).name, "instruction": bench.get_task(int(t)).language}
+                     for t in data["tasks"]]
+        except (ConfigError, IndexError, TypeError, ValueError):
+            tasks = []
+        if tasks:
+            return {"source": f"{cfg_file} data.suite/data.tasks (the dataset at data.root={data['root']} was not found)",
+                    "suite": str(data["suite"]), "tasks": tasks}
+    return {"source": None, "suite": None, "tasks": []}
+
+
+def _resolve(task: dict[str, Any], suite: str | None, prefer: Sequence[str]) -> dict[str, Any] | None:
+    """The BDDL facts (`task_bddl`) of a training task: by suite and id, else by name in `suite`, else
+    the standard-suite task whose LIBERO language is its instruction (a LeRobot LIBERO dataset)."""
+    from medvtc.robotics.libero_env import load_suite, normalize_instruction, task_bddl
+
+    def find(s: str, key: str, value: str) -> dict[str, Any] | None:
+        try:
+            bench = load_suite(s)
+        except ConfigError:
+            return None
+        for k in range(bench.get_num_tasks()):
+            t = bench.get_task(k)
+            got = t.name if key == "name" else normalize_instruction(t.language)
+            if got == value:
+                return task_bddl(s, k)
+        return None
+
+    if suite is not None and task.get("task_id") is not None:
+        try:
+            info = task_bddl(suite, int(task["task_id"]))
+        except (ConfigError, IndexError):
+            info = None
+        if info is not None and task.get("task") in (None, info["name"]):
+            return info
+        if task.get("task"):
+            return find(suite, "name", task["task"])
+        return None
+    wanted = normalize_instruction(task["instruction"])
+    for s in dict.fromkeys(prefer):
+        info = find(s, "language", wanted)
+        if info is not None:
+            return info
+    return None
+
+
+def _renaming(k: dict[str, Any], t: dict[str, Any]) -> dict[str, str] | None:
+    """The renaming of objects that turns training task `k`'s BDDL into `t`'s, or None if there is none.
+
+    LIBERO-PRO's object replacement renames declared objects (``basket_1`` -> ``red_basket_1``)
+    and their types (``plate`` -> ``yellow_plate``), and so the regions named after either
+    (``basket_1_contain_region``, ``main_table_plate_region``), everywhere but in the instruction. Any other token that changes (a region, a predicate: a new goal), a name
+    that is not new, or a file of another length, and it is not a renaming.
+    """
+    a, b = k["tokens"], t["tokens"]
+    if a is None or b is None or len(a) != len(b):
+        return None
+    mapping: dict[str, str] = {}
+    for x, y in zip(a, b):
+        if mapping.setdefault(x, y) != y:
+            return None
+    renamed = {x: y for x, y in mapping.items() if x != y}
+    if any(y in mapping for y in renamed.values()) or len(set(renamed.values())) != len(renamed):
+        return None
+    names = {o: renamed[o] for o in (*k["objects"], *k["objects"].values()) if o in renamed}  # objects and types
+    for x, y in renamed.items():
+        if x not in names and not any(o in x and x.replace(o, n) == y for o, n in names.items()):
+            return None
+    return mapping
+
+
+def _same_goal(t: dict[str, Any], k: dict[str, Any]) -> bool:
+    """Same ``(:goal ...)``, or the goal of `k` with objects renamed (`_renaming`)."""
+    if t["goal"] is None or k["goal"] is None:
+        return False
+    return t["goal"].lower() == k["goal"].lower() or _renaming(k, t) is not None
+
+
+def _scene_changes(t: dict[str, Any], k: dict[str, Any]) -> list[str]:
+    """How task `t`'s BDDL differs from training task `k`'s besides the instruction ([] if it does not)."""
+    if t["tokens"] == k["tokens"]:
+        return []
+    renamed = _renaming(k, t)
+    if renamed is not None:
+        objects = [f"{a} -> {b}" for a, b in renamed.items() if a != b and a in k["objects"]]
+        return [f"objects replaced ({', '.join(objects)})"]
+    if t["tokens_without_init"] is not None and t["tokens_without_init"] == k["tokens_without_init"]:
+        return ["objects start elsewhere"]
+    return ["scene changed"]
+
+
+def match_training_tasks(suite: str, task_ids: Sequence[int], training: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Which training task each of `suite`'s `task_ids` corresponds to, from the BDDL files.
+
+    LIBERO-PRO perturbs a task by rewriting its BDDL file under the same file name in a suite named
+    ``<base suite>_<kind>``: ``_swap`` moves objects, ``_object`` replaces them (renamed everywhere
+    but the instruction), ``_lan`` rewords the instruction, ``_task`` changes the goal; the
+    ``_with_<thing>`` suites add a distractor to scenes of their own. So a task is compared with
+    each training task by file name, goal (up to such renaming), instruction and the rest of the
+    file. Per task id: ``relation`` (``same``: the training task itself; ``perturbed``: same file
+    name and goal, ``changes`` lists what differs; ``same_goal``: a training task's goal and
+    instruction in another scene; ``same_instruction`` / ``same_problem``: only an instruction / a
+    file name matched a training task whose BDDL is unknown; ``unseen``; ``unknown``: no training
+    tasks recorded),
+    ``training_task`` (suite, task_id, task, instruction of the match, or None), ``scene_of``
+    (the training task whose file this task rewrites, if any), ``changes``, ``instruction`` (what
+    the policy will be told) and a one-line ``description``.
+    """
+    from medvtc.robotics.libero_env import STANDARD_SUITES, base_suite, normalize_instruction, task_bddl, task_instruction
+
+    prefer = [s for s in (base_suite(suite), *STANDARD_SUITES) if s]
+    trained = []
+    for t in training.get("tasks", []):
+        info = _resolve(t, training.get("suite"), prefer)
+        entry = {"suite": info["suite"] if info else training.get("suite"),
+                 "task_id": info["task_id"] if info else t.get("task_id"),
+                 "task": info["name"] if info else t.get("task"), "instruction": t["instruction"]}
+        trained.append((entry, info))
+
+    def label(entry: dict[str, Any]) -> str:
+        if entry["suite"] is not None and entry["task_id"] is not None:
+            return f"training task {entry['suite']}/{entry['task_id']}"
+        return f"the training task {entry['instruction']!r}"
+
+    out: dict[int, dict[str, Any]] = {}
+    for tid in task_ids:
+        t = task_bddl(suite, int(tid))
+        instruction = task_instruction(suite, int(tid))
+        t_instr = normalize_instruction(instruction)
+        res: dict[str, Any] = {"relation": "unseen", "training_task": None, "scene_of": None, "changes": [],
+                               "instruction": instruction}
+        same_name = [(e, i) for e, i in trained if i is not None and i["name"] == t["name"]]
+        scene = same_name[0] if same_name else None
+        if scene is not None:
+            res["scene_of"] = scene[0]
+        if not trained:
+            res["relation"] = "unknown"
+            res["description"] = "unknown (the checkpoint does not record its training tasks)"
+        elif scene is not None and _same_goal(t, scene[1]):
+            entry, info = scene
+            changes = _scene_changes(t, info)
+            if t_instr != normalize_instruction(entry["instruction"]):
+                changes.append(f"instruction reworded, was {entry['instruction']!r}")
+            res.update(relation="perturbed" if changes else "same", training_task=entry, changes=changes)
+            res["description"] = (f"perturbed version of {label(entry)}: {'; '.join(changes)}" if changes
+                                  else f"{label(entry)} (same task)")
+        else:
+            goals = [e for e, i in trained if i is not None and _same_goal(t, i)]
+            told = [e for e in goals if normalize_instruction(e["instruction"]) == t_instr]
+            by_instr = [e for e, i in trained if i is None and normalize_instruction(e["instruction"]) == t_instr]
+            by_name = [e for e, i in trained if i is None and normalize_instruction(e["instruction"])
+                       == normalize_instruction(t["language"])]
+            where = f"the scene of {label(scene[0])}" if scene is not None else "another scene"
+            if told:
+                res.update(relation="same_goal", training_task=told[0], changes=["other scene"])
+                res["description"] = f"same goal and instruction as {label(told[0])}, in {where}"
+            elif by_instr:
+                res.update(relation="same_instruction", training_task=by_instr[0])
+                res["description"] = f"same instruction as {label(by_instr[0])} (its BDDL file is unknown)"
+            elif by_name:
+                res.update(relation="same_problem", training_task=by_name[0], changes=["instruction reworded"])
+                res["description"] = (f"same problem (BDDL file name) as {label(by_name[0])} (its BDDL file is unknown), "
+                                      "instruction reworded")
+            elif scene is not None:
+                res["description"] = f"unseen: a new goal in the scene of {label(scene[0])}"
+            elif goals:
+                res["description"] = f"unseen: the goal predicate of {label(goals[0])} in another scene, told otherwise"
+            else:
+                res["description"] = "unseen"
+        out[int(tid)] = res
+    return out
+
+
+def format_correspondence(suite: str, training: dict[str, Any], matches: dict[int, dict[str, Any]]) -> list[str]:
+    """The lines printed before a rollout: where the training tasks come from, then one per task."""
+    if training.get("source") is None:
+        why = training.get("error") or "no dataset or config found"
+        head = f"medvtc: the checkpoint does not record its training tasks ({why})"
+    else:
+        ids = [t["task_id"] for t in training["tasks"]]
+        what = (f"{training['suite']} tasks {', '.join(str(i) for i in ids)}" if training.get("suite") and None not in ids
+                else f"{len(ids)} instructions")
+        head = f"medvtc: policy trained on {what} (from {training['source']})"
+    lines = [head]
+    for tid, m in matches.items():
+        lines.append(f"  {suite} task {tid} {m['instruction']!r}: {m['description']}")
+    return lines
 
 
 def episode_seed(task_id: int, init_state_id: int) -> int:
@@ -233,7 +504,7 @@ def run_rollouts(
     policy, pre, post, *, suite: str, task_ids: Sequence[int], episodes: int, camera_size: int | None = None,
     max_episode_steps: int | None = None, first_init_state: int = 0, progress: bool = True, num_envs: int = 1,
     checkpoint: str | Path | None = None, device: str | None = None, video_dir: str | Path | None = None,
-    video_episodes: int = 0,
+    video_episodes: int = 0, training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Success per task and overall over `episodes` official init states per task.
 
@@ -241,10 +512,15 @@ def run_rollouts(
     `checkpoint` (required then) on `device` (default: CUDA if available). video_dir /
     video_episodes: mp4s of the first `video_episodes` episodes of every task, named
     `<suite>_task<t>_init<k>.mp4`, with the kept tokens drawn over the frames.
+
+    The policy's training tasks (`training`, default: `training_tasks(checkpoint)` when a checkpoint
+    is given) are matched to the suite's tasks (`match_training_tasks`); one line per task is
+    printed before anything runs, and the results hold ``training_tasks`` and, per task,
+    ``training_task`` (the match).
     """
     from tqdm.auto import tqdm
 
-    from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.libero_env import LiberoEnv, task_instruction
 
     task_ids = [int(t) for t in task_ids]
     bench = check_rollout_args(suite, task_ids, episodes, num_envs, video_episodes if video_dir else 0,
@@ -252,6 +528,11 @@ def run_rollouts(
     cams = policy_cameras(policy.config)
     if num_envs > 1 and checkpoint is None:
         raise ValueError("num_envs > 1 needs `checkpoint`: the worker processes load the policy from it")
+    if training is None and checkpoint is not None:
+        training = training_tasks(checkpoint)
+    matches = match_training_tasks(suite, task_ids, training) if training is not None else None
+    if matches is not None:
+        print("\n".join(format_correspondence(suite, training, matches)), flush=True)
     shape = next(iter(policy.config.image_features.values())).shape
     size = camera_size or int(shape[-1])
     env_kwargs = {"suite": suite, "camera_size": size, "cameras": cams, "max_episode_steps": max_episode_steps}
@@ -311,13 +592,17 @@ def run_rollouts(
     results: dict[str, Any] = {"suite": suite, "episodes_per_task": episodes, "first_init_state": first_init_state,
                                "max_episode_steps": max_episode_steps or env_limit(suite), "num_envs": num_envs,
                                "tasks": {}}
+    if training is not None:
+        results["training_tasks"] = training
     for tid in task_ids:
         task = bench.get_task(tid)
         eps = [r for (t, _, _), r in zip(jobs, by_job) if t == tid]
         results["tasks"][tid] = {
-            "task": task.name, "instruction": task.language,
+            "task": task.name, "instruction": task_instruction(suite, tid),
             "success_rate": float(np.mean([r["success"] for r in eps])), "episodes": eps,
         }
+        if matches is not None:
+            results["tasks"][tid]["training_task"] = matches[tid]
     rates = [t["success_rate"] for t in results["tasks"].values()]
     results["success_rate"] = float(np.mean(rates))
     results["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -334,7 +619,12 @@ def format_results(results: dict[str, Any]) -> str:
     lines = [f"{results['suite']}: {results['episodes_per_task']} episodes per task on the official initial states"]
     for tid, t in results["tasks"].items():
         ms = np.mean([r["policy_ms_per_step"] for r in t["episodes"]])
-        lines.append(f"  task {tid}: success {t['success_rate']:.0%}  ({ms:.1f} ms policy per step) - {t['instruction']}")
+        match = t.get("training_task")
+        seen = ""
+        if match is not None and match["relation"] != "unknown":
+            k = match["training_task"]
+            seen = f"  [{match['relation']}" + (f" {k['suite']}/{k['task_id']}" if k and k.get("suite") else "") + "]"
+        lines.append(f"  task {tid}: success {t['success_rate']:.0%}  ({ms:.1f} ms policy per step) - {t['instruction']}{seen}")
     lines.append(f"  overall success: {results['success_rate']:.1%}")
     videos = [r["video"] for t in results["tasks"].values() for r in t["episodes"] if "video" in r]
     if videos:
@@ -343,6 +633,6 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "POLICY_TYPES", "check_rollout_args", "episode_seed", "format_results", "load_policy", "policy_cameras",
-    "resolve_checkpoint", "run_episode", "run_rollouts",
+    "POLICY_TYPES", "check_rollout_args", "episode_seed", "format_correspondence", "format_results", "load_policy",
+    "match_training_tasks", "policy_cameras", "resolve_checkpoint", "run_episode", "run_rollouts", "training_tasks",
 ]
