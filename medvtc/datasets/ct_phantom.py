@@ -41,6 +41,7 @@ import csv
 import io
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,7 +67,9 @@ from medvtc.datasets.ct_rate_layout import (
     REPORT_COLUMNS,
     volume_relpath,
 )
+from medvtc.datasets.ct_report_text import write_report
 from medvtc.datasets.nifti import centred_affine, save_nifti
+from medvtc.datasets.parallel import map_in_order, resolve_workers
 
 __all__ = [
     "FORMAT",
@@ -384,6 +387,22 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
+def _write_volume(
+    dataset: Path, seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float], job: tuple[str, int, int]
+) -> tuple[list[Any], list[Any]]:
+    """Draw case `index` of split `split_id`, write its volume `name` under `dataset` and return its
+    reports-CSV and labels-CSV rows. One job of `generate_ct_rate`, run in this process or a worker."""
+    name, split_id, index = job
+    case = sample_case(np.random.default_rng([seed, split_id, index, 0]))
+    vol, aff = render_phantom(case, np.random.default_rng([seed, split_id, index, 1]), shape, spacing)
+    save_nifti(dataset / volume_relpath(name), vol, aff)
+    text_rng = np.random.default_rng([seed, split_id, index, 2])
+    findings, impression = write_report(case, text_rng)
+    clinical = _CLINICAL[int(text_rng.integers(len(_CLINICAL)))]
+    technique = _TECHNIQUE[int(text_rng.integers(len(_TECHNIQUE)))]
+    return [name, clinical, technique, findings, impression], [name, *case_labels(case).tolist()]
+
+
 def generate_ct_rate(
     root: str | Path,
     num_train: int = 400,
@@ -394,6 +413,7 @@ def generate_ct_rate(
     spacing: Sequence[float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write a synthetic CT-RATE under `root`, atomically (all of it or nothing).
 
@@ -405,7 +425,10 @@ def generate_ct_rate(
     k = 0 for `sample_case`, 1 for `render_phantom`, 2 for the report text, so cases are
     independent of each other and of the split sizes, and the same seed gives byte-identical CSVs
     and identical voxels. `spacing=None` keeps the whole chest in view at any `shape` (see
-    `render_phantom`). An existing `root` is a `UserError` unless `overwrite`."""
+    `render_phantom`). An existing `root` is a `UserError` unless `overwrite`.
+
+    `workers` processes render and write the volumes (None, the default: one per core this
+    process may use; 1: all in this process); the files are the same bytes with any number."""
     from tqdm import tqdm  # local: importing the module should not need tqdm
 
     root = Path(root)
@@ -423,24 +446,19 @@ def generate_ct_rate(
         + [("val", "train", num_train + n + 1, 1, n) for n in range(num_val)]
         + [("test", "valid", n + 1, 2, n) for n in range(num_test)]
     )
-    from medvtc.datasets.ct_report_text import write_report
-
+    jobs = [(f"{'valid' if official == 'valid' else 'train'}_{patient}_a_1.nii.gz", split_id, index)
+            for _, official, patient, split_id, index in plan]
+    workers = resolve_workers(workers, len(jobs))
     reports: dict[str, list[list[Any]]] = {"train": [], "valid": []}
     labels: dict[str, list[list[Any]]] = {"train": [], "valid": []}
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     with atomic_directory(root, overwrite=overwrite) as tmp:
         dataset = tmp / "dataset"
-        for split, official, patient, split_id, index in tqdm(plan, desc="CT-RATE phantom", unit="vol", disable=not progress):
-            name = f"{'valid' if official == 'valid' else 'train'}_{patient}_a_1.nii.gz"
-            case = sample_case(np.random.default_rng([seed, split_id, index, 0]))
-            vol, aff = render_phantom(case, np.random.default_rng([seed, split_id, index, 1]), shp, sp)
-            save_nifti(dataset / volume_relpath(name), vol, aff)
-            text_rng = np.random.default_rng([seed, split_id, index, 2])
-            findings, impression = write_report(case, text_rng)
-            clinical = _CLINICAL[int(text_rng.integers(len(_CLINICAL)))]
-            technique = _TECHNIQUE[int(text_rng.integers(len(_TECHNIQUE)))]
-            reports[official].append([name, clinical, technique, findings, impression])
-            labels[official].append([name, *case_labels(case).tolist()])
+        with tqdm(total=len(jobs), desc="CT-RATE phantom", unit="vol", disable=not progress) as bar:
+            rows = map_in_order(partial(_write_volume, dataset, seed, shp, sp), jobs, workers, bar.update)
+        for (split, official, *_), (name, *_), (report_row, label_row) in zip(plan, jobs, rows):
+            reports[official].append(report_row)
+            labels[official].append(label_row)
             splits[split].append(name)
         for official, (_, report_csv, label_csv) in OFFICIAL_SPLITS.items():
             (dataset / report_csv).parent.mkdir(parents=True, exist_ok=True)

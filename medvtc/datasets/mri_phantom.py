@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,6 +50,7 @@ import numpy as np
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_directory
 from medvtc.datasets.nifti import centred_affine, save_nifti
+from medvtc.datasets.parallel import map_in_order, resolve_workers
 
 MODALITIES = ("T1w", "T2w")
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
@@ -287,6 +289,19 @@ def _dataset_json(name: str, description: str, modalities: Sequence[str], labels
     }
 
 
+def _write_case(root: Path, seed: int, shape: tuple[int, ...], spacing: tuple[float, ...], num_modalities: int,
+                job: tuple[str, int, int]) -> None:
+    """Draw case `index` of split `split_id` and write its image and label `name` under `root`.
+    One job of `generate_mri_phantom`, run in this process or a worker."""
+    name, split_id, index = job
+    fov = np.asarray(shape) * np.asarray(spacing)
+    affine = centred_affine(shape, spacing)
+    case = sample_case(np.random.default_rng([seed, split_id, index, 0]), fov)
+    image, label = render_case(case, np.random.default_rng([seed, split_id, index, 1]), shape, spacing, num_modalities)
+    save_nifti(root / "imagesTr" / f"{name}.nii.gz", image if image.shape[-1] > 1 else image[..., 0], affine)
+    save_nifti(root / "labelsTr" / f"{name}.nii.gz", label, affine)
+
+
 def generate_mri_phantom(
     root: str | Path,
     num_train: int = 40,
@@ -298,8 +313,11 @@ def generate_mri_phantom(
     num_modalities: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
-    """Write the synthetic MRI set in MSD layout under `root` (see the module docstring)."""
+    """Write the synthetic MRI set in MSD layout under `root` (see the module docstring).
+    `workers` processes render and write the cases (None, the default: one per core this process
+    may use; 1: all in this process); the files are the same bytes with any number."""
     from tqdm import tqdm
 
     root = Path(root)
@@ -319,21 +337,17 @@ def generate_mri_phantom(
     if not 1 <= int(num_modalities) <= 4:
         raise UserError(f"num_modalities={num_modalities}: expected 1 to 4")
     modalities = [*MODALITIES, "FLAIR", "T1gd"][: int(num_modalities)]
-    fov = np.asarray(shape) * np.asarray(spacing)
-    affine = centred_affine(shape, spacing)
     plan = [(s, i) for s, n in (("train", num_train), ("val", num_val), ("test", num_test)) for i in range(n)]
+    jobs = [(f"phantom_{number:03d}", SPLIT_IDS[split], index) for number, (split, index) in enumerate(plan, start=1)]
+    workers = resolve_workers(workers, len(jobs))
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    cases: list[str] = []
+    cases = [name for name, _, _ in jobs]
     with atomic_directory(root, overwrite=overwrite) as tmp:
-        for number, (split, index) in enumerate(tqdm(plan, desc="MRI phantom", unit="vol", disable=not progress), start=1):
-            name = f"phantom_{number:03d}"
-            case = sample_case(np.random.default_rng([int(seed), SPLIT_IDS[split], index, 0]), fov)
-            image, label = render_case(case, np.random.default_rng([int(seed), SPLIT_IDS[split], index, 1]), shape, spacing,
-                                       int(num_modalities))
-            save_nifti(tmp / "imagesTr" / f"{name}.nii.gz", image if image.shape[-1] > 1 else image[..., 0], affine)
-            save_nifti(tmp / "labelsTr" / f"{name}.nii.gz", label, affine)
+        write = partial(_write_case, tmp, int(seed), shape, spacing, int(num_modalities))
+        with tqdm(total=len(jobs), desc="MRI phantom", unit="vol", disable=not progress) as bar:
+            map_in_order(write, jobs, workers, bar.update)
+        for (split, _), name in zip(plan, cases):
             splits[split].append(f"./imagesTr/{name}.nii.gz")
-            cases.append(name)
         meta = _dataset_json(
             "MRIPhantom", "Synthetic MRI-like volumes with an organ and irregular (lobulated, spiculated, infiltrative) "
             "lesions, partial-volume edges, bias field and Rician noise, written by medvtc", modalities, LABELS, cases,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -26,9 +31,13 @@ COUNTS = {"train": 6, "val": 2, "test": 2}
 SEED = 3
 
 
-def _generate(root: Path, seed: int = SEED) -> Path:
+def _generate(root: Path, seed: int = SEED, workers: int = 2) -> Path:
     return P.generate_ct_rate(root, num_train=COUNTS["train"], num_val=COUNTS["val"], num_test=COUNTS["test"],
-                              seed=seed, shape=SHAPE, progress=False)
+                              seed=seed, shape=SHAPE, progress=False, workers=workers)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -107,13 +116,11 @@ def test_files_are_the_seeded_cases(tiny: Path):
             assert masks["lungs"].sum() > 100 and vol[masks["lungs"]].mean() < -600
 
 
-def test_same_seed_same_bytes_other_seed_differs(tiny: Path, tmp_path: Path):
-    again = _generate(tmp_path / "again")
+def test_same_seed_same_bytes_with_any_workers_other_seed_differs(tiny: Path, tmp_path: Path):
+    again = _generate(tmp_path / "again", workers=1)  # `tiny` was written by 2 worker processes
     other = _generate(tmp_path / "other", seed=SEED + 1)
+    assert _files(tiny) == _files(again)  # every file: volumes, reports and labels CSVs, splits, settings
     csvs = [spec[i] for spec in OFFICIAL_SPLITS.values() for i in (1, 2)]
-    for rel in csvs:
-        assert (tiny / "dataset" / rel).read_bytes() == (again / "dataset" / rel).read_bytes()
-    assert (tiny / "medvtc_splits.json").read_bytes() == (again / "medvtc_splits.json").read_bytes()
     a, b, c = _volumes(tiny), _volumes(again), _volumes(other)
     assert a.keys() == b.keys() == c.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -133,6 +140,25 @@ def test_existing_root_is_left_untouched(tmp_path: Path):
     assert not (root / "keep.txt").exists() and (root / "medvtc_splits.json").is_file()
 
 
+def test_killed_generation_leaves_no_dataset(tmp_path: Path):
+    """SIGKILL half-way (the parent and its workers): no `root`, only the temporary folder."""
+    root = tmp_path / "ct"
+    code = (f"from medvtc.datasets.ct_phantom import generate_ct_rate\n"
+            f"generate_ct_rate({str(root)!r}, num_train=200, num_val=0, num_test=1, shape={SHAPE}, progress=False, workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.glob(".ct.*.tmp/dataset/**/*.nii.gz")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the generator ended before it was killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the generator and its workers
+        proc.wait()
+    time.sleep(0.2)
+    assert not root.exists()
+    assert [p.name.startswith(".ct.") and p.name.endswith(".tmp") for p in tmp_path.iterdir()] == [True]
+
+
 def test_bad_arguments_are_user_errors(tmp_path: Path):
     with pytest.raises(UserError, match="shape"):
         P.generate_ct_rate(tmp_path / "a", shape=(48, 48), progress=False)
@@ -140,6 +166,10 @@ def test_bad_arguments_are_user_errors(tmp_path: Path):
         P.generate_ct_rate(tmp_path / "b", shape=SHAPE, spacing=(1.0, -1.0, 1.0), progress=False)
     with pytest.raises(UserError, match="num_val"):
         P.generate_ct_rate(tmp_path / "c", num_val=-1, progress=False)
+    for workers in (0, -2, 1.5, "2", True):
+        with pytest.raises(UserError, match="workers"):
+            P.generate_ct_rate(tmp_path / "d", shape=SHAPE, progress=False, workers=workers)
+    assert not (tmp_path / "d").exists()
     assert not any(tmp_path.iterdir())
 
 

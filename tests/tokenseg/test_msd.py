@@ -195,8 +195,13 @@ def test_dataset_json_problems(phantom_root, tmp_path):
 def test_phantom_is_deterministic_irregular_and_atomic(phantom_root, tmp_path):
     from medvtc.datasets.mri_phantom import generate_mri_phantom, render_case, sample_case
 
-    again = generate_mri_phantom(tmp_path / "again", num_train=3, num_val=1, num_test=2, seed=3, shape=(24, 24, 24),
-                                 spacing=(3.0, 3.0, 3.0), progress=False)
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    for workers in (1, 2):  # in this process, and in two worker processes: the same bytes
+        again = generate_mri_phantom(tmp_path / f"again{workers}", num_train=3, num_val=1, num_test=2, seed=3,
+                                     shape=(24, 24, 24), spacing=(3.0, 3.0, 3.0), progress=False, workers=workers)
+        assert files(again) == files(phantom_root)
     for sub in ("imagesTr", "labelsTr"):
         for f in sorted((phantom_root / sub).iterdir()):
             a = np.asarray(nib.load(str(f)).dataobj)
