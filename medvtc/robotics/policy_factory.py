@@ -50,6 +50,14 @@ def act_policy_config(cfg, features: dict[str, dict], device: str):
         raise ConfigError(f"policy (act): {e}") from None
 
 
+def backbone_frozen(vision_backbone: str, freeze_backbone: bool | None) -> bool:
+    """`policy.freeze_backbone` with None resolved as `CompressorVLAConfig.backbone_frozen` does:
+    frozen for a pretrained backbone (mobilenetv2_imagenet), trained for a timm one."""
+    from medvtc.robotics.policies.compressor_vla.configuration_compressor_vla import PRETRAINED_BACKBONES
+
+    return vision_backbone in PRETRAINED_BACKBONES if freeze_backbone is None else bool(freeze_backbone)
+
+
 def policy_config(cfg, features: dict[str, dict], device: str):
     """A `CompressorVLAConfig` (or `ACTConfig` with policy.name=act) for the dataset `features`
     (LeRobot meta.features)."""
@@ -60,10 +68,11 @@ def policy_config(cfg, features: dict[str, dict], device: str):
     inputs, outputs = _policy_features(features)
     p = cfg.policy
     try:
-        return CompressorVLAConfig(
+        pcfg = CompressorVLAConfig(
             input_features=inputs, output_features=outputs, device=device,
             chunk_size=p.chunk_size, n_action_steps=p.n_action_steps, vision_backbone=p.vision_backbone,
-            backbone_out_index=p.backbone_out_index, backbone_norm=p.backbone_norm, dim_model=p.dim_model,
+            backbone_out_index=p.backbone_out_index, backbone_norm=p.backbone_norm, freeze_backbone=p.freeze_backbone,
+            dim_model=p.dim_model,
             n_heads=p.n_heads, n_layers=p.n_layers, mlp_ratio=p.mlp_ratio, dropout=p.dropout,
             attention_dropout=p.attention_dropout,
             text_buckets=p.text_buckets, text_layers=p.text_layers, tokenizer_max_length=p.tokenizer_max_length,
@@ -73,6 +82,10 @@ def policy_config(cfg, features: dict[str, dict], device: str):
         )
     except ValueError as e:
         raise ConfigError(f"policy: {e}") from None
+    if p.cache_tokens and not pcfg.backbone_frozen:
+        raise ConfigError(f"policy: cache_tokens=true needs a frozen backbone ({p.vision_backbone!r} with "
+                          f"freeze_backbone={p.freeze_backbone}); set vision_backbone=mobilenetv2_imagenet or freeze_backbone=true")
+    return pcfg
 
 
-__all__ = ["act_policy_config", "policy_config"]
+__all__ = ["act_policy_config", "backbone_frozen", "policy_config"]

@@ -4,6 +4,8 @@
     medvtc data  --task libero --inspect          # describe the dataset at data.root
     medvtc train --task libero policy.compressor=none          # the uncompressed baseline
     medvtc train --task libero policy.name=act output_dir=runs/libero-act   # LeRobot's ACT, same data/budget
+    medvtc train --task libero policy.vision_backbone=mobilenetv2_imagenet policy.cache_tokens=true   # frozen
+                                                  # ImageNet encoder, its tokens cached once (data.cache_dir)
     medvtc eval  --task libero --checkpoint runs/libero eval.episodes=10
     medvtc rollout --task libero --checkpoint runs/libero --suite libero_object --tasks 0,1,2 --episodes 10 \
         --num-envs 2 --video-dir runs/libero/videos --video-episodes 1 -o runs/libero/rollout.json
@@ -15,10 +17,14 @@ the policy in LeRobot's layout to `<output_dir>/final` (config.json, model.safet
 policy_preprocessor.json / policy_postprocessor.json with the normalisation statistics), which
 LeRobot's own tooling also loads. `policy.name=act` trains LeRobot's own ACT policy instead (the
 peer baseline; ResNet-18 from scratch, `pretrained_backbone_weights=None`: nothing is downloaded)
-on the same data with the same `train.*` budget. `eval` rolls a policy out on the official
-initial states and writes the results beside it; `rollout` does the same with the episodes spread
-over parallel environments, optional mp4 videos with the kept tokens drawn over the frames, and
-an optional JSON file. `bench` is in `medvtc.robotics.bench`.
+on the same data with the same `train.*` budget. With a frozen backbone, `policy.cache_tokens=true`
+encodes every frame once into a token cache (`medvtc.robotics.token_dataset`, under
+`data.cache_dir`, shared by every run with the same backbone and data) and trains only the
+compressor and head on the cached tokens, without decoding images; the saved policy is the same
+kind and runs from images. `eval` rolls a policy out on the official initial states and writes
+the results beside it; `rollout` does the same with the episodes spread over parallel
+environments, optional mp4 videos with the kept tokens drawn over the frames, and an optional
+JSON file. `bench` is in `medvtc.robotics.bench`.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from medvtc.common.errors import ConfigError, UserError
 from medvtc.common.io import atomic_directory, atomic_write_json
 from medvtc.common.task import Task
 from medvtc.common.trainer import TrainConfig, Trainer
-from medvtc.robotics.policy_factory import act_policy_config, policy_config  # noqa: F401  (re-exported)
+from medvtc.robotics.policy_factory import act_policy_config, backbone_frozen, policy_config  # noqa: F401  (re-exported)
 
 DEFAULT_ROOT = "data/libero_object_demos"
 
@@ -55,6 +61,9 @@ class LiberoDataConfig:
     video: bool = False  # AV1 videos instead of PNG frames
     robot_init_noise: float = 0.02  # rad of Gaussian arm-joint noise at each random reset (robosuite default, as LIBERO's own demos)
     action_noise: float = 0.0  # DART: std of the noise added to the executed arm actions; labels stay clean
+    # where policy.cache_tokens keeps its stores (one folder per backbone x dataset x views);
+    # null: token_cache/ beside data.root (data/libero_object_demos -> data/token_cache)
+    cache_dir: str | None = None
 
     def validate(self) -> None:
         if self.episodes_per_task < 1:
@@ -79,9 +88,10 @@ class LiberoPolicyConfig:
     budget: int | float | None = None  # tokens per camera; null: compressor_vla's 16 + N/4
     compressor_args: dict[str, Any] = field(default_factory=dict)
     share_compressor: bool = False
-    vision_backbone: str = "mobilenetv3_large_100"
+    vision_backbone: str = "mobilenetv3_large_100"  # or mobilenetv2_imagenet (frozen ImageNet weights)
     backbone_out_index: int = 2
     backbone_norm: Literal["batchnorm", "groupnorm"] = "groupnorm"
+    freeze_backbone: bool | None = None  # null: frozen for mobilenetv2_imagenet, trained for a timm backbone
     dim_model: int = 256
     n_heads: int = 8
     n_layers: int = 4
@@ -94,6 +104,26 @@ class LiberoPolicyConfig:
     text_buckets: int = 4096
     tokenizer_max_length: int = 24
     image_shift: int = 4
+    # Train on the frozen backbone's tokens, encoded once per frame into a token cache under
+    # data.cache_dir (medvtc.robotics.token_dataset): only the compressor and the head train, no
+    # image is decoded or encoded at training time. Needs a frozen backbone. The saved policy
+    # still runs from images.
+    cache_tokens: bool = False
+    # views cached per frame for the random-shift augmentation: view 0 unshifted, the others
+    # shifted by up to image_shift pixels, one drawn per sample (1: no augmentation; with
+    # image_shift 0 one view is cached)
+    cache_views: int = 4
+
+    def validate(self) -> None:
+        if self.cache_views < 1:
+            raise ValueError(f"cache_views must be >= 1, got {self.cache_views}")
+        if not self.cache_tokens or self.name != "compressor_vla":  # ACT (its backbone trains) and replay ignore it
+            return
+        if not backbone_frozen(self.vision_backbone, self.freeze_backbone):
+            why = ("freeze_backbone=false" if self.freeze_backbone is False
+                   else f"a {self.vision_backbone!r} backbone trains unless freeze_backbone=true")
+            raise ValueError(f"cache_tokens=true needs a frozen backbone, but {why}: set vision_backbone=mobilenetv2_imagenet "
+                             "(frozen ImageNet weights) or freeze_backbone=true, or cache_tokens=false")
 
 
 @dataclass
@@ -226,8 +256,12 @@ class LiberoTask(Task):
 
 
     # -- train -----------------------------------------------------------------------------------
-    def build(self, cfg: LiberoTaskConfig, device: str):
-        """(policy, preprocessor, postprocessor, dataset) for training on data.root."""
+    def build(self, cfg: LiberoTaskConfig, device: str, dist_info=None):
+        """(policy, preprocessor, postprocessor, dataset) for training on data.root.
+
+        With policy.cache_tokens the dataset is a `TokenDemonstrations` (no images, the frozen
+        backbone's tokens from the token cache, built here on first use: on the main process,
+        which `dist_info` names; None = this one)."""
         import torch
 
         from medvtc.robotics.demonstrations import check_dataset_features, load_demonstrations, read_info, required_features
@@ -253,7 +287,22 @@ class LiberoTask(Task):
         except ValueError as e:
             raise ConfigError(f"policy: {e}") from None
         pre, post = make_compressor_vla_pre_post_processors(pcfg, dataset.meta.stats)
+        if cfg.policy.cache_tokens:  # compressor_vla only (ACT returned above)
+            dataset = self._token_dataset(cfg, policy, pre, dataset, device, dist_info)
         return policy, pre, post, dataset
+
+    def _token_dataset(self, cfg: LiberoTaskConfig, policy, pre, dataset, device: str, dist_info=None):
+        """The frames of `dataset` as `TokenDemonstrations` on the token cache of `policy`'s frozen
+        backbone (medvtc.robotics.token_dataset), built or reused under data.cache_dir."""
+        from medvtc.robotics.token_dataset import TokenDemonstrations, build_token_cache, cache_root
+
+        policy.to(device)
+        cache = build_token_cache(
+            policy, pre, dataset, cache_root(cfg.data.root, cfg.data.cache_dir), data_root=cfg.data.root,
+            views=cfg.policy.cache_views, image_shift=cfg.policy.image_shift, progress=cfg.train.progress,
+            is_main=dist_info is None or dist_info.is_main,
+        )
+        return TokenDemonstrations(dataset, cache, policy.model.image_keys, view="random")
 
     def train(self, cfg: LiberoTaskConfig, resume: bool = False) -> int:
         from medvtc.common.distributed import barrier, cleanup, init_distributed
@@ -270,15 +319,20 @@ class LiberoTask(Task):
         if dist_info.is_main:
             self._ensure_data(cfg)
         barrier(dist_info)
-        policy, pre, post, dataset = self.build(cfg, device.type)
+        policy, pre, post, dataset = self.build(cfg, device.type, dist_info)
+        from medvtc.robotics.token_dataset import TokenDemonstrations
+
         tokens, uncompressed = visual_tokens(policy)
         method = "act" if cfg.policy.name == "act" else cfg.policy.compressor
         if dist_info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-            print(f"medvtc: {dataset.num_episodes} episodes, {len(dataset)} frames; {cfg.policy.name} policy with "
-                  f"{tokens} visual tokens ({uncompressed} before {method}), "
-                  f"{sum(p.numel() for p in policy.parameters()):,} parameters")
+            trained = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+            print(f"medvtc: {dataset.num_episodes} episodes, {len(dataset)} frames"
+                  f"{' (backbone tokens from the token cache)' if isinstance(dataset, TokenDemonstrations) else ''}; "
+                  f"{cfg.policy.name} "
+                  f"policy with {tokens} visual tokens ({uncompressed} before {method}), "
+                  f"{sum(p.numel() for p in policy.parameters()):,} parameters ({trained:,} trained)")
 
         def step_fn(model, batch):
             return model(pre(batch))
