@@ -95,6 +95,13 @@ def _training_settings(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
         policy, train = {"name": FLOOR}, {}
     else:
         policy.pop("act_args", None)
+        # keys added after runs were made: at their defaults they change nothing, so they are left
+        # out and older runs stay reusable (the cache's views only matter when it is used)
+        if policy.get("freeze_backbone") is None:
+            policy.pop("freeze_backbone", None)
+        if not policy.get("cache_tokens"):
+            policy.pop("cache_tokens", None)
+            policy.pop("cache_views", None)
     flat = flatten_config({"seed": cfg_dict.get("seed"), "data": {"root": (cfg_dict.get("data") or {}).get("root")},
                            "policy": policy, "train": train}, keep_whole=("compressor_args", "act_args"))
     return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in TRAIN_BOOKKEEPING)}

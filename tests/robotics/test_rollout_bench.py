@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medvtc.cli import main
-from medvtc.common.config import to_dict
+from medvtc.common.config import replace, to_dict
 from medvtc.common.errors import ConfigError, UserError
 from medvtc.common.trainer import read_training_summary
 from medvtc.robotics.task import LiberoTask
@@ -338,6 +338,10 @@ def test_bench_variants_through_the_grammar(recorded_demos, tmp_path):
     s_act, s_cv = spec.settings(to_dict(act)), spec.settings(to_dict(resolve("compressor_vla")))
     assert "policy.compressor" not in s_act and "policy.act_args" in s_act
     assert "policy.act_args" not in s_cv and "policy.compressor_args" in s_cv and "train.progress" not in s_cv
+    # keys at their defaults that older runs did not have are left out; in use, they count
+    assert not {"policy.freeze_backbone", "policy.cache_tokens", "policy.cache_views"} & set(s_cv)
+    cached = replace(resolve("compressor_vla"), policy=replace(resolve("compressor_vla").policy, cache_tokens=True))
+    assert {"policy.cache_tokens", "policy.cache_views"} <= set(spec.settings(to_dict(cached)))
     # the replay floor depends on the data only: no policy or training keys
     s_floor = spec.settings(to_dict(resolve("replay")))
     assert s_floor == {"seed": 0, "data.root": str(root), "policy.name": "replay"}
