@@ -17,6 +17,7 @@ needs the usual `if __name__ == "__main__":` guard (the `medvtc` command has it)
 from __future__ import annotations
 
 import multiprocessing
+import operator
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,12 +44,17 @@ def resolve_workers(workers: int | None, jobs: int) -> int:
     """How many processes to use for `jobs` jobs: `workers` (None = `available_cores()`), at most
     one per job; 1 inside a daemonic process (a DataLoader or pool worker cannot have children)."""
     if workers is None:
-        workers = available_cores()
-    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"workers={workers!r}: expected a positive integer (1 = no worker processes) or None (all cores)")
+        count = available_cores()
+    else:
+        try:
+            count = -1 if isinstance(workers, bool) else operator.index(workers)  # an int, numpy's included
+        except TypeError:
+            count = -1
+        if count < 1:
+            raise UserError(f"workers={workers!r}: expected a positive integer (1 = no worker processes) or None (all cores)")
     if multiprocessing.current_process().daemon:
         return 1
-    return max(1, min(int(workers), jobs))
+    return max(1, min(count, jobs))
 
 
 def _one_thread() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from medvtc.common.errors import UserError
@@ -25,6 +26,7 @@ def test_available_cores_and_resolve_workers():
     assert resolve_workers(None, 1000) == available_cores()
     assert resolve_workers(None, 1) == 1  # at most one process per job
     assert resolve_workers(8, 3) == 3 and resolve_workers(1, 100) == 1
+    assert resolve_workers(np.int64(2), 10) == 2
     for bad in (0, -1, 2.0, "2", True):
         with pytest.raises(UserError, match="workers"):
             resolve_workers(bad, 10)
