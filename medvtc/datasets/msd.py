@@ -57,7 +57,6 @@ __all__ = [
     "MSDSegmentationDataset",
     "LoadMSDImaged",
     "CheckMSDd",
-    "check_nifti_file",  # from medvtc.datasets.nifti, still importable here (tokenseg.pipeline)
     "unwrap_user_error",
     "segmentation_collate",
 ]

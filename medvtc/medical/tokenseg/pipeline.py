@@ -233,7 +233,8 @@ class Segmenter:
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        from medvtc.datasets.msd import check_nifti_file, unwrap_user_error
+        from medvtc.datasets.msd import unwrap_user_error
+        from medvtc.datasets.nifti import check_nifti_file
 
         path = check_nifti_file(path, "image")
         pre = self.transforms()
