@@ -307,7 +307,9 @@ class LiberoTask(Task):
     def train(self, cfg: LiberoTaskConfig, resume: bool = False) -> int:
         from medvtc.common.distributed import barrier, cleanup, init_distributed
         from medvtc.common.trainer import resolve_device
+        from medvtc.robotics.demonstrations import read_recording_summary
         from medvtc.robotics.policy_cost import visual_tokens
+        from medvtc.robotics.rollout import RECORDING_COPY
 
         out = Path(cfg.output_dir)
         if not resume and (ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "final").exists()):
@@ -349,6 +351,11 @@ class LiberoTask(Task):
                 atomic_write_json(tmp / "medvtc_tokens.json", {
                     "visual_tokens": tokens, "uncompressed_tokens": uncompressed, "compressor": method,
                 })
+                # the training tasks travel with the policy (`medvtc rollout --suite` maps a suite's
+                # tasks to them), even when the dataset is moved or deleted
+                recording = read_recording_summary(cfg.data.root)
+                if recording is not None:
+                    atomic_write_json(tmp / RECORDING_COPY, recording)
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; policy in {out / 'final'}")
         cleanup(dist_info)
         return 0

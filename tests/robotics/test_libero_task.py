@@ -45,6 +45,9 @@ def test_train_then_eval_on_recorded_demos(recorded_demos, tmp_path, capsys):
             "medvtc_config.yaml"} <= names
     assert json.loads((final / "medvtc_tokens.json").read_text()) == {
         "visual_tokens": 12, "uncompressed_tokens": 32, "compressor": "compressor_vla"}
+    # the recording summary travels with the policy (its training tasks, for rollout --suite)
+    assert json.loads((final / "medvtc_recording.json").read_text()) == json.loads(
+        (root / "meta" / "medvtc_recording.json").read_text())
     assert (out / "metrics.csv").is_file()
     policy, pre, post = load_policy(out)
     assert policy.config.chunk_size == 4 and policy.num_visual_tokens == 12
