@@ -29,6 +29,24 @@ def recorded_demos(tmp_path_factory):
     return root, summary
 
 
+@pytest.fixture(scope="module")
+def trained_run(recorded_demos, tmp_path_factory):
+    """A tiny Compressor-VLA run (2 training steps) on the session's recording: 12 visual tokens of 32."""
+    from medvtc.robotics.task import LiberoTask
+    from tests.robotics.test_rollout_bench import overrides
+
+    root, _ = recorded_demos
+    out = tmp_path_factory.mktemp("libero_run") / "run"
+    task = LiberoTask()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert task.train(task.load_config(None, overrides(root, out, "train.max_steps=2"))) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Shared 2-core machines: one torch thread keeps run times steady (as in tests/compressors)."""

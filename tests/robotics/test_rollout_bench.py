@@ -36,21 +36,6 @@ def overrides(root, out, *extra):
     return [f"data.root={root}", f"output_dir={out}", *TINY_POLICY, *TINY_TRAIN, *extra]
 
 
-@pytest.fixture(scope="module")
-def trained_run(recorded_demos, tmp_path_factory):
-    """A tiny Compressor-VLA run (2 training steps): 12 visual tokens of 32."""
-    root, _ = recorded_demos
-    out = tmp_path_factory.mktemp("libero_run") / "run"
-    task = LiberoTask()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert task.train(task.load_config(None, overrides(root, out, "train.max_steps=2"))) == 0
-    finally:
-        torch.set_num_threads(n)
-    return out
-
-
 # ----------------------------------------------------------------------------------- token maps
 
 

@@ -9,7 +9,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from medvtc.cli import build_parser, main
@@ -170,28 +169,10 @@ def test_training_tasks_are_read_from_the_checkpoint_and_its_dataset(tmp_path):
 # ----------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_run(recorded_demos, tmp_path_factory):
-    """A 2-step Compressor-VLA run on the session's recording of libero_object task 0."""
-    from medvtc.robotics.task import LiberoTask
-    from tests.robotics.test_rollout_bench import overrides
-
-    root, _ = recorded_demos
-    out = tmp_path_factory.mktemp("libero_suites") / "run"
-    task = LiberoTask()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert task.train(task.load_config(None, overrides(root, out, "train.max_steps=2"))) == 0
-    finally:
-        torch.set_num_threads(n)
-    return out
-
-
 @pytest.mark.slow
-def test_rollout_on_a_perturbed_suite_prints_and_stores_the_correspondence(tiny_run, tmp_path, capsys):
+def test_rollout_on_a_perturbed_suite_prints_and_stores_the_correspondence(trained_run, tmp_path, capsys):
     out_json = tmp_path / "swap.json"
-    rc = main(["rollout", "--task", "libero", "--checkpoint", str(tiny_run), "--suite", "libero_object_swap",
+    rc = main(["rollout", "--task", "libero", "--checkpoint", str(trained_run), "--suite", "libero_object_swap",
                "--tasks", "0,3", "--episodes", "1", "--max-episode-steps", "2", "-o", str(out_json), "eval.progress=false"])
     assert rc == 0
     text = capsys.readouterr().out
