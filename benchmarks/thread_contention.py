@@ -7,7 +7,9 @@ The workload is one training step (forward + backward + AdamW) of the default ct
 ct-report.yaml, random volumes and reports), the
 step `medvtc train --task ct-report` repeats. Each setting runs in a fresh process (OpenMP reads
 its environment once, at start-up), alone and while one single-threaded busy loop runs beside
-it, and reports the median step time of `--steps` steps after `--warmup`.
+it, and reports the median step time of `--steps` steps after `--warmup`, each with its 95 %
+percentile-bootstrap interval over the steps, and the slowdown (contended / alone medians) with
+an interval from resampling the two runs' steps independently.
 
 Settings: torch threads = every usable core (this machine's default) or 1, with GNU OpenMP's
 wait policy left at its default (threads spin before sleeping at every barrier) or PASSIVE
@@ -22,6 +24,8 @@ import os
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 WORKLOAD = r"""
 import os, sys, time, json, statistics
@@ -44,7 +48,7 @@ for i in range(warmup + steps):
     out.loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     if i >= warmup:
         times.append(time.perf_counter() - t0)
-print(json.dumps({"median_s": statistics.median(times), "threads": torch.get_num_threads(),
+print(json.dumps({"median_s": statistics.median(times), "times_s": times, "threads": torch.get_num_threads(),
                   "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}))
 """
 
@@ -69,6 +73,22 @@ def run(threads: int, wait_policy: str | None, contended: bool, steps: int, warm
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _median_ci(times: np.ndarray) -> list[float]:
+    from medvtc.common.intervals import bootstrap_interval
+
+    return [round(v, 3) for v in bootstrap_interval(lambda c: float(np.median(c["t"])), {"t": times})]
+
+
+def _ratio_ci(alone: np.ndarray, contended: np.ndarray) -> list[float]:
+    """Percentile bootstrap of median(contended) / median(alone), the two runs resampled
+    independently (different processes: nothing pairs their steps)."""
+    from scipy.stats import bootstrap
+
+    res = bootstrap((contended, alone), lambda b, a, axis=-1: np.median(b, axis=axis) / np.median(a, axis=axis),
+                    n_resamples=2000, method="percentile", vectorized=True, rng=np.random.default_rng(0))
+    return [round(float(res.confidence_interval.low), 2), round(float(res.confidence_interval.high), 2)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8)
@@ -80,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     for threads, policy in ((cores, None), (cores, "PASSIVE"), (1, None), (1, "PASSIVE")):
         alone = run(threads, policy, False, args.steps, args.warmup)
         busy = run(threads, policy, True, args.steps, args.warmup)
-        rows.append({"threads": threads, "wait_policy": policy or "(default)", "alone_s": round(alone["median_s"], 3),
-                     "contended_s": round(busy["median_s"], 3), "slowdown": round(busy["median_s"] / alone["median_s"], 2)})
+        a, b = np.asarray(alone["times_s"]), np.asarray(busy["times_s"])
+        rows.append({"threads": threads, "wait_policy": policy or "(default)",
+                     "alone_s": round(alone["median_s"], 3), "alone_s_ci": _median_ci(a),
+                     "contended_s": round(busy["median_s"], 3), "contended_s_ci": _median_ci(b),
+                     "slowdown": round(busy["median_s"] / alone["median_s"], 2), "slowdown_ci": _ratio_ci(a, b),
+                     "alone_times_s": a.round(4).tolist(), "contended_times_s": b.round(4).tolist()})
         r = rows[-1]
-        print(f"threads {r['threads']}, OMP_WAIT_POLICY {r['wait_policy']:>9}: alone {r['alone_s']:.3f} s/step, "
-              f"with one busy process {r['contended_s']:.3f} s/step ({r['slowdown']:.2f}x)", flush=True)
+        print(f"threads {r['threads']}, OMP_WAIT_POLICY {r['wait_policy']:>9}: alone {r['alone_s']:.3f} {r['alone_s_ci']} s/step, "
+              f"with one busy process {r['contended_s']:.3f} {r['contended_s_ci']} s/step "
+              f"({r['slowdown']:.2f}x {r['slowdown_ci']})", flush=True)
     if args.json:
         from medvtc.common.io import atomic_write_json
 
