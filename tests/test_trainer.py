@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -181,3 +182,71 @@ def test_resuming_a_checkpoint_from_before_train_s_estimates_the_time_already_sp
     run(out, "--steps", "20", "--sleep", "0.05", "--resume")
     # 20 steps of >= 0.05 s each; counting only the resumed 10 would give about half
     assert read_training_summary(out)["train_s"] >= 0.05 * 20 * 0.95
+
+
+class _Scripted(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        return torch.randn(4)
+
+
+def _selection_trainer(tmp_path, scores, **cfg):
+    """A trainer whose evaluation returns the next of `scores` (one per evaluation)."""
+    from medvtc.common.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    it = iter(scores)
+    config = TrainConfig(max_steps=8, batch_size=4, eval_every=2, save_every=2, progress=False, select_metric="acc", **cfg)
+    return Trainer(model, _Scripted(), config, tmp_path, step_fn=lambda m, x: m(x).pow(2).mean(),
+                   eval_fn=lambda m, ds, dev: {"acc": next(it), "w0": float(m.weight[0, 0])}, eval_set=[0])
+
+
+def test_selection_keeps_the_best_evaluations_weights_and_prefers_the_later_tie(tmp_path):
+    t = _selection_trainer(tmp_path, [0.2, 0.5, 0.1, 0.5])  # evaluations at steps 2, 4, 6, 8
+    t.fit()
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert (best["step"], best["value"], best["metric"]) == (8, 0.5, "acc")  # tie with step 4: the later wins
+    t2 = _selection_trainer(tmp_path / "min", [0.2, 0.5, 0.1, 0.5], select_mode="min")
+    t2.fit()
+    best = json.loads((tmp_path / "min" / "best" / "best.json").read_text())
+    assert (best["step"], best["value"]) == (6, 0.1)
+    final = t2.model.weight.detach().clone()
+    record = t2.load_best()
+    assert record["step"] == 6
+    # the kept weights are step 6's: the evaluation logged them, and they differ from the final ones
+    assert float(t2.model.weight.detach()[0, 0]) == pytest.approx(best["metrics"]["w0"])
+    assert not torch.equal(t2.model.weight.detach(), final)
+
+
+def test_selection_survives_a_resume(tmp_path):
+    from medvtc.common.trainer import Trainer
+
+    torch.manual_seed(0)
+    scores = iter([0.9, 0.1, 0.2, 0.3])
+    cfg = TrainConfig(max_steps=4, batch_size=4, eval_every=2, save_every=2, progress=False, select_metric="acc")
+    t = Trainer(torch.nn.Linear(4, 1), _Scripted(), cfg, tmp_path, step_fn=lambda m, x: m(x).pow(2).mean(),
+                eval_fn=lambda m, ds, dev: {"acc": next(scores)}, eval_set=[0])
+    t.fit()  # evaluations at steps 2 (0.9) and 4 (0.1): best is step 2
+    cfg8 = TrainConfig(max_steps=8, batch_size=4, eval_every=2, save_every=2, progress=False, select_metric="acc")
+    t8 = Trainer(torch.nn.Linear(4, 1), _Scripted(), cfg8, tmp_path, step_fn=lambda m, x: m(x).pow(2).mean(),
+                 eval_fn=lambda m, ds, dev: {"acc": next(scores)}, eval_set=[0])
+    t8.fit(resume=True)  # 0.2 at 6, 0.3 at 8: neither beats 0.9 kept before the resume
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 2
+
+
+def test_selection_needs_an_evaluation_that_gives_the_metric(tmp_path):
+    from medvtc.common.errors import UserError
+    from medvtc.common.trainer import Trainer
+
+    cfg = TrainConfig(max_steps=2, batch_size=4, eval_every=1, progress=False, select_metric="acc")
+    with pytest.raises(UserError, match="select_metric='acc' needs an evaluation"):
+        Trainer(torch.nn.Linear(4, 1), _Scripted(), cfg, tmp_path, step_fn=lambda m, x: m(x).pow(2).mean())
+    t = Trainer(torch.nn.Linear(4, 1), _Scripted(), cfg, tmp_path / "b", step_fn=lambda m, x: m(x).pow(2).mean(),
+                eval_fn=lambda m, ds, dev: {"loss": 1.0}, eval_set=[0])
+    with pytest.raises(UserError, match=r"not a metric of this task's evaluation: it gives \['loss'\]"):
+        t.fit()
+    with pytest.raises(ValueError, match="select_mode"):
+        TrainConfig(select_metric="acc", select_mode="best").validate()

@@ -7,7 +7,9 @@
   scheduler all continue from the checkpoint);
 - a progress bar with loss and throughput; metrics to TensorBoard and to `metrics.csv`, with
   `train_s`, the seconds spent in the training loop over all resumes (`read_training_summary`);
-- a periodic evaluation hook;
+- a periodic evaluation hook, and checkpoint selection on it: with `select_metric` the weights of
+  the best evaluation so far are kept in `output_dir/best` (`best.json` says which step and value;
+  ties go to the later step) and `load_best()` puts them back into the model;
 - atomic safetensors checkpoints (see `medvtc.common.checkpoint`);
 - DistributedDataParallel when launched by `torchrun` (gloo on CPU, NCCL on GPU): samplers are
   sharded, logged metrics are averaged over ranks, only rank 0 writes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -29,15 +32,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
+from safetensors.torch import save_model
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from medvtc.common import checkpoint as ckpt
 from medvtc.common.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from medvtc.common.errors import UserError
-from medvtc.common.io import atomic_path
+from medvtc.common.io import atomic_directory, atomic_path
 from medvtc.common.seeding import get_rng_state, seed_everything, set_rng_state
 from medvtc.common.threads import configure_threads
 
+BEST_FILE = "best.json"
 StepFn = Callable[[torch.nn.Module, Any], Any]
 EvalFn = Callable[[torch.nn.Module, Dataset, torch.device], Mapping[str, float]]
 
@@ -63,6 +68,11 @@ class TrainConfig:
     threads: int = 0
     log_every: int = 10
     eval_every: int = 0
+    # a metric the evaluation returns: the weights of its best evaluation are kept in
+    # output_dir/best (select_mode: max or min). Selection changes the weights a run yields, so
+    # eval_every counts as a setting then (medvtc.common.config.TRAIN_BOOKKEEPING says otherwise).
+    select_metric: str | None = None
+    select_mode: Literal["max", "min"] = "max"
     save_every: int = 100
     keep_last: int = 2
     progress: bool = True
@@ -81,6 +91,10 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.select_mode not in ("max", "min"):
+            raise ValueError(f"select_mode must be 'max' or 'min', got {self.select_mode!r}")
+        if self.select_metric is not None and (not isinstance(self.select_metric, str) or not self.select_metric):
+            raise ValueError(f"select_metric must be a metric name or null, got {self.select_metric!r}")
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -295,6 +309,10 @@ class Trainer:
         self.samples_into_epoch = 0  # per rank
         self.train_seconds = 0.0  # in the training loop, summed over resumes
         self.ckpt_root = self.output_dir / "checkpoints"
+        self.best_dir = self.output_dir / "best"
+        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the kept weights
+        if cfg.select_metric and (eval_fn is None or eval_set is None):
+            raise UserError(f"train.select_metric={cfg.select_metric!r} needs an evaluation, but this task gave none")
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -332,12 +350,44 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.samples_into_epoch = int(state["samples_into_epoch"])
+        best = self.best_dir / BEST_FILE
+        if self.cfg.select_metric and best.is_file():
+            self.best = json.loads(best.read_text())
+            if self.best.get("step", 0) > self.step:  # written after the checkpoint we resume from
+                self.best = None
         if "train_seconds" in state:
             self.train_seconds = float(state["train_seconds"])
         else:  # a checkpoint written before train_seconds existed: estimate it from the log
             logged = read_training_summary(self.output_dir, up_to_step=self.step) or {}
             self.train_seconds = float(logged.get("train_s", 0.0))
         return True
+
+    # -- selection ---------------------------------------------------------------------------
+    def _keep_best(self, metrics: Mapping[str, float]) -> None:
+        """Keep the weights in output_dir/best when `metrics` is the best evaluation so far."""
+        name = self.cfg.select_metric
+        if not name or not self.dist.is_main:
+            return
+        if name not in metrics:
+            raise UserError(f"train.select_metric={name!r} is not a metric of this task's evaluation: "
+                            f"it gives {sorted(metrics)}")
+        value = float(metrics[name])
+        if self.best is not None:
+            old = float(self.best["value"])
+            if not (value >= old if self.cfg.select_mode == "max" else value <= old):
+                return
+        self.best = {"step": self.step, "metric": name, "value": value, "mode": self.cfg.select_mode,
+                     "metrics": {k: float(v) for k, v in metrics.items()}}
+        with atomic_directory(self.best_dir, overwrite=True) as tmp:
+            save_model(self.model, str(tmp / ckpt.WEIGHTS))
+            (tmp / BEST_FILE).write_text(json.dumps(self.best, indent=1) + "\n")
+
+    def load_best(self) -> dict[str, Any] | None:
+        """Load the kept best weights into the model; returns their record (None: no selection)."""
+        if not self.cfg.select_metric or not (self.best_dir / BEST_FILE).is_file():
+            return None
+        ckpt.load_weights(self.model, self.best_dir)
+        return json.loads((self.best_dir / BEST_FILE).read_text())
 
     # -- data --------------------------------------------------------------------------------
     def _loader(self, skip: int) -> DataLoader:
@@ -457,11 +507,13 @@ class Trainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != cfg.max_steps:
                     last_eval = self.evaluate()
                     logger.log(self.step, "eval", last_eval)
+                    self._keep_best(last_eval)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step != cfg.max_steps:
                     self.save()
             self.save()
             last_eval = self.evaluate()
             logger.log(self.step, "eval", last_eval)
+            self._keep_best(last_eval)
         finally:
             if progress is not None:
                 progress.close()

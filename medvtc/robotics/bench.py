@@ -102,9 +102,19 @@ def _training_settings(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
         if not policy.get("cache_tokens"):
             policy.pop("cache_tokens", None)
             policy.pop("cache_views", None)
-    flat = flatten_config({"seed": cfg_dict.get("seed"), "data": {"root": (cfg_dict.get("data") or {}).get("root")},
-                           "policy": policy, "train": train}, keep_whole=("compressor_args", "act_args"))
-    return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in TRAIN_BOOKKEEPING)}
+    train = dict(train)
+    val = dict(cfg_dict.get("val") or {})
+    selecting = bool(val.get("episodes")) and policy.get("name") != FLOOR
+    if train.get("select_metric") is None and train.get("select_mode", "max") == "max":
+        train.pop("select_metric", None)  # added after runs were made: at their defaults they change nothing
+        train.pop("select_mode", None)
+    tree = {"seed": cfg_dict.get("seed"), "data": {"root": (cfg_dict.get("data") or {}).get("root")},
+            "policy": policy, "train": train}
+    if selecting:  # the weights are the best validation's: when and how it rolls out matters
+        tree["val"] = val
+    flat = flatten_config(tree, keep_whole=("compressor_args", "act_args"))
+    bookkeeping = TRAIN_BOOKKEEPING - ({"eval_every"} if selecting else set())
+    return {k: v for k, v in flat.items() if not (k.startswith("train.") and k.split(".", 1)[1] in bookkeeping)}
 
 
 def task_rate(task_id: int) -> Statistic:

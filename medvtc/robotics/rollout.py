@@ -158,6 +158,7 @@ def check_rollout_args(suite: str, task_ids: Sequence[int], episodes: int, num_e
 # ----------------------------------------------------------------------------- training tasks
 
 RECORDING_COPY = "medvtc_recording.json"  # a copy of the dataset's meta/medvtc_recording.json beside the policy
+SELECTION_FILE = "medvtc_selection.json"  # which step's weights the policy is, when chosen by validation rollouts
 
 
 def _find_dataset(root: str, folder: Path) -> Path | None:
@@ -422,23 +423,30 @@ def video_name(suite: str, task_id: int, init_state_id: int) -> str:
     return f"{suite}_task{int(task_id)}_init{int(init_state_id):02d}.mp4"
 
 
-def run_episode(env, policy, pre, post, init_state_id: int, *, seed: int | None = None,
-                video_path: str | Path | None = None, cameras: Sequence[str] = ("agentview", "wrist")) -> dict[str, Any]:
-    """One closed-loop episode from official init state `init_state_id`; with `video_path`, an mp4
-    of the episode with the kept visual tokens drawn over the frames."""
+def run_episode(env, policy, pre, post, init_state_id: int | None, *, seed: int | None = None,
+                video_path: str | Path | None = None, cameras: Sequence[str] = ("agentview", "wrist"),
+                scene_seed: int | None = None) -> dict[str, Any]:
+    """One closed-loop episode from official init state `init_state_id`, or, when it is None, from
+    LIBERO's random placement drawn with reset seed `scene_seed` (held-out validation scenes);
+    with `video_path`, an mp4 of the episode with the kept visual tokens drawn over the frames."""
     import torch
 
     from medvtc.robotics.demonstrations import observation_to_batch
 
     if seed is not None:
         torch.manual_seed(seed)
-    obs, info = env.reset(options={"init_state_id": init_state_id})
+    if init_state_id is None:
+        if scene_seed is None:
+            raise ValueError("run_episode: give init_state_id (an official state) or scene_seed (a random scene)")
+        obs, info = env.reset(seed=int(scene_seed), options={"init_state": "random"})
+    else:
+        obs, info = env.reset(options={"init_state_id": init_state_id})
     policy.reset()
     recorder = None
     if video_path is not None:
         from medvtc.robotics.token_video import EpisodeRecorder
 
-        caption = f"task {env.task_id} init {init_state_id}"
+        caption = f"task {env.task_id} init {init_state_id if init_state_id is not None else f'seed {scene_seed}'}"
         recorder = EpisodeRecorder(video_path, policy, cameras=cameras, caption=caption,
                                    fps=env.metadata.get("render_fps", 20))
     steps, success, t_policy, ok = 0, False, 0.0, False
@@ -462,7 +470,7 @@ def run_episode(env, policy, pre, post, init_state_id: int, *, seed: int | None 
         if recorder is not None:
             recorder.close(keep=ok)
     state = np.asarray(obs["state"], dtype=np.float64)
-    out = {"init_state_id": int(init_state_id), "success": success, "steps": steps,
+    out = {"init_state_id": None if init_state_id is None else int(init_state_id), "success": success, "steps": steps,
            "policy_ms_per_step": 1000 * t_policy / max(steps, 1), "final_state": [round(float(v), 6) for v in state]}
     if video_path is not None:
         out["video"] = str(video_path)
@@ -607,6 +615,66 @@ def run_rollouts(
     results["success_rate"] = float(np.mean(rates))
     results["wall_s"] = round(time.perf_counter() - t0, 2)
     return results
+
+
+def validation_seed(seed: int, task_id: int, episode: int) -> int:
+    """Reset seed of validation episode `episode` of `task_id`: a stream apart from the recording's
+    (`demonstrations.attempt_seed` draws from [seed, task, attempt]; this one adds a tag)."""
+    return int(np.random.SeedSequence([int(seed), int(task_id), int(episode), VALIDATION_TAG]).generate_state(1)[0])
+
+
+VALIDATION_TAG = 0x76616C  # "val"
+
+
+def validation_scenes(seed: int, task_ids: Sequence[int], episodes: int,
+                      exclude: dict[int, set[int]] | None = None) -> list[tuple[int, int]]:
+    """(task, reset seed) of `episodes` held-out random scenes per task, skipping any reset seed in
+    `exclude[task]` (the scenes the demonstrations were recorded from)."""
+    jobs = []
+    for tid in task_ids:
+        taken, e = (exclude or {}).get(int(tid), set()), 0
+        for _ in range(episodes):
+            while validation_seed(seed, tid, e) in taken:
+                e += 1
+            jobs.append((int(tid), validation_seed(seed, tid, e)))
+            e += 1
+    return jobs
+
+
+def validation_rollouts(policy, pre, post, *, suite: str, scenes: Sequence[tuple[int, int]], camera_size: int,
+                        robot_init_noise: float = 0.0, max_episode_steps: int | None = None) -> dict[str, float]:
+    """Success on held-out random scenes (never LIBERO's official initial states, the test set),
+    for checkpoint selection during training: {"val_success": overall, "val_success_task_<t>": ...}.
+    `robot_init_noise` (rad) noises the arm at each reset, as the official states are noised."""
+    import torch
+
+    from medvtc.robotics.demonstrations import set_robot_init_noise
+    from medvtc.robotics.libero_env import LiberoEnv
+
+    cams = policy_cameras(policy.config)
+    was_training = policy.training
+    successes: dict[int, list[bool]] = {}
+    env, env_task = None, None
+    try:
+        for tid, scene in scenes:
+            if env_task != tid:
+                if env is not None:
+                    env.close()
+                env = LiberoEnv(suite, tid, camera_size=camera_size, cameras=cams, max_episode_steps=max_episode_steps)
+                if robot_init_noise > 0:
+                    set_robot_init_noise(env, robot_init_noise)
+                env_task = tid
+            with torch.no_grad():
+                res = run_episode(env, policy, pre, post, None, seed=episode_seed(tid, scene), scene_seed=scene,
+                                  cameras=cams)
+            successes.setdefault(tid, []).append(bool(res["success"]))
+    finally:
+        if env is not None:
+            env.close()
+        policy.train(was_training)
+    out = {f"val_success_task_{t}": float(np.mean(v)) for t, v in successes.items()}
+    out["val_success"] = float(np.mean([s for v in successes.values() for s in v]))
+    return out
 
 
 def env_limit(suite: str) -> int | None:

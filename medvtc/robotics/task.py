@@ -145,6 +145,29 @@ class LiberoEvalConfig:
             raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
 
 
+@dataclass
+class LiberoValidationConfig:
+    """`val.*`: checkpoint selection by rollouts on held-out random scenes during training.
+
+    Every train.eval_every steps (and at the end) the policy is rolled out from `episodes` random
+    scenes per training task, drawn from a seed stream apart from the recording's (a scene the
+    demonstrations were recorded from is skipped), never from LIBERO's official initial states,
+    which are the test set. The weights of the best evaluation (train.select_metric, default
+    val_success; ties go to the later step) become the run's final policy.
+    """
+
+    episodes: int = 0  # per task; 0: no validation rollouts, the last weights are final
+    seed: int = 0
+    robot_init_noise: float = 0.02  # rad of arm-joint noise at each reset, as the official states carry
+    max_episode_steps: int | None = None  # null: the suite's limit
+
+    def validate(self) -> None:
+        if self.episodes < 0:
+            raise ValueError(f"episodes must be >= 0, got {self.episodes}")
+        if self.robot_init_noise < 0:
+            raise ValueError(f"robot_init_noise must be >= 0, got {self.robot_init_noise}")
+
+
 DEFAULT_BENCH_VARIANTS = [
     "compressor_vla", "none", "pooling", "random", "tome", "divprune", "stc_only", "src_only",
     "compressor_vla_no_instruction", "act", "replay",
@@ -200,6 +223,7 @@ class LiberoTaskConfig:
                                             warmup_steps=100, save_every=500, log_every=20)
     )
     eval: LiberoEvalConfig = field(default_factory=LiberoEvalConfig)
+    val: LiberoValidationConfig = field(default_factory=LiberoValidationConfig)
     bench: LiberoBenchConfig = field(default_factory=LiberoBenchConfig)
 
 
@@ -309,7 +333,7 @@ class LiberoTask(Task):
         from medvtc.common.trainer import resolve_device
         from medvtc.robotics.demonstrations import read_recording_summary
         from medvtc.robotics.policy_cost import visual_tokens
-        from medvtc.robotics.rollout import RECORDING_COPY
+        from medvtc.robotics.rollout import RECORDING_COPY, SELECTION_FILE
 
         out = Path(cfg.output_dir)
         if not resume and (ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "final").exists()):
@@ -339,11 +363,18 @@ class LiberoTask(Task):
         def step_fn(model, batch):
             return model(pre(batch))
 
-        trainer = Trainer(policy, dataset, cfg.train, out, seed=cfg.seed, step_fn=step_fn)
+        tcfg, eval_fn, scenes = self._validation(cfg, policy, pre, post)
+        trainer = Trainer(policy, dataset, tcfg, out, seed=cfg.seed, step_fn=step_fn, eval_fn=eval_fn, eval_set=scenes)
         t0 = time.perf_counter()
         trainer.fit(resume=resume)
         if dist_info.is_main:
+            selected = trainer.load_best()
+            if selected is not None:
+                print(f"medvtc: final policy = step {selected['step']} ({selected['metric']} {selected['value']:.3f}, "
+                      f"the best of the validation rollouts; last step {trainer.step})")
             with atomic_directory(out / "final", overwrite=True) as tmp:
+                if selected is not None:
+                    atomic_write_json(tmp / SELECTION_FILE, selected)
                 policy.save_pretrained(tmp)
                 pre.save_pretrained(tmp)
                 post.save_pretrained(tmp)
@@ -359,6 +390,36 @@ class LiberoTask(Task):
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; policy in {out / 'final'}")
         cleanup(dist_info)
         return 0
+
+    def _validation(self, cfg: LiberoTaskConfig, policy, pre, post):
+        """(train config, eval_fn, held-out scenes) for checkpoint selection by validation rollouts
+        (`val.*`); (cfg.train, None, None) when val.episodes is 0."""
+        from dataclasses import replace
+
+        from medvtc.robotics.demonstrations import read_recording_summary
+        from medvtc.robotics.rollout import validation_rollouts, validation_scenes
+
+        v = cfg.val
+        if v.episodes == 0:
+            return cfg.train, None, None
+        if cfg.policy.name == "act":
+            raise ConfigError("val.episodes > 0 (validation rollouts) is for policy.name=compressor_vla; set it to 0 for act")
+        if cfg.train.eval_every == 0:
+            raise ConfigError("val.episodes > 0 needs train.eval_every > 0: the steps at which the policy is rolled out")
+        rec = read_recording_summary(cfg.data.root) or {}
+        exclude = {}
+        if rec.get("init") == "random":  # the reset seeds the demonstrations were recorded (or attempted) from
+            exclude = {int(t["task_id"]): set(t.get("kept_seeds", [])) | set(t.get("failed_seeds", []))
+                       for t in rec.get("tasks", [])}
+        scenes = validation_scenes(v.seed, cfg.data.tasks, v.episodes, exclude)
+        size = int(next(iter(policy.config.image_features.values())).shape[-1])
+
+        def eval_fn(model, jobs, device):
+            return validation_rollouts(model, pre, post, suite=cfg.data.suite, scenes=jobs, camera_size=size,
+                                       robot_init_noise=v.robot_init_noise, max_episode_steps=v.max_episode_steps)
+
+        tcfg = cfg.train if cfg.train.select_metric else replace(cfg.train, select_metric="val_success", select_mode="max")
+        return tcfg, eval_fn, scenes
 
     def _train_replay(self, cfg: LiberoTaskConfig) -> int:
         """The no-vision floor: keep the first recorded demonstration of every task."""
