@@ -143,6 +143,29 @@ def test_imagenet_normalisation_is_inside():
 
 
 @needs_weights
+def test_frozen_inference_folds_batchnorm_and_follows_new_weights():
+    enc = MobileNetV2ImageNetEncoder(2)
+    x = torch.rand(2, 3, 64, 64)
+    mean = torch.tensor(pe.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(pe.IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        reference = enc.net((x - mean) / std)
+    out = enc(x)
+    assert out.is_contiguous() and not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.inference_net().modules())
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)  # folding only rounds differently
+    assert set(enc.state_dict()) == set(MobileNetV2ImageNetEncoder(2).state_dict())  # the folded copy is not saved
+    # loading other weights (a checkpoint) rebuilds the folded copy from them
+    state = {k: (v * 0.5 if k.endswith("weight") else v) for k, v in enc.state_dict().items()}
+    enc.load_state_dict(state)
+    with torch.no_grad():
+        changed = enc.net((x - mean) / std)
+    torch.testing.assert_close(enc(x), changed, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed, reference)
+    enc.to(torch.float64)  # so does moving it
+    assert enc(x.double()).dtype == torch.float64
+
+
+@needs_weights
 def test_cache_fingerprint_and_token_cache(tmp_path):
     import json
 
