@@ -37,6 +37,10 @@ DEFAULT_TEXT_CONFIG: dict[str, Any] = {
 }
 
 
+# LoRA's default targets: the attention projections of Llama (and of Mistral, Qwen2, Gemma, ...)
+DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
 def _triple(value: Any, field: str) -> tuple[int, int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value, value)
@@ -92,6 +96,18 @@ class CTReportConfig(PretrainedConfig):
                         config then records the loaded `text_config` so that a saved model is
                         self-contained (reloading never reads `language_model_path` again).
       language_model_path  optional local HF checkpoint of a causal LM (loaded offline)
+      lora_rank         0 (default): the LM's own weights train. > 0: LoRA adapters of this rank
+                        (the `peft` library; Hu et al., arXiv 2106.09685) are attached to the
+                        LM's `lora_target_modules`, and only they train wherever a stage trains
+                        the LM (`CTReportModel.freeze_for_stage`); the LM's weights stay frozen
+      lora_alpha        LoRA scaling numerator (the update is B A x * lora_alpha / lora_rank)
+      lora_dropout      dropout on the adapters' input, in [0, 1)
+      lora_target_modules
+                        names of the LM's linear layers that get adapters (peft matches a
+                        module's name or its dotted suffix); default Llama's attention
+                        projections q_proj, k_proj, v_proj, o_proj; ["all-linear"] is every
+                        linear layer but the output head. A name that matches no module of the
+                        LM is an error when the model is built.
 
     Text:
       prompt            text placed between the visual tokens and the report; it is also the
@@ -127,6 +143,10 @@ class CTReportConfig(PretrainedConfig):
         projector_hidden_act: str = "gelu",
         text_config: dict[str, Any] | PretrainedConfig | None = None,
         language_model_path: str | None = None,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGET_MODULES,
         prompt: str = "Findings:",
         prompt_token_ids: Sequence[int] | None = None,
         bos_token_id: int | None = None,
@@ -182,6 +202,7 @@ class CTReportConfig(PretrainedConfig):
         elif text_config is not None and not isinstance(text_config, PretrainedConfig):
             raise ValueError(f"text_config must be a dict, a PretrainedConfig or None, got {type(text_config).__name__}")
         self.text_config = text_config
+        self._set_lora(lora_rank, lora_alpha, lora_dropout, lora_target_modules)
 
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {prompt!r}")
@@ -197,6 +218,22 @@ class CTReportConfig(PretrainedConfig):
                 if value is not None:
                     setattr(self.text_config, key, value)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
+
+    def _set_lora(self, rank: Any, alpha: Any, dropout: Any, targets: Any) -> None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"lora_rank must be an int >= 0 (0: no LoRA), got {rank!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"lora_alpha must be a positive number, got {alpha!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {dropout!r}")
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"lora_target_modules must be a non-empty list of module names (e.g. [q_proj, v_proj]), got {targets!r}")
+        self.lora_rank = rank
+        self.lora_alpha = float(alpha)
+        self.lora_dropout = float(dropout)
+        self.lora_target_modules = list(targets)
 
     # -- derived sizes ---------------------------------------------------------------------
 
@@ -332,4 +369,4 @@ class CTReportConfig(PretrainedConfig):
 
 AutoConfig.register(CTReportConfig.model_type, CTReportConfig, exist_ok=True)
 
-__all__ = ["CTReportConfig", "DEFAULT_TEXT_CONFIG"]
+__all__ = ["CTReportConfig", "DEFAULT_LORA_TARGET_MODULES", "DEFAULT_TEXT_CONFIG"]

@@ -77,6 +77,14 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
     `language_model` (LlamaForCausalLM by default), `token_standardizer` (a `TokenStandardizer`
     between the ViT and the compressor; None with standardize_visual_tokens=False).
 
+    LoRA (config.lora_rank > 0): `language_model` is a peft `PeftModelForCausalLM` around the LM
+    with adapters on `lora_target_modules`; only the adapters of the LM train
+    (`freeze_for_stage`). `save_pretrained` writes the base LM's weights and the adapters (peft's
+    parameter names) into the one model.safetensors, and the config records the LoRA settings,
+    so `from_pretrained` rebuilds the same adapted model and reproduces its logits exactly; it
+    needs only the saved folder, not `language_model_path`. `merge_lora()` folds the adapters
+    into the weights for a model that loads without peft.
+
     forward(pixel_values [B, 1, X, Y, Z] | None, input_ids [B, T], attention_mask [B, T],
             labels [B, T]) -> CausalLMOutputWithPast
         input_ids are the report tokens followed by eos, right-padded (`encode_reports`); the
@@ -141,6 +149,10 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
                 "CTReportConfig.from_tokenizer(tokenizer, ...) or pass prompt_token_ids"
             )
         self.post_init()
+        if config.lora_rank:
+            # after post_init: our _init_weights would otherwise re-initialise the adapters'
+            # Linear layers (LoRA's B starts at zero, so that the adapted LM equals the base)
+            self.language_model = self._attach_lora(self.language_model)
 
     def _build_language_model(self) -> PreTrainedModel:
         config = self.config
@@ -154,6 +166,46 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             module._is_hf_initialized = True
         config.text_config = lm.config
         return lm
+
+    def _attach_lora(self, lm: PreTrainedModel) -> nn.Module:
+        """Wrap `lm` in a peft `PeftModelForCausalLM` with LoRA adapters on the config's
+        `lora_target_modules` (rank `lora_rank`, scale `lora_alpha / lora_rank`, `lora_dropout`).
+        Each name must match a module of the LM (as peft matches: the name or a dotted suffix);
+        peft itself ignores a name that matches nothing as long as another one matches."""
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        config = self.config
+        targets = list(config.lora_target_modules)
+        if targets != ["all-linear"]:
+            names = [n for n, _ in lm.named_modules() if n]
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)})
+            for t in targets:
+                if not any(n == t or n.endswith("." + t) for n in names):
+                    raise ValueError(
+                        f"lora_target_modules: {t!r} names no module of the language model ({type(lm).__name__}); "
+                        f"its linear layers are {', '.join(linear)} (or give [all-linear])"
+                    )
+        lora = LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=config.lora_rank, lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout, target_modules=targets[0] if targets == ["all-linear"] else targets,
+        )
+        return get_peft_model(lm, lora)
+
+    @property
+    def has_lora(self) -> bool:
+        """Whether the LM carries LoRA adapters (config.lora_rank > 0, not merged)."""
+        return getattr(self.language_model, "peft_config", None) is not None  # a peft model (no import needed)
+
+    def merge_lora(self) -> "CTReportModel":
+        """Fold the LoRA adapters into the LM's weights (peft's `merge_and_unload`) and drop
+        them: the LM is a plain transformers model again and `config.lora_rank` becomes 0, so a
+        model saved afterwards loads without peft and runs as fast as the base. The logits agree
+        with the adapted model's up to float rounding. Returns self."""
+        if not self.has_lora:
+            raise ValueError("merge_lora: this model has no LoRA adapters (lora_rank=0 or already merged)")
+        self.language_model = self.language_model.merge_and_unload()
+        self.config.lora_rank = 0
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         """Re-create each module's own initialisation rather than transformers' generic
@@ -213,6 +265,9 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         1:    only compressor + projector (+ text_projector); ViT and LM frozen (Argus stage 1,
               feature alignment). A frozen ViT runs under no_grad in `encode_images`.
         2:    everything, the ViT included (Argus stage 2 fine-tunes end to end).
+
+        With LoRA (config.lora_rank > 0), "the language model" means its adapters: the LM's
+        own weights (embeddings and output head included) stay frozen in every stage.
         """
         key = str(stage).lower().removeprefix("stage").strip("_ ")
         parts = {
@@ -229,6 +284,10 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         for module in parts[key]:
             if module is not None:
                 module.requires_grad_(True)
+        if self.has_lora:
+            for name, p in self.language_model.named_parameters():
+                if "lora_" not in name:  # peft's prefix of every adapter parameter
+                    p.requires_grad_(False)
         counts = {
             name: sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
             for name in ("vision_encoder", "compressor", "projector", "language_model")

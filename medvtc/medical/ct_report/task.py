@@ -23,6 +23,10 @@ pretrained LLM and ViT (we build both from scratch: no hub access; see `pretrain
 - stage 2 (`finetune`, the `train.*` keys): everything trains, the ViT unfrozen.
 Each stage is a run of the shared trainer in its own folder under `output_dir`, so `--resume`
 continues whichever stage was interrupted and skips the finished ones.
+
+With a pretrained LM (`model.language_model_path`) and `model.lora_rank` > 0, the LM trains only
+through LoRA adapters (peft) wherever a stage trains it; the final model is saved with them and
+reloads with them (`CTReportModel`'s docstring). `model.gradient_checkpointing` covers ViT and LM.
 """
 
 from __future__ import annotations
@@ -116,8 +120,33 @@ class CTReportModelConfig:
     vocab_size: int = 2000
     max_report_tokens: int = 256
     prompt: str = "Findings:"
+    # recompute the ViT's and the LM's blocks in the backward pass (torch's non-reentrant
+    # activation checkpointing, through transformers' gradient_checkpointing_enable)
     gradient_checkpointing: bool = False
     standardize_visual_tokens: bool = True  # per-position standardisation of the ViT tokens (token_standardizer.py)
+    # LoRA adapters (peft) on the pretrained LM of language_model_path: 0 trains the LM's own
+    # weights; > 0 trains only adapters of this rank wherever a stage trains the LM
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    # Llama's attention projections (configuration_ct_report.DEFAULT_LORA_TARGET_MODULES, not
+    # imported here: this module loads without transformers); [all-linear] for every linear layer
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def validate(self) -> None:
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
+        if self.lora_rank and not self.language_model_path:
+            raise ValueError(
+                f"lora_rank={self.lora_rank} adapts a pretrained LM: set model.language_model_path to a local "
+                "causal-LM checkpoint, or lora_rank=0 (the Llama built from scratch trains in full)"
+            )
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules or not all(self.lora_target_modules):
+            raise ValueError(f"lora_target_modules must name at least one module of the LM (e.g. [q_proj, v_proj]), got {self.lora_target_modules}")
 
 
 @dataclass
@@ -307,10 +336,18 @@ class CTReportTask(Task):
                 standardize_visual_tokens=m.standardize_visual_tokens,
                 compressor=m.compressor, compressor_budget=m.budget, compressor_args=dict(m.compressor_args),
                 text_config=text_config, language_model_path=m.language_model_path or None, prompt=m.prompt,
+                lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                lora_target_modules=list(m.lora_target_modules),
             )
+            model = CTReportModel(config)  # a lora_target_modules name that matches no LM module is a ValueError
         except ValueError as e:
             raise UserError(f"model config: {e}") from None
-        return CTReportModel(config)
+        if m.gradient_checkpointing:
+            # the ViT's blocks (already on through vision_gradient_checkpointing) and the LM's
+            # decoder layers. Non-reentrant: gradients reach the adapters and the visual tokens
+            # even where the LM's input embeddings are frozen (LoRA), with no enable_input_require_grads.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
 
     # -- train -----------------------------------------------------------------------------------
     def _stage_configs(self, cfg: CTReportTaskConfig) -> dict[str, TrainConfig]:
