@@ -171,6 +171,7 @@ class RecordingSummary:
     seconds: float = 0.0
     robot_init_noise: float = 0.0
     action_noise: float = 0.0
+    image_stats: str = "uint8"  # how LeRobot computed the image statistics ("float": under image_stats.float_image_stats)
 
     @property
     def episodes(self) -> int:
@@ -310,6 +311,7 @@ def record_demonstrations(
     from tqdm.auto import tqdm
 
     from medvtc.common.io import atomic_directory, atomic_write_json
+    from medvtc.robotics.image_stats import FLOAT_MARK, float_image_stats
     from medvtc.robotics.libero_env import LiberoEnv, check_gl_backend, load_suite
     from medvtc.robotics.scripted_expert import ScriptedExpert
 
@@ -331,12 +333,12 @@ def record_demonstrations(
     summary = RecordingSummary(
         root=str(root), suite=suite, seed=int(seed), init=init, camera_size=tuple(camera_size), fps=int(fps),
         episodes_per_task=int(episodes_per_task), tasks=[], robot_init_noise=float(robot_init_noise),
-        action_noise=float(action_noise),
+        action_noise=float(action_noise), image_stats=FLOAT_MARK,
     )
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
                disable=not progress, dynamic_ncols=True)
     try:
-        with atomic_directory(root, overwrite=overwrite) as tmp:
+        with atomic_directory(root, overwrite=overwrite) as tmp, float_image_stats():
             tmp.rmdir()  # LeRobotDataset.create insists on making the folder itself
             ds = LeRobotDataset.create(
                 repo_id=f"{REPO_PREFIX}/{root.name}", fps=int(fps), root=tmp, robot_type="panda",

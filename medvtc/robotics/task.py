@@ -288,7 +288,14 @@ class LiberoTask(Task):
         which `dist_info` names; None = this one)."""
         import torch
 
-        from medvtc.robotics.demonstrations import check_dataset_features, load_demonstrations, read_info, required_features
+        from medvtc.robotics.demonstrations import (
+            check_dataset_features,
+            load_demonstrations,
+            read_info,
+            read_recording_summary,
+            required_features,
+        )
+        from medvtc.robotics.image_stats import dataset_stats
         from medvtc.robotics.policies.compressor_vla import CompressorVLAPolicy, make_compressor_vla_pre_post_processors
 
         info = read_info(cfg.data.root)
@@ -298,19 +305,25 @@ class LiberoTask(Task):
         delta = {"action": [i / fps for i in pcfg.action_delta_indices]}  # = LeRobot's resolve_delta_timestamps
         dataset = load_demonstrations(cfg.data.root, required=required_features(pcfg.input_features, pcfg.output_features),
                                       delta_timestamps=delta)
+        stats, recomputed = dataset.meta.stats, False
+        if getattr(pcfg.normalization_mapping.get("VISUAL"), "value", None) != "IDENTITY":  # the frozen ImageNet encoder normalises itself
+            stats, recomputed = dataset_stats(dataset, read_recording_summary(cfg.data.root))
+        if recomputed and (dist_info is None or dist_info.is_main):
+            print("medvtc: image statistics recomputed in float (the dataset's were computed by LeRobot 0.4.4 in uint8, "
+                  "which overflows: huggingface/lerobot#3682)")
         torch.manual_seed(cfg.seed)
         if cfg.policy.name == "act":
             from lerobot.policies.act.modeling_act import ACTPolicy
             from lerobot.policies.act.processor_act import make_act_pre_post_processors
 
             policy = ACTPolicy(pcfg)
-            pre, post = make_act_pre_post_processors(pcfg, dataset.meta.stats)
+            pre, post = make_act_pre_post_processors(pcfg, stats)
             return policy, pre, post, dataset
         try:
             policy = CompressorVLAPolicy(pcfg)
         except ValueError as e:
             raise ConfigError(f"policy: {e}") from None
-        pre, post = make_compressor_vla_pre_post_processors(pcfg, dataset.meta.stats)
+        pre, post = make_compressor_vla_pre_post_processors(pcfg, stats)
         if cfg.policy.cache_tokens:  # compressor_vla only (ACT returned above)
             dataset = self._token_dataset(cfg, policy, pre, dataset, device, dist_info)
         return policy, pre, post, dataset
