@@ -143,6 +143,7 @@ class CTReportBench(BenchSpec):
         flat = super().settings(cfg_tree)
         flat.pop("stages.shared_dir", None)  # where the shared stages live, not what they are
         flat.pop("data.cache", None)  # in-memory caching of volumes changes no weight
+        flat.pop("data.persistent_cache_dir", None)  # nor does caching them on disk
         return flat
 
     def eval_settings(self, cfg) -> dict[str, Any]:

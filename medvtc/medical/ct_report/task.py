@@ -72,6 +72,10 @@ class CTReportDataConfig:
     resize: Literal["resize", "crop_pad"] = "resize"
     val_fraction: float = 0.1
     cache: bool = True
+    # a folder that keeps every preprocessed volume on disk (datasets.volume_cache), keyed by the
+    # preprocessing and each file's path, size and mtime: later epochs and runs read it back
+    # instead of decoding and resampling the NIfTI again; null: off
+    persistent_cache_dir: str | None = None
     num_train: int = 1200
     num_val: int = 50
     num_test: int = 50
@@ -287,6 +291,7 @@ class CTReportTask(Task):
             s: CTReportDataset(
                 read_ct_rate(d.root, s, d.val_fraction), spatial_size=d.spatial_size, spacing=d.spacing,
                 hu_window=d.hu_window, resize=d.resize, cache=d.cache, hu_bins=d.hu_bins,
+                persistent_cache=d.persistent_cache_dir or None,
             )
             for s in splits
         }
