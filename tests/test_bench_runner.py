@@ -301,3 +301,21 @@ def test_a_spec_that_does_not_train(tmp_path):
     # nor does it need bench.output_dir (nor bench.seeds)
     rows = run_bench(UntrainedSpec(), BareConfig(), out, log=lambda s: None)
     assert [r.method for r in rows] == ["none"]
+
+
+def test_selection_and_the_convergence_budget_in_the_settings():
+    """eval_every counts once evaluations choose the weights; train keys added later (selection,
+    plateau_*) left at off match runs whose settings predate them."""
+    from medvtc.common.bench_runner import comparable_settings
+
+    spec = ToyBenchSpec()
+    base = {"seed": 0, "train": {"max_steps": 2, "eval_every": 10, "progress": True}}
+    assert "train.eval_every" not in spec.settings(base)  # bookkeeping without selection
+    selecting = {"seed": 0, "train": {**base["train"], "select_metric": "dice", "plateau_window": 0.2}}
+    assert spec.settings(selecting)["train.eval_every"] == 10
+    old = spec.settings(base)
+    off = spec.settings({"seed": 0, "train": {**base["train"], "select_metric": None, "select_mode": "max",
+                                              "plateau_window": None, "plateau_delta": 0.0, "plateau_min_steps": 0}})
+    assert comparable_settings(off) == comparable_settings(old) == old
+    on = comparable_settings(spec.settings(selecting))
+    assert on["train.plateau_window"] == 0.2 and on["train.select_metric"] == "dice"

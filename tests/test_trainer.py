@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -250,3 +251,134 @@ def test_selection_needs_an_evaluation_that_gives_the_metric(tmp_path):
         t.fit()
     with pytest.raises(ValueError, match="select_mode"):
         TrainConfig(select_metric="acc", select_mode="best").validate()
+
+
+# -- the convergence budget (train.plateau_*) ---------------------------------------------------------
+def _plateau_trainer(out, values, **cfg):
+    """A trainer whose evaluation at step s returns values(s) (the same at any resume)."""
+    from medvtc.common.trainer import Trainer
+
+    torch.manual_seed(0)
+    holder: dict = {}
+    settings = dict(max_steps=40, batch_size=4, eval_every=2, save_every=4, progress=False, select_metric="acc",
+                    plateau_window=0.25, plateau_delta=0.01)
+    config = TrainConfig(**{**settings, **cfg})
+    config.validate()
+    t = Trainer(torch.nn.Linear(4, 1), _Scripted(), config, out, step_fn=lambda m, x: m(x).pow(2).mean(),
+                eval_fn=lambda m, ds, dev: {"acc": values(holder["t"].step)}, eval_set=[0])
+    holder["t"] = t
+    return t
+
+
+def _peak_at_12(step: int) -> float:
+    return 0.05 * step if step <= 12 else 0.59  # rises to 0.6 at step 12, then a little lower
+
+
+def test_plateau_rule_on_a_scripted_history():
+    from medvtc.common.trainer import plateau_reached
+
+    hist = [(s, _peak_at_12(s)) for s in range(2, 41, 2)]
+    # step 14: the window starts at 10.5; the best before it (0.5 at 10) is 0.1 below the best now
+    assert not plateau_reached(hist, 14, 0.25, 0.01)
+    assert plateau_reached(hist, 16, 0.25, 0.01)  # the window starts at 12: nothing gained since
+    assert not plateau_reached(hist, 16, 0.25, 0.01, min_steps=20) and plateau_reached(hist, 20, 0.25, 0.01, min_steps=20)
+    assert not plateau_reached(hist, 16, None, 0.01) and not plateau_reached(hist, 16, 0.0, 0.01)
+    assert not plateau_reached([(2, 0.1)], 2, 0.25, 0.01)  # no evaluation before the window
+    # delta is absolute: a gain of 0.1 over the window is a plateau for delta 0.1, not for 0.09
+    assert plateau_reached(hist, 14, 0.25, 0.1) and not plateau_reached(hist, 14, 0.25, 0.09)
+    # min mode: a loss that stops falling
+    loss = [(s, 1.0 / s if s <= 12 else 0.2) for s in range(2, 41, 2)]
+    assert plateau_reached(loss, 16, 0.25, 0.001, mode="min") and not plateau_reached(loss, 14, 0.25, 0.001, mode="min")
+    assert plateau_reached([(2, 0.5), (4, float("nan"))], 4, 0.25, 0.0)  # NaN never counts as an improvement
+
+
+def test_plateau_stops_training_at_the_right_step_and_records_it(tmp_path, capsys):
+    t = _plateau_trainer(tmp_path, _peak_at_12)
+    t.fit()
+    assert t.step == 16 and t.plateau_step == 16
+    assert "plateau at step 16" in capsys.readouterr().out
+    conv = json.loads((tmp_path / "convergence.json").read_text())
+    assert (conv["stopped_by"], conv["plateau_step"], conv["steps"], conv["best_step"]) == ("plateau", 16, 16, 12)
+    assert conv["history"] == [[s, pytest.approx(_peak_at_12(s))] for s in range(2, 17, 2)]
+    assert conv["rule"] == {"plateau_window": 0.25, "plateau_delta": 0.01, "plateau_min_steps": 0, "eval_every": 2,
+                            "max_steps": 40}
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 12
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step_00000016"
+    with open(tmp_path / "metrics.csv", newline="") as f:  # step 16 evaluated once, not again at the end
+        assert [r["step"] for r in csv.DictReader(f) if r["split"] == "eval"] == [str(s) for s in range(2, 17, 2)]
+    # not before plateau_min_steps
+    late = _plateau_trainer(tmp_path / "late", _peak_at_12, plateau_min_steps=23)
+    late.fit()
+    assert late.step == 24
+
+
+def test_no_plateau_while_improving_and_without_the_rule(tmp_path):
+    t = _plateau_trainer(tmp_path / "up", lambda s: 0.01 * s, max_steps=20)  # gains 0.02 over every window
+    t.fit()
+    conv = json.loads((tmp_path / "up" / "convergence.json").read_text())
+    assert t.step == 20 and (conv["stopped_by"], conv["plateau_step"], conv["best_step"]) == ("max_steps", None, 20)
+    off = _plateau_trainer(tmp_path / "off", _peak_at_12, max_steps=20, plateau_window=None)
+    off.fit()
+    assert off.step == 20 and json.loads((tmp_path / "off" / "convergence.json").read_text())["stopped_by"] == "max_steps"
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_a_killed_and_resumed_run_stops_at_the_same_step(tmp_path, old_checkpoint):
+    reference = _plateau_trainer(tmp_path / "ref", _peak_at_12)
+    reference.fit()
+
+    def dies_at_14(step):
+        if step == 14:
+            raise _Killed  # after the checkpoint at 12 and the evaluations up to it
+        return _peak_at_12(step)
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        _plateau_trainer(out, dies_at_14).fit()
+    if old_checkpoint:  # a checkpoint from before the history was kept: read back from metrics.csv
+        state_path = ckpt.latest_checkpoint(out / "checkpoints") / ckpt.STATE
+        state = torch.load(state_path, weights_only=True)
+        del state["eval_history"], state["plateau_step"]
+        torch.save(state, state_path)
+    resumed = _plateau_trainer(out, _peak_at_12)
+    resumed.fit(resume=True)
+    assert resumed.step == resumed.plateau_step == 16
+    got, want = (json.loads((d / "convergence.json").read_text()) for d in (out, tmp_path / "ref"))
+    if old_checkpoint:  # metrics.csv keeps 6 significant digits
+        got["history"] = [[s, pytest.approx(v, rel=1e-5)] for s, v in got["history"]]
+    assert got == want
+    assert torch.equal(resumed.model.weight, reference.model.weight)
+    # resuming a run the rule stopped trains no further, even with a higher cap
+    again = _plateau_trainer(out, _peak_at_12, max_steps=80)
+    again.fit(resume=True)
+    assert again.step == 16 and ckpt.latest_checkpoint(out / "checkpoints").name == "step_00000016"
+    assert json.loads((out / "convergence.json").read_text())["plateau_step"] == 16
+
+
+def test_plateau_settings_are_checked(tmp_path):
+    from medvtc.common.config import load_config
+    from medvtc.common.errors import ConfigError
+
+    good = dict(select_metric="acc", eval_every=10)
+    for bad, match in ((dict(plateau_window=1.0), "plateau_window must be a fraction of the steps so far in \\(0, 1\\)"),
+                       (dict(plateau_window=-0.2), "plateau_window must be"),
+                       (dict(plateau_window=0.2, plateau_delta=-0.01), "plateau_delta must be a number >= 0"),
+                       (dict(plateau_window=0.2, plateau_min_steps=-1), "plateau_min_steps must be an integer >= 0")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**good, **bad).validate()
+    with pytest.raises(ValueError, match="plateau_window=0.2 needs select_metric"):
+        TrainConfig(plateau_window=0.2, eval_every=10).validate()
+    with pytest.raises(ValueError, match="plateau_window=0.2 needs eval_every >= 1"):
+        TrainConfig(plateau_window=0.2, select_metric="acc").validate()
+    TrainConfig(plateau_window=0, plateau_delta=0.5).validate()  # off
+    with pytest.raises(ConfigError, match=r"^train: plateau_window must be"):
+        load_config(_Wrap, None, ["train.plateau_window=1.5", "train.select_metric=acc", "train.eval_every=5"])
+
+
+@dataclasses.dataclass
+class _Wrap:
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -165,7 +165,9 @@ class BenchSpec:
     def settings(self, cfg_tree: Mapping[str, Any]) -> dict[str, Any]:
         """The flattened keys a run's weights depend on (from a config as a dict)."""
         flat = flatten_config({k: cfg_tree[k] for k in self.settings_sections if k in cfg_tree}, self.keep_whole)
-        flat = {k: v for k, v in flat.items() if not (k.startswith("train.") and k[6:] in TRAIN_BOOKKEEPING)}
+        # selection (and the convergence budget on it) make the evaluations' timing change the weights
+        bookkeeping = TRAIN_BOOKKEEPING - ({"eval_every"} if flat.get("train.select_metric") else set())
+        flat = {k: v for k, v in flat.items() if not (k.startswith("train.") and k[6:] in bookkeeping)}
         return json.loads(json.dumps(flat, default=str))  # tuples -> lists, as read back from json
 
     def eval_settings(self, cfg: Any) -> dict[str, Any]:
@@ -239,20 +241,40 @@ def settings_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[
     return [(k, saved.get(k, absent), current.get(k, absent)) for k in keys if saved.get(k, absent) != current.get(k, absent)]
 
 
+# train.* keys added after runs were made, and the values at which they change nothing: left out
+# of the settings there, so that older runs (whose settings lack them) stay reusable
+_OFF_WHEN = {
+    "train.select_metric": lambda flat: flat.get("train.select_metric") is None and flat.get("train.select_mode", "max") == "max",
+    "train.select_mode": lambda flat: flat.get("train.select_metric") is None and flat.get("train.select_mode", "max") == "max",
+    "train.plateau_window": lambda flat: not flat.get("train.plateau_window"),
+    "train.plateau_delta": lambda flat: not flat.get("train.plateau_window"),
+    "train.plateau_min_steps": lambda flat: not flat.get("train.plateau_window"),
+}
+
+
+def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's settings less the train.* keys that are off (`_OFF_WHEN`): what reuse compares."""
+    return {k: v for k, v in settings.items() if not (k in _OFF_WHEN and _OFF_WHEN[k](settings))}
+
+
+def run_settings(spec: BenchSpec, cfg_tree: Mapping[str, Any]) -> dict[str, Any]:
+    return comparable_settings(spec.settings(cfg_tree))
+
+
 def _saved_settings(spec: BenchSpec, run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / SETTINGS_FILE
     if path.is_file():
-        return json.loads(path.read_text())["settings"]
+        return comparable_settings(json.loads(path.read_text())["settings"])
     for candidate in (run_dir / "config.yaml", run_dir / "final" / "config.yaml"):
         if candidate.is_file():  # a run made with `medvtc train` into this folder
-            return spec.settings(read_yaml(candidate))
+            return run_settings(spec, read_yaml(candidate))
     return None
 
 
 def train_or_reuse(spec: BenchSpec, vcfg: Any, run_dir: Path, retrain: bool, log: Callable[[str], None]) -> tuple[str, float | None]:
     """Train the run in `run_dir` unless a matching one is there; returns (status, train seconds)
     with status "reused", "resumed" or "trained"."""
-    current = spec.settings(to_dict(vcfg))
+    current = run_settings(spec, to_dict(vcfg))
     status = "trained"
     if run_dir.exists() and any(run_dir.iterdir()):
         saved = _saved_settings(spec, run_dir)
@@ -290,7 +312,7 @@ def _train_seconds(spec: BenchSpec, run_dir: Path) -> float | None:
 
 
 def evaluate_or_reuse(spec: BenchSpec, vcfg: Any, variant: Variant, run_dir: Path, log: Callable[[str], None]) -> Evaluation:
-    key = {"settings": spec.settings(to_dict(vcfg)), "eval": json.loads(json.dumps(spec.eval_settings(vcfg), default=str)),
+    key = {"settings": run_settings(spec, to_dict(vcfg)), "eval": json.loads(json.dumps(spec.eval_settings(vcfg), default=str)),
            "weights": spec.weights_signature(run_dir)}
     path = run_dir / EVAL_FILE
     if path.is_file():

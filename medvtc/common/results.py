@@ -35,8 +35,9 @@ class ResultRow:
     cases: dict[str, Any] | None = None  # per-case results ({seed: {column: [values]}}), to recompute intervals
 
 
-# metric-name suffixes that belong to another metric (its interval, difference, seeds)
-AUX_SUFFIXES = ("_ci", "_diff", "_diff_ci", "_per_seed")
+# metric-name suffixes that belong to another metric (its interval, difference, seeds, validation
+# curve): kept in the json, not shown as table columns
+AUX_SUFFIXES = ("_ci", "_diff", "_diff_ci", "_per_seed", "_val_curve")
 
 
 def _is_aux(name: str, names: Sequence[str]) -> bool:
@@ -203,19 +204,24 @@ def quality_cost_plot(
     quality_label: str,
     panels: Sequence[tuple[str, str, bool]],
     scale: dict[str, float] | None = None,
+    extra: Sequence[Callable[[Any], None]] = (),
 ) -> None:
     """One panel per cost column: the row's `metrics[quality]` (y) against a cost column (x).
 
     `panels` lists (row column, axis label, log x); `scale` divides a column (e.g. flops by 1e9).
     Rows without the quality metric or with a missing / non-finite cost are left out of a panel,
-    so a network that ran out of memory at a size does not break the plot."""
+    so a network that ran out of memory at a size does not break the plot. Each function of
+    `extra` draws one more panel on the axes it is given (e.g. validation curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scale = scale or {}
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    n = len(panels) + len(extra)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.5), squeeze=False)
+    for draw, ax in zip(extra, axes[0][len(panels):]):
+        draw(ax)
     for ax, (column, label, log) in zip(axes[0], panels):
         points = []
         for r in rows:

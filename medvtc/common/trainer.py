@@ -10,6 +10,12 @@
 - a periodic evaluation hook, and checkpoint selection on it: with `select_metric` the weights of
   the best evaluation so far are kept in `output_dir/best` (`best.json` says which step and value;
   ties go to the later step) and `load_best()` puts them back into the model;
+- a convergence budget on that evaluation (`plateau_window`, `plateau_delta`,
+  `plateau_min_steps`; `max_steps` is the cap): training stops at the first evaluation where the
+  best `select_metric` so far is no more than `plateau_delta` better than the best before the last
+  `plateau_window` of the steps so far (`plateau_reached`). The evaluation history lives in the
+  checkpoints' training state, so a killed and resumed run stops at the same step; a run that
+  selects writes `convergence.json` (`CONVERGENCE_FILE`: the history, best step, plateau step);
 - atomic safetensors checkpoints (see `medvtc.common.checkpoint`);
 - DistributedDataParallel when launched by `torchrun` (gloo on CPU, NCCL on GPU): samplers are
   sharded, logged metrics are averaged over ranks, only rank 0 writes.
@@ -38,11 +44,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from medvtc.common import checkpoint as ckpt
 from medvtc.common.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from medvtc.common.errors import UserError
-from medvtc.common.io import atomic_directory, atomic_path
+from medvtc.common.io import atomic_directory, atomic_path, atomic_write_json
 from medvtc.common.seeding import get_rng_state, seed_everything, set_rng_state
 from medvtc.common.threads import configure_threads
 
 BEST_FILE = "best.json"
+CONVERGENCE_FILE = "convergence.json"  # the validation curve, best step and plateau step of a selecting run
 StepFn = Callable[[torch.nn.Module, Any], Any]
 EvalFn = Callable[[torch.nn.Module, Dataset, torch.device], Mapping[str, float]]
 
@@ -73,6 +80,13 @@ class TrainConfig:
     # eval_every counts as a setting then (medvtc.common.config.TRAIN_BOOKKEEPING says otherwise).
     select_metric: str | None = None
     select_mode: Literal["max", "min"] = "max"
+    # convergence budget on select_metric (needs eval_every): stop at the first evaluation, at or
+    # after plateau_min_steps, where the best value so far beats the best before the last
+    # plateau_window of the steps so far (a fraction in (0, 1)) by no more than plateau_delta
+    # (absolute, in the metric's units); max_steps stays the cap. null or 0: off.
+    plateau_window: float | None = None
+    plateau_delta: float = 0.0
+    plateau_min_steps: int = 0
     save_every: int = 100
     keep_last: int = 2
     progress: bool = True
@@ -95,6 +109,42 @@ class TrainConfig:
             raise ValueError(f"select_mode must be 'max' or 'min', got {self.select_mode!r}")
         if self.select_metric is not None and (not isinstance(self.select_metric, str) or not self.select_metric):
             raise ValueError(f"select_metric must be a metric name or null, got {self.select_metric!r}")
+        w = self.plateau_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not (w == 0 or 0 < w < 1)):
+            raise ValueError(f"plateau_window must be a fraction of the steps so far in (0, 1), or 0 / null for off, got {w!r}")
+        if isinstance(self.plateau_delta, bool) or not isinstance(self.plateau_delta, (int, float)) \
+                or not math.isfinite(self.plateau_delta) or self.plateau_delta < 0:
+            raise ValueError(f"plateau_delta must be a number >= 0 (the metric's units), got {self.plateau_delta!r}")
+        if isinstance(self.plateau_min_steps, bool) or not isinstance(self.plateau_min_steps, int) or self.plateau_min_steps < 0:
+            raise ValueError(f"plateau_min_steps must be an integer >= 0, got {self.plateau_min_steps!r}")
+        if self.plateau:
+            if not self.select_metric:
+                raise ValueError(f"plateau_window={w} needs select_metric (the evaluation metric it watches)")
+            if self.eval_every < 1:
+                raise ValueError(f"plateau_window={w} needs eval_every >= 1 (evaluations to watch), got {self.eval_every}")
+
+    @property
+    def plateau(self) -> bool:
+        """Whether the convergence budget is on."""
+        return bool(self.plateau_window)
+
+
+def plateau_reached(history: list[tuple[int, float]] | list[list[Any]], step: int, window: float | None, delta: float,
+                    mode: str = "max", min_steps: int = 0) -> bool:
+    """The convergence rule (see `TrainConfig.plateau_window`): at `step`, with the evaluations
+    `history` ((step, value), any order), has the best value improved by no more than `delta`
+    over the last `window * step` steps? Needs an evaluation at or before the window's start
+    (step * (1 - window)); non-finite values never count as an improvement."""
+    if not window or step < max(1, min_steps):
+        return False
+    start = step * (1.0 - window)
+    done = [(int(s), float(v)) for s, v in history if int(s) <= step and math.isfinite(float(v))]
+    before = [v for s, v in done if s <= start]
+    if not before:
+        return False
+    now = [v for _, v in done]
+    gain = max(now) - max(before) if mode == "max" else min(before) - min(now)
+    return gain <= delta + 1e-12  # float noise: a gain of exactly delta counts as no gain
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -311,6 +361,8 @@ class Trainer:
         self.ckpt_root = self.output_dir / "checkpoints"
         self.best_dir = self.output_dir / "best"
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the kept weights
+        self.history: list[tuple[int, float]] = []  # (step, select_metric) of every evaluation, on rank 0
+        self.plateau_step: int | None = None  # the step where the convergence budget stopped training
         if cfg.select_metric and (eval_fn is None or eval_set is None):
             raise UserError(f"train.select_metric={cfg.select_metric!r} needs an evaluation, but this task gave none")
 
@@ -325,6 +377,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": get_rng_state(),
             "world_size": self.dist.world_size,
+            "eval_history": [[int(s), float(v)] for s, v in self.history],
+            "plateau_step": self.plateau_step,
         }
 
     def save(self) -> None:
@@ -355,6 +409,12 @@ class Trainer:
             self.best = json.loads(best.read_text())
             if self.best.get("step", 0) > self.step:  # written after the checkpoint we resume from
                 self.best = None
+        if "eval_history" in state:
+            self.history = [(int(s), float(v)) for s, v in state["eval_history"] if int(s) <= self.step]
+        else:  # a checkpoint written before the history was kept: the log has it
+            self.history = self._logged_history()
+        stopped = state.get("plateau_step")
+        self.plateau_step = int(stopped) if stopped is not None and self.cfg.plateau else None
         if "train_seconds" in state:
             self.train_seconds = float(state["train_seconds"])
         else:  # a checkpoint written before train_seconds existed: estimate it from the log
@@ -381,6 +441,59 @@ class Trainer:
         with atomic_directory(self.best_dir, overwrite=True) as tmp:
             save_model(self.model, str(tmp / ckpt.WEIGHTS))
             (tmp / BEST_FILE).write_text(json.dumps(self.best, indent=1) + "\n")
+
+    def _logged_history(self) -> list[tuple[int, float]]:
+        """(step, select_metric) of the evaluations metrics.csv holds up to the current step."""
+        path = self.output_dir / "metrics.csv"
+        name = self.cfg.select_metric
+        if not name or not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            rows = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
+                    if r.get("split") == "eval" and r.get("metric") == name and int(r["step"]) <= self.step]
+        return sorted(dict(rows).items())
+
+    def _record(self, metrics: Mapping[str, float]) -> None:
+        """Add this evaluation to the history the convergence rule reads (one entry per step)."""
+        name = self.cfg.select_metric
+        if not name or not self.dist.is_main or name not in metrics:
+            return
+        self.history = [(s, v) for s, v in self.history if s != self.step] + [(self.step, float(metrics[name]))]
+
+    def _plateaued(self) -> bool:
+        """Whether the convergence rule stops training at this step (decided on rank 0, shared)."""
+        cfg = self.cfg
+        stop = self.dist.is_main and plateau_reached(self.history, self.step, cfg.plateau_window, cfg.plateau_delta,
+                                                     cfg.select_mode, cfg.plateau_min_steps)
+        if self.dist.enabled:
+            stop = all_reduce_mean({"stop": float(stop)}, self.dist, self.device)["stop"] > 0
+        if stop:
+            self.plateau_step = self.step
+            if self.dist.is_main:
+                start = self.step * (1.0 - float(cfg.plateau_window))
+                print(f"medvtc: plateau at step {self.step}: the best {cfg.select_metric} improved by no more than "
+                      f"{cfg.plateau_delta:g} since step {start:.0f} (the last {cfg.plateau_window:g} of the steps); "
+                      f"stopping before train.max_steps={cfg.max_steps}")
+        return bool(stop)
+
+    def convergence(self) -> dict[str, Any]:
+        """What `convergence.json` holds: the rule, the evaluation history, the best evaluation,
+        where training stopped and why."""
+        cfg = self.cfg
+        finite = [(s, v) for s, v in self.history if math.isfinite(v)]
+        sign = 1.0 if cfg.select_mode == "max" else -1.0
+        best = max(finite, key=lambda sv: (sign * sv[1], sv[0])) if finite else None  # ties: the later step
+        if self.best is not None:  # the kept weights' evaluation
+            best = (int(self.best["step"]), float(self.best["value"]))
+        return {
+            "metric": cfg.select_metric, "mode": cfg.select_mode,
+            "rule": {"plateau_window": cfg.plateau_window or None, "plateau_delta": cfg.plateau_delta,
+                     "plateau_min_steps": cfg.plateau_min_steps, "eval_every": cfg.eval_every, "max_steps": cfg.max_steps},
+            "stopped_by": "plateau" if self.plateau_step is not None else "max_steps",
+            "plateau_step": self.plateau_step, "steps": self.step,
+            "best_step": None if best is None else best[0], "best_value": None if best is None else best[1],
+            "history": [[s, v] for s, v in sorted(self.history)],
+        }
 
     def load_best(self) -> dict[str, Any] | None:
         """Load the kept best weights into the model; returns their record (None: no selection)."""
@@ -458,11 +571,13 @@ class Trainer:
         self.model.train()
         batches = self._micro_batches()
         last_eval: dict[str, float] = {}
+        stopped = self.plateau_step is not None  # a run resumed after its convergence budget stopped it
+        evaluated_last = False  # the loop's last step was evaluated (the convergence budget stopped it)
         window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
         extra_sums: dict[str, float] = {}
         seconds_before, loop_t0 = self.train_seconds, time.perf_counter()
         try:
-            while self.step < cfg.max_steps:
+            while self.step < cfg.max_steps and not stopped:
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in range(cfg.grad_accum):
                     batch = move_to(next(batches), self.device)
@@ -508,12 +623,20 @@ class Trainer:
                     last_eval = self.evaluate()
                     logger.log(self.step, "eval", last_eval)
                     self._keep_best(last_eval)
+                    self._record(last_eval)
+                    if cfg.plateau and self._plateaued():
+                        stopped = evaluated_last = True  # this evaluation is the last: saved below
+                        break
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step != cfg.max_steps:
                     self.save()
             self.save()
-            last_eval = self.evaluate()
-            logger.log(self.step, "eval", last_eval)
-            self._keep_best(last_eval)
+            if not evaluated_last:  # at the cap (or resumed after a stop): the last evaluation
+                last_eval = self.evaluate()
+                logger.log(self.step, "eval", last_eval)
+                self._keep_best(last_eval)
+                self._record(last_eval)
+            if cfg.select_metric and self.dist.is_main:
+                atomic_write_json(self.output_dir / CONVERGENCE_FILE, self.convergence())
         finally:
             if progress is not None:
                 progress.close()
