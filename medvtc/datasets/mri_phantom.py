@@ -29,12 +29,18 @@ occupancy > 0.5. On top: per-tissue texture, a smooth multiplicative bias field 
 polynomial in log space, shared by the channels up to a small per-channel tilt) and Rician
 noise.
 
-`generate_mni152(root, ...)` writes nilearn's MNI152 2009 template (T1, with grey / white
-matter probability maps -> labels 1 = grey matter, 2 = white matter, at >= 0.5 probability) in
-the same layout. It is one subject: the left hemisphere is the training case and the right
-hemisphere (mirrored to the same orientation) the val and test case, so its held-out metrics
-show that the pipeline runs on a real MRI and generalises across hemispheres of one brain; they
-say nothing about other subjects, scanners or pathologies.
+`generate_mni152(root, ...)` writes the MNI152 2009 template that ships inside the nilearn wheel
+(nothing is downloaded) in the same layout: the T1 image (`load_mni152_template`, skull-stripped)
+and a label map from nilearn's grey and white matter probability maps (`load_mni152_gm_template`,
+`load_mni152_wm_template`): 1 = grey matter where its probability is >= 0.5 and not below white
+matter's, 2 = white matter where its probability is >= 0.5 and above grey matter's, 0 elsewhere
+(CSF, background). It is ONE subject (an average brain), so its splits are parts of one volume:
+the left hemisphere is the one training case; the right hemisphere, mirrored to the left's
+orientation, is cut at its middle front-to-back and top-to-bottom into four blocks, the
+anterior-superior one the validation case and the other three the test cases. Held-out metrics
+therefore say how well a network trained on one hemisphere segments the other hemisphere of the
+same brain; their intervals resample three regions of one brain, not subjects, and they say
+nothing about other subjects, scanners or pathologies.
 """
 
 from __future__ import annotations
@@ -361,13 +367,22 @@ def generate_mri_phantom(
     return root
 
 
+MNI152_BLOCKS = ("anterior_superior", "anterior_inferior", "posterior_superior", "posterior_inferior")
+MNI152_LABELS = {0: "background", 1: "grey matter", 2: "white matter"}
+
+
 def generate_mni152(root: str | Path, resolution: int = 2, overwrite: bool = False) -> Path:
-    """Write nilearn's MNI152 template with GM/WM labels in MSD layout (see the module docstring).
-    The template files ship inside the nilearn wheel: nothing is downloaded."""
+    """Write nilearn's MNI152 template with GM/WM labels in MSD layout (see the module docstring:
+    one subject; left hemisphere = train, right hemisphere blocks = val (anterior-superior) and
+    test (the other three)). The template files ship inside the nilearn wheel: nothing is
+    downloaded."""
     root = Path(root)
     if root.exists() and not overwrite:
         raise UserError(f"{root} already exists; pass --overwrite to replace it, or choose another data.root")
+    if resolution not in (1, 2):
+        raise UserError(f"the mni152 dataset's resolution is 1 or 2 (mm), got {resolution!r}")
     try:
+        import nibabel as nib
         from nilearn import datasets as nds
     except ImportError as exc:  # a dependency, but keep the message clear if it is missing
         raise UserError(f"the mni152 dataset needs nilearn ({exc}); pip install nilearn") from None
@@ -379,28 +394,43 @@ def generate_mni152(root: str | Path, resolution: int = 2, overwrite: bool = Fal
     label[(gm >= 0.5) & (gm >= wm)] = 1
     label[(wm >= 0.5) & (wm > gm)] = 2
     affine = np.asarray(t1.affine, dtype=float)
+    codes = nib.aff2axcodes(affine)
+    if codes != ("R", "A", "S"):
+        raise UserError(f"nilearn's MNI152 template has axes {''.join(codes)}; this writer expects RAS")
     # the mid-sagittal plane: the voxel column nearest world x = 0
     mid = int(round(np.linalg.solve(affine, [0.0, 0.0, 0.0, 1.0])[0]))
     left_img, left_lab = image[:mid], label[:mid]
     right_img, right_lab = image[mid:][::-1], label[mid:][::-1]  # mirrored: same orientation as the left half
+    y_mid, z_mid = right_img.shape[1] // 2, right_img.shape[2] // 2
+    ys = {"anterior": slice(y_mid, None), "posterior": slice(0, y_mid)}  # axis 1 runs posterior -> anterior
+    zs = {"superior": slice(z_mid, None), "inferior": slice(0, z_mid)}  # axis 2 runs inferior -> superior
+    cases = [("mni152_left_hemisphere", left_img, left_lab)]
+    for block in MNI152_BLOCKS:
+        ap, si = block.split("_")
+        cut = (slice(None), ys[ap], zs[si])
+        cases.append((f"mni152_right_{block}", right_img[cut], right_lab[cut]))
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    names = [name for name, _, _ in cases]
     with atomic_directory(root, overwrite=overwrite) as tmp:
-        for name, img, lab in (("mni152_left", left_img, left_lab), ("mni152_right", right_img, right_lab)):
+        for name, img, lab in cases:
             aff = centred_affine(img.shape, spacing)
             save_nifti(tmp / "imagesTr" / f"{name}.nii.gz", np.ascontiguousarray(img), aff)
             save_nifti(tmp / "labelsTr" / f"{name}.nii.gz", np.ascontiguousarray(lab), aff)
         meta = _dataset_json(
-            "MNI152", "nilearn's MNI152 2009 T1 template with grey/white matter (probability >= 0.5) labels; one subject "
-            "split into its two hemispheres", ["T1w"], {0: "background", 1: "grey matter", 2: "white matter"},
-            ["mni152_left", "mni152_right"],
+            "MNI152", "ONE subject: nilearn's MNI152 2009 T1 template with grey / white matter labels from its "
+            "probability maps (>= 0.5); the left hemisphere trains, blocks of the mirrored right hemisphere validate "
+            "(anterior-superior) and test (the other three)", ["T1w"], MNI152_LABELS, names,
         )
+        meta["reference"] = "nilearn.datasets.load_mni152_template / _gm_template / _wm_template (ICBM 2009 template)"
+        meta["licence"] = "as distributed with nilearn (the ICBM 2009 template's terms)"
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        splits = {"train": ["./imagesTr/mni152_left.nii.gz"], "val": ["./imagesTr/mni152_right.nii.gz"],
-                  "test": ["./imagesTr/mni152_right.nii.gz"]}
+        splits = {"train": [f"./imagesTr/{names[0]}.nii.gz"], "val": [f"./imagesTr/{names[1]}.nii.gz"],
+                  "test": [f"./imagesTr/{n}.nii.gz" for n in names[2:]]}
         (tmp / "medvtc_splits.json").write_text(json.dumps(splits, indent=2) + "\n")
-        (tmp / "medvtc_phantom.json").write_text(json.dumps({"generator": "medvtc.datasets.mri_phantom.generate_mni152",
-                                                             "resolution": resolution}, indent=2) + "\n")
+        settings = {"generator": "medvtc.datasets.mri_phantom.generate_mni152", "resolution": resolution,
+                    "one_subject": True, "split": "train: left hemisphere; val / test: blocks of the mirrored right one"}
+        (tmp / "medvtc_phantom.json").write_text(json.dumps(settings, indent=2) + "\n")
     return root
 
 
-__all__ = ["generate_mri_phantom", "generate_mni152", "sample_case", "render_case", "MODALITIES", "LABELS"]
+__all__ = ["generate_mri_phantom", "generate_mni152", "MNI152_BLOCKS", "MNI152_LABELS", "sample_case", "render_case", "MODALITIES", "LABELS"]

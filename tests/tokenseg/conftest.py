@@ -40,3 +40,23 @@ def phantom_root(tmp_path_factory):
     generate_mri_phantom(root, num_train=3, num_val=1, num_test=2, seed=3, shape=(24, 24, 24), spacing=(3.0, 3.0, 3.0),
                          progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def mni152_root(tmp_path_factory):
+    """nilearn's MNI152 template written in MSD layout by `medvtc data` (data.dataset=mni152), with
+    every socket connection refused: the template ships inside nilearn, nothing is downloaded."""
+    import socket
+
+    pytest.importorskip("nilearn")
+    from medvtc.cli import main
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access while writing the MNI152 set")
+
+    root = tmp_path_factory.mktemp("mni") / "mni152"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", no_network)
+        mp.setattr(socket, "create_connection", no_network)
+        assert main(["data", "--task", "tokenseg", "data.dataset=mni152", f"data.root={root}"]) == 0
+    return root

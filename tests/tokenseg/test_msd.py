@@ -225,14 +225,33 @@ def test_phantom_is_deterministic_irregular_and_atomic(phantom_root, tmp_path):
     assert not np.array_equal(image, different)  # noise and texture come from the rng
 
 
-def test_mni152_from_nilearn(tmp_path):
-    pytest.importorskip("nilearn")
-    from medvtc.datasets.mri_phantom import generate_mni152
+def test_mni152_builds_offline_and_loads_through_the_task(mni152_root):
+    """nilearn's template (shipped in its wheel: the fixture refuses sockets) -> MSD layout, one
+    subject: the left hemisphere trains, blocks of the right one validate and test."""
+    from medvtc.datasets.mri_phantom import MNI152_BLOCKS, generate_mni152
+    from medvtc.tasks import get_task
 
-    root = generate_mni152(tmp_path / "mni", resolution=2)
-    info = read_msd(root)
-    assert info.modalities == ["T1w"] and info.labels[1] == "grey matter" and info.labels[2] == "white matter"
-    train, test = msd_split(info, "train"), msd_split(info, "test")
-    assert len(train) == 1 and len(test) == 1 and train[0]["id"] != test[0]["id"]
-    lab = np.asarray(nib.load(test[0]["label"]).dataobj)
-    assert (lab == 1).sum() > 1000 and (lab == 2).sum() > 1000
+    info = read_msd(mni152_root)
+    assert info.name == "MNI152" and info.modalities == ["T1w"]
+    assert info.labels == {0: "background", 1: "grey matter", 2: "white matter"}
+    splits = {s: [r["id"] for r in msd_split(info, s)] for s in ("train", "val", "test")}
+    assert splits["train"] == ["./imagesTr/mni152_left_hemisphere.nii.gz"]
+    assert splits["val"] == ["./imagesTr/mni152_right_anterior_superior.nii.gz"] and len(splits["test"]) == 3
+    assert len({i for ids in splits.values() for i in ids}) == 5  # no case in two splits
+    assert "ONE subject" in json.loads((mni152_root / "dataset.json").read_text())["description"]
+    for r in msd_split(info, "test"):  # every test block holds both tissues
+        lab = np.asarray(nib.load(r["label"]).dataobj)
+        assert (lab == 1).sum() > 1000 and (lab == 2).sum() > 1000, r["id"]
+    # through the task's own data path: training crops of the hemisphere, whole validation blocks
+    task = get_task("tokenseg")
+    cfg = task.load_config(None, [f"data.root={mni152_root}", "data.dataset=mni152", "model.img_size=[32,32,32]",
+                                  "data.samples_per_volume=2", "data.cache=false"])
+    train = task.dataset(cfg, task.info(cfg), "train", train=True)
+    crops = train[0]
+    crops = crops if isinstance(crops, list) else [crops]
+    assert len(crops) == 2 and crops[0]["image"].shape == (1, 32, 32, 32) and set(crops[0]["label"].unique().tolist()) <= {0, 1, 2}
+    val = task.dataset(cfg, task.info(cfg), "val", train=False)[0]
+    assert val["image"].shape[0] == 1 and val["image"].shape[1:] == val["label"].shape[1:]
+    assert len(MNI152_BLOCKS) == 4
+    with pytest.raises(UserError, match="already exists"):
+        generate_mni152(mni152_root)
