@@ -194,3 +194,31 @@ def test_monai_baselines_build_and_run_on_the_same_input():
         build_network(replace(TokenSegModelConfig(), name="swinunetr", img_size=(48, 48, 48)), 2, 3)
     with pytest.raises(UserError, match="baseline_args has key 'swin'"):
         build_network(replace(TokenSegModelConfig(), name="unet", baseline_args={"swin": {}}), 2, 3)
+
+
+def test_mednext_and_swinunetr24_build_and_run_on_the_same_input():
+    """The efficiency rows: MONAI's MedNeXt (small by default) and SwinUNETR at feature size 24."""
+    from dataclasses import replace
+
+    from medvtc.common.errors import UserError
+    from medvtc.medical.tokenseg.config import TokenSegModelConfig
+    from medvtc.medical.tokenseg.networks import BASELINE_DEFAULTS, build_network, num_tokens
+
+    # the defaults are MONAI's MedNeXt-S (create_mednext("S"): kernel 3, 32 filters, expansion 2)
+    d = BASELINE_DEFAULTS["mednext"]
+    assert (d["init_filters"], d["kernel_size"], d["encoder_expansion_ratio"], d["blocks_down"]) == (32, 3, 2, (2, 2, 2, 2))
+    x = torch.randn(1, 2, 32, 32, 16)
+    tiny = {"mednext": {"init_filters": 4, "blocks_down": [1, 1, 1, 1], "blocks_bottleneck": 1, "blocks_up": [1, 1, 1, 1]}}
+    net = build_network(replace(TokenSegModelConfig(), name="mednext", img_size=(32, 32, 16), baseline_args=tiny), 2, 3)
+    with torch.no_grad():
+        assert net.eval()(x).shape == (1, 3, 32, 32, 16)
+    assert type(net).__name__ == "MedNeXt" and num_tokens("mednext", (128,) * 3, 100) == 0
+    with pytest.raises(UserError, match="MedNeXt needs input sides divisible by 16, got img_size"):
+        build_network(replace(TokenSegModelConfig(), name="mednext", img_size=(40, 32, 32), baseline_args=tiny), 2, 3)
+    # swinunetr24 is SwinUNETR with feature_size 24 in baseline_args (the bench's named variant)
+    swin = build_network(replace(TokenSegModelConfig(), name="swinunetr", img_size=(32, 32, 32),
+                                 baseline_args={"swinunetr": {"feature_size": 24}}), 2, 3)
+    full = build_network(replace(TokenSegModelConfig(), name="swinunetr", img_size=(32, 32, 32)), 2, 3)
+    n24, n48 = (sum(p.numel() for p in m.parameters()) for m in (swin, full))
+    assert 3.5 < n48 / n24 < 4.5  # widths halve: about a quarter of the weights
+

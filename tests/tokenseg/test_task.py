@@ -21,6 +21,7 @@ TINY = [
     "model.num_tokens=40", "model.keep_tokens=10", "model.token_dim=32", "model.codebook_size=16", "model.mixer_layers=1",
     "model.mixer_heads=2", "train.max_steps=3", "train.batch_size=2", "train.save_every=2", "train.progress=false",
     "model.baseline_args={unet: {channels: [4, 8, 16], strides: [2, 2], num_res_units: 1}}",
+    "train.eval_every=1",  # validation Dice after every step: the best step's weights are the model
 ]
 
 
@@ -40,8 +41,14 @@ def _scan(work: Path, n: int = 5) -> Path:
 def test_data_train_writes_a_complete_run(run, capsys):
     work, _ = run
     final = work / "tokenseg" / "final"
-    for name in ("model.safetensors", "config.yaml", "dataset_info.json", "val_metrics.json"):
+    for name in ("model.safetensors", "config.yaml", "dataset_info.json", "val_metrics.json", "medvtc_selection.json",
+                 "convergence.json"):
         assert (final / name).is_file(), name
+    selected = json.loads((final / "medvtc_selection.json").read_text())
+    conv = json.loads((final / "convergence.json").read_text())
+    assert conv["metric"] == "dice_mean" and [s for s, _ in conv["history"]] == [1, 2, 3] and conv["stopped_by"] == "max_steps"
+    assert selected["step"] == conv["best_step"] and selected["last_step"] == 3
+    assert json.loads((final / "val_metrics.json").read_text())["step"] == selected["step"]
     info = json.loads((final / "dataset_info.json").read_text())
     assert info["modalities"] == ["T1w", "T2w"] and info["labels"]["2"] == "lesion"
     metrics = json.loads((final / "val_metrics.json").read_text())["metrics"]
@@ -219,7 +226,7 @@ def test_tiny_benchmark_writes_results_and_partial_files_are_removed(run, tmp_pa
 def test_bench_variants_are_checked_before_any_work(run, tmp_path, capsys):
     work, common = run
     out = tmp_path / "bench"
-    for variants, message in (("[vnet]", "unknown method 'vnet'; valid: segresnet, swinunetr, tokenseg, tokenseg_divprune"),
+    for variants, message in (("[vnet]", "unknown method 'vnet'; valid: mednext, segresnet, swinunetr, swinunetr24, tokenseg, tokenseg_divprune"),
                               ("[unet@50]", "'unet@50': a budget (kept tokens) applies to tokenseg only"),
                               ("[unet, unet]", "lists a variant twice")):
         assert main(["bench", "--task", "tokenseg", *_bench_args(common, out, f"bench.variants={variants}"),
@@ -232,13 +239,19 @@ def test_bench_variants_are_checked_before_any_work(run, tmp_path, capsys):
 
 def test_variants_through_the_grammar():
     from medvtc.common.bench_runner import parse_variant
-    from medvtc.medical.tokenseg.bench import ABLATIONS, TokenSegBench
+    from medvtc.medical.tokenseg.bench import ABLATIONS, SELECTION_ABLATIONS, TokenSegBench
     from medvtc.tasks import get_task
 
     task = get_task("tokenseg")
-    cfg = task.load_config(None, ["bench.max_steps=7"])
+    cfg = task.load_config(None, ["bench.max_steps=7", "model.baseline_args={unet: {channels: [4, 8]}}"])
     spec = TokenSegBench(task, cfg)
-    assert cfg.bench.variants[-3:] == list(ABLATIONS)
+    assert cfg.bench.variants[-3:] == list(SELECTION_ABLATIONS) and {"mednext", "swinunetr24"} <= set(cfg.bench.variants)
+    s24 = spec.variant_config(cfg, parse_variant("swinunetr24", ABLATIONS), 0, Path("/tmp/s"))
+    assert s24.model.name == "swinunetr"
+    assert s24.model.baseline_args == {"unet": {"channels": [4, 8]}, "swinunetr": {"feature_size": 24}}  # merged
+    med = spec.variant_config(cfg, parse_variant("mednext", ABLATIONS, spec.methods), 0, Path("/tmp/m"))
+    assert med.model.name == "mednext" and spec.task == "tokenseg"
+    assert TokenSegBench(task, task.load_config(None, ["data.dataset=mni152"])).task == "tokenseg_mni152"
     div = spec.variant_config(cfg, parse_variant("tokenseg_divprune", ABLATIONS), 1, Path("/tmp/x/seed_1"))
     assert (div.model.name, div.model.selection, div.seed, div.train.max_steps) == ("tokenseg", "divprune", 1, 7)
     assert div.output_dir == "/tmp/x/seed_1"
@@ -300,6 +313,10 @@ def test_bench_refuses_to_reuse_a_run_trained_with_other_settings(tmp_path):
     assert settings_diff(settings(replace(ts, model=replace(ts.model, feature_size=4))), settings(ts)) == [
         ("model.feature_size", 4, 16)]
     assert "model.baseline_args" not in settings(ts) and "model.feature_size" not in settings(unet)
+    # the convergence budget and, since the evaluations then choose the weights, eval_every count
+    assert settings(unet)["train.eval_every"] == 100 and settings(unet)["train.plateau_window"] == 0.2
+    assert settings_diff(settings(replace(unet, train=replace(unet.train, eval_every=50))), settings(unet)) == [
+        ("train.eval_every", 50, 100)]
     # TokenSeg's width, the data cache and logging do not change a UNet
     other = replace(unet, model=replace(unet.model, feature_size=4), data=replace(unet.data, cache=False),
                     train=replace(unet.train, progress=False))
@@ -310,8 +327,61 @@ def test_bench_refuses_to_reuse_a_run_trained_with_other_settings(tmp_path):
     run_dir = Path(unet.output_dir)
     (run_dir / "final").mkdir(parents=True)
     save_config(replace(unet, train=replace(unet.train, max_steps=7)), run_dir / "config.yaml")
-    with pytest.raises(UserError, match=r"train\.max_steps: 7 there, 300 now"):
+    with pytest.raises(UserError, match=r"train\.max_steps: 7 there, 6000 now"):
         train_or_reuse(spec, unet, run_dir, False, print)
     save_config(other, run_dir / "config.yaml")
     (run_dir / "final" / "model.safetensors").write_bytes(b"")
     assert train_or_reuse(spec, unet, run_dir, False, print) == ("reused", None)
+
+
+def test_bench_trains_each_seed_to_its_plateau_and_draws_the_validation_curves(run, tmp_path, capsys):
+    """Three seeds of one network under the convergence budget: each run stops by the rule, the
+    row records where (plateau_step, best_step per seed) and the validation curves; the md says
+    it, the PNG draws them; a different eval_every is another training."""
+    from medvtc.medical.tokenseg.bench import convergence_markdown  # noqa: F401 (the md section below)
+
+    work, common = run
+    results, out = tmp_path / "results", tmp_path / "bench"
+    # stop once the best validation Dice gained <= 1 (always) over the last half of the steps, not
+    # before step 2: every run stops at step 2 of the cap of 5
+    rule = ["bench.max_steps=5", "train.plateau_window=0.5", "train.plateau_delta=1.0", "train.plateau_min_steps=2"]
+    args = _bench_args(common, out, "bench.variants=[unet]", "bench.seeds=[0, 1, 2]", *rule)
+    assert main(["bench", "--task", "tokenseg", *args, "--output", str(results)]) == 0
+    assert capsys.readouterr().out.count("medvtc: plateau at step 2:") == 3
+    row = json.loads((results / "tokenseg.json").read_text())["rows"][0]
+    m = row["metrics"]
+    assert m["plateau_step_per_seed"] == [2, 2, 2] and m["train_steps_per_seed"] == [2, 2, 2]
+    assert all(b in (1, 2) for b in m["best_step_per_seed"]) and len(m["val_dice_best_per_seed"]) == 3
+    curves = m["dice_mean_val_curve"]
+    assert len(curves) == 3 and all([s for s, _ in c] == [1, 2] for c in curves)
+    for seed, best in zip((0, 1, 2), m["best_step_per_seed"]):
+        run_dir = out / "unet" / f"seed_{seed}"
+        assert json.loads((run_dir / "final" / "medvtc_selection.json").read_text())["step"] == best
+        assert json.loads((run_dir / "convergence.json").read_text())["plateau_step"] == 2
+    assert len(row["cases"]) == 3 and m["dice_mean_ci"][0] <= m["dice_mean"] <= m["dice_mean_ci"][1]
+    md = (results / "tokenseg.md").read_text()
+    assert "### Convergence: validation mean Dice every 1 steps" in md and "- unet: plateau at step 2, 2, 2" in md
+    assert "val_curve" not in md.split("###")[0]  # the curve is in the json and the PNG, not a table column
+    assert (results / "tokenseg.png").stat().st_size > 0
+    # evaluations choose the weights here: another eval_every is another run
+    assert main(["bench", "--task", "tokenseg", *args, "train.eval_every=2", "--output", str(results)]) == 2
+    assert "train.eval_every: 1 there, 2 now" in capsys.readouterr().err
+
+
+def test_bench_on_the_mni152_subject_writes_its_own_files_and_says_it_is_one_subject(mni152_root, tmp_path, capsys):
+    """The second dataset row: nilearn's MNI152 (real MRI, one subject) through the bench."""
+    results, out = tmp_path / "results", tmp_path / "bench"
+    args = [f"data.root={mni152_root}", "data.dataset=mni152", "data.spacing=[3,3,3]", "model.img_size=[32,32,32]",
+            "model.name=unet", "model.baseline_args={unet: {channels: [4, 8, 16], strides: [2, 2], num_res_units: 1}}",
+            "train.batch_size=1", "data.samples_per_volume=2", "train.max_steps=2", "train.eval_every=1",
+            "train.progress=false", f"bench.output_dir={out}", "bench.variants=[unet]", "bench.sizes=[32]",
+            "bench.repeats=1", "bench.device=cpu"]
+    assert main(["bench", "--task", "tokenseg", *args, "--output", str(results)]) == 0
+    assert not (results / "tokenseg.json").exists()  # the phantom's results are not replaced
+    doc = json.loads((results / "tokenseg_mni152.json").read_text())
+    assert doc["config"]["dataset"]["name"] == "MNI152" and "ONE subject" in doc["config"]["dataset"]["note"]
+    row = doc["rows"][0]
+    assert len(row["cases"]["seed_0"]["case"]) == 3  # the three test blocks of the right hemisphere
+    assert {"dice_grey_matter", "dice_white_matter"} <= set(row["metrics"])
+    md = (results / "tokenseg_mni152.md").read_text()
+    assert "**Data: MNI152, ONE subject.**" in md and "not subjects" in md

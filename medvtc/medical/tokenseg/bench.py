@@ -2,15 +2,26 @@
 selection buys.
 
 Run through the shared runner (`medvtc.common.bench_runner`). Each variant of `bench.variants` is
-a network (`tokenseg`, `unet`, `segresnet`, `unetr`, `swinunetr`: the method sets `model.name`;
-`tokenseg@K` also sets TokenSeg's kept tokens `model.keep_tokens`) or a named ablation of
-`ABLATIONS` (TokenSeg with a core compressor, e.g. random / pooling / DivPrune, in place of its
-boundary-aware selection, at the same K). Each is trained once per seed of `bench.seeds` with the
-task's config, data, loss, optimiser and step budget (`bench.max_steps`, else `train.max_steps`)
-under `bench.output_dir/<variant>/seed_<s>`, and reused on a later run only when it was trained
-with the same settings (`--retrain` trains it again; an interrupted run resumes). A MONAI
-network's weights depend on `model.name`, `model.img_size` and `model.baseline_args` alone among
-the `model.*` keys, TokenSeg's on every `model.*` key but `baseline_args`: only those count.
+a network (`tokenseg`, `unet`, `segresnet`, `unetr`, `swinunetr`, `mednext`: the method sets
+`model.name`; `tokenseg@K` also sets TokenSeg's kept tokens `model.keep_tokens`), a named network
+variant of `NETWORK_VARIANTS` (`swinunetr24`: SwinUNETR at feature size 24) or a named selection
+ablation of `SELECTION_ABLATIONS` (TokenSeg with a core compressor, e.g. random / pooling /
+DivPrune, in place of its boundary-aware selection, at the same K). Each is trained once per seed
+of `bench.seeds` with the task's config, data, loss, optimiser and training rule under
+`bench.output_dir/<variant>/seed_<s>`, and reused on a later run only when it was trained with
+the same settings (`--retrain` trains it again; an interrupted run resumes). A MONAI network's
+weights depend on `model.name`, `model.img_size` and `model.baseline_args` alone among the
+`model.*` keys, TokenSeg's on every `model.*` key but `baseline_args`: only those count.
+
+The training rule is the trainer's convergence budget (`train.plateau_*`, with `bench.max_steps`
+or `train.max_steps` as the cap): validation mean Dice every `train.eval_every` steps, the best
+evaluation's weights exported as the run's model, training stopped once the best has gained no
+more than `train.plateau_delta` over the last `train.plateau_window` of the steps. Since the
+evaluations then decide the weights, `train.eval_every` counts among the settings. Each row
+records where its runs stopped (`plateau_step`: null when a run reached the cap, `train_steps`),
+which step's weights it tests (`best_step`, `val_dice_best`) and the validation curve
+(`dice_mean_val_curve`: [step, Dice] per evaluation, per seed), drawn in the PNG's last panel
+with the plateau marked.
 
 - held-out (test split) Dice, IoU, HD95 and surface Dice (NSD), per class and mean, by
   sliding-window inference with the training ROI, per volume in the json (`cases`); the row's
@@ -34,6 +45,7 @@ Dice target on the paired difference interval, `intervals.target_status`).
 from __future__ import annotations
 
 import gc
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -49,15 +61,21 @@ from medvtc.common.intervals import Statistic, as_columns, format_interval, mean
 from medvtc.common.results import ResultRow, quality_cost_plot
 
 BASELINE = "swinunetr"
-NETWORKS = ("tokenseg", "unet", "segresnet", "unetr", "swinunetr")
-MONAI_NETWORKS = NETWORKS[1:]
-# Named ablations: variant name -> config overrides (TokenSeg with a core compressor selecting
-# its K tokens in place of the boundary-aware selection).
-ABLATIONS: dict[str, list[str]] = {
+NETWORKS = ("tokenseg", "unet", "segresnet", "unetr", "swinunetr", "mednext")
+# Named network variants: a MONAI network at the settings users pick for efficiency (variant name ->
+# config overrides; baseline_args is merged into, so other networks' arguments stay)
+NETWORK_VARIANTS: dict[str, list[str]] = {
+    "swinunetr24": ["model.name=swinunetr", "model.baseline_args.swinunetr.feature_size=24"],
+}
+MONAI_NETWORKS = (*NETWORKS[1:], *NETWORK_VARIANTS)
+# Named selection ablations: TokenSeg with a core compressor selecting its K tokens in place of the
+# boundary-aware selection.
+SELECTION_ABLATIONS: dict[str, list[str]] = {
     "tokenseg_random": ["model.name=tokenseg", "model.selection=random"],
     "tokenseg_pooling": ["model.name=tokenseg", "model.selection=pooling"],
     "tokenseg_divprune": ["model.name=tokenseg", "model.selection=divprune"],
 }
+ABLATIONS: dict[str, list[str]] = {**NETWORK_VARIANTS, **SELECTION_ABLATIONS}  # every named variant
 # model.* keys a MONAI network's run depends on (the others configure TokenSeg)
 MONAI_KEYS = frozenset({"model.name", "model.img_size", "model.baseline_args"})
 METRICS = ("dice", "iou", "hd95", "nsd")
@@ -167,6 +185,8 @@ class TokenSegBench(BenchSpec):
 
     def __init__(self, task, cfg) -> None:
         self.seg_task = task
+        # the results' file stem: another dataset's bench must not replace the phantom's files
+        self.task = cfg.bench.name or ("tokenseg" if cfg.data.dataset == "phantom" else f"tokenseg_{cfg.data.dataset}")
         self.device = _device(cfg.bench.device)
         self.sizes = [int(s) for s in cfg.bench.sizes]
         if not self.sizes:
@@ -221,7 +241,7 @@ class TokenSegBench(BenchSpec):
         # NaN (a class that does not count in a volume) as null: the json stays strict
         cases = {k: [None if isinstance(x, float) and math.isnan(x) else x for x in v] for k, v in cases.items()}
         return Evaluation(
-            cases=cases, metrics={k: round(v, 4) for k, v in metrics.items()},
+            cases=cases, metrics={**{k: round(v, 4) for k, v in metrics.items()}, **convergence_metrics(final)},
             cost={"tokens": num_tokens(vcfg.model.name, (self.sizes[0],) * 3, vcfg.model.keep_tokens), "params": params},
         )
 
@@ -247,10 +267,75 @@ class TokenSegBench(BenchSpec):
 
     # -- output -----------------------------------------------------------------------------
     def markdown_extra(self, rows: list[ResultRow], cfg) -> str:
-        return targets_markdown(rows, self.sizes)
+        note = dataset_note(self.info) if self.info is not None else ""
+        return (f"\n{note}\n" if note else "") + targets_markdown(rows, self.sizes) + convergence_markdown(rows, cfg)
 
     def results_config(self, cfg) -> dict[str, Any]:
-        return {**to_dict(cfg), "device": str(self.device), "sizes": self.sizes}
+        out = {**to_dict(cfg), "device": str(self.device), "sizes": self.sizes}
+        if self.info is not None:
+            out["dataset"] = {"name": self.info.name, "note": dataset_note(self.info)}
+        return out
+
+
+def convergence_metrics(final: Path) -> dict[str, Any]:
+    """A run's convergence record (`final/convergence.json`, written by the trainer when it selects)
+    as row metrics: `plateau_step` (null: the run reached the cap), `train_steps`, `best_step` and
+    `val_dice_best` (the exported weights' validation), `dice_mean_val_curve` ([step, value] per
+    evaluation). Empty for a run trained without selection."""
+    from medvtc.common.trainer import CONVERGENCE_FILE
+
+    path = final / CONVERGENCE_FILE
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    return {"plateau_step": doc.get("plateau_step"), "train_steps": doc.get("steps"), "best_step": doc.get("best_step"),
+            "val_dice_best": None if doc.get("best_value") is None else round(float(doc["best_value"]), 4),
+            "dice_mean_val_curve": [[int(s), round(float(v), 4)] for s, v in doc.get("history", [])]}
+
+
+def dataset_note(info) -> str:
+    """What the data is, for the markdown and the json; for the MNI152 set, that it is one subject."""
+    from medvtc.datasets.msd import msd_split
+
+    if info.name != "MNI152":
+        return ""
+    test = len(msd_split(info, "test"))
+    return (f"**Data: MNI152, ONE subject.** nilearn's MNI152 2009 T1 template (real MRI, an average brain) with grey / "
+            f"white matter labels from its probability maps; every network trains on its left hemisphere, selects on a "
+            f"block of the mirrored right hemisphere and is tested on the other {test} blocks. The intervals resample "
+            f"{test} regions of one brain, not subjects: they show that the pipeline runs on a real MRI and how the "
+            f"networks transfer across hemispheres, nothing about other subjects, scanners or pathologies.")
+
+
+def _per_seed(value: Any, seeds: int) -> list[Any]:
+    """A row metric as one value per seed (the runner keeps one seed's value as it is)."""
+    if seeds > 1 and isinstance(value, list) and len(value) == seeds:
+        return value
+    return [value]
+
+
+def convergence_markdown(rows: list[ResultRow], cfg) -> str:
+    """Where each network's training stopped, and which step's weights it tests."""
+    t = cfg.train
+    shown = [r for r in rows if "best_step" in r.metrics or "best_step_per_seed" in r.metrics]
+    if not shown:
+        return ""
+    rule = (f"stopped once validation mean Dice gained no more than {t.plateau_delta:g} over the last "
+            f"{t.plateau_window:.0%} of the steps (not before step {t.plateau_min_steps})" if t.plateau
+            else "no convergence budget: trained to the cap")
+    cap = cfg.bench.max_steps or t.max_steps
+    lines = ["", f"### Convergence: validation mean Dice every {t.eval_every} steps; {rule}; cap {cap} steps; each run "
+             "tests its best validation's weights", ""]
+    for r in shown:
+        m = r.metrics
+        seeds = len(m["best_step_per_seed"]) if isinstance(m.get("best_step_per_seed"), list) else 1
+        plateau = _per_seed(m.get("plateau_step_per_seed", m.get("plateau_step")), seeds)
+        best = _per_seed(m.get("best_step_per_seed", m.get("best_step")), seeds)
+        value = _per_seed(m.get("val_dice_best_per_seed", m.get("val_dice_best")), seeds)
+        stops = ", ".join("cap" if p is None else str(p) for p in plateau)
+        picks = ", ".join(f"{b} ({v:.4f})" if v is not None else str(b) for b, v in zip(best, value))
+        lines.append(f"- {r.method}: plateau at step {stops}; best validation at step {picks}")
+    return "\n".join(lines) + "\n"
 
 
 def run_benchmark(task, cfg, output: str, retrain: bool = False) -> list[ResultRow]:
@@ -306,7 +391,7 @@ def targets_markdown(rows: list[ResultRow], sizes: list[int]) -> str:
         base = ts.metrics.get("candidate_boundary_fraction")
         lines.append(f"- kept tokens near a label boundary: {frac:.1%} (the paper: over 60 %)"
                      + (f"; of all candidates: {base:.1%}" if base is not None else ""))
-    abl = [r for r in rows if r.method in ABLATIONS or (r.method.startswith("tokenseg") and r is not ts)]
+    abl = [r for r in rows if r.method in SELECTION_ABLATIONS or (r.method.startswith("tokenseg") and r is not ts)]
     if abl:
         lines += ["", "### Ablation: the selection inside TokenSeg (same K); mean Dice, paired difference to TokenSeg, "
                   "share of kept tokens near a boundary", ""]
@@ -320,14 +405,53 @@ def targets_markdown(rows: list[ResultRow], sizes: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curves(value: Any) -> list[list[list[float]]]:
+    """A row's `dice_mean_val_curve` as one curve per seed (one seed's is kept as it is)."""
+    if not isinstance(value, list) or not value:
+        return []
+    return [c for c in value if isinstance(c, list)] if isinstance(value[0][0], list) else [value]
+
+
+def plot_validation_curves(ax, rows: list[dict[str, Any]]) -> None:
+    """Each row's validation mean Dice against the step, one line per seed, the plateau step
+    marked (x) and the exported (best) evaluation circled."""
+    drawn = False
+    for r in rows:
+        m = r.get("metrics", {})
+        curves = _curves(m.get("dice_mean_val_curve"))
+        if not curves:
+            continue
+        seeds = len(curves)
+        plateau = _per_seed(m.get("plateau_step_per_seed", m.get("plateau_step")), seeds)
+        best = _per_seed(m.get("best_step_per_seed", m.get("best_step")), seeds)
+        color = None
+        for i, curve in enumerate(curves):
+            steps, values = [c[0] for c in curve], [c[1] for c in curve]
+            (line,) = ax.plot(steps, values, lw=1, color=color, label=r["method"] if i == 0 else None)
+            color = line.get_color()
+            at = dict(zip(steps, values))
+            if i < len(plateau) and plateau[i] in at:
+                ax.plot([plateau[i]], [at[plateau[i]]], marker="x", ms=8, mew=2, color=color)
+            if i < len(best) and best[i] in at:
+                ax.plot([best[i]], [at[best[i]]], marker="o", ms=6, mfc="none", color=color)
+        drawn = True
+    ax.set_xlabel("training step (x: plateau, o: exported weights)")
+    ax.set_ylabel("validation mean Dice")
+    if drawn:
+        ax.legend(fontsize=7)
+
+
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     # the partial results have no costs yet (measured once every network is trained): empty
     # panels on linear axes then, a log axis needs a point
     costed = any(isinstance(r.get("latency_ms"), (int, float)) and math.isfinite(r["latency_ms"]) for r in rows)
+    curves = any(r.get("metrics", {}).get("dice_mean_val_curve") for r in rows)
     quality_cost_plot(rows, path, "dice_mean", "mean Dice (test, 95 % CI)",
                       [("peak_mem_mb", "peak inference memory (MiB), first bench size", costed),
-                       ("latency_ms", "inference latency (ms), first bench size", costed)])
+                       ("latency_ms", "inference latency (ms), first bench size", costed)],
+                      extra=[lambda ax: plot_validation_curves(ax, rows)] if curves else ())
 
 
-__all__ = ["ABLATIONS", "TokenSegBench", "case_statistics", "class_mean", "measure_cost", "ratios", "run_benchmark",
-           "targets_markdown"]
+__all__ = ["ABLATIONS", "NETWORK_VARIANTS", "SELECTION_ABLATIONS", "TokenSegBench", "case_statistics", "class_mean",
+           "convergence_markdown", "convergence_metrics", "dataset_note", "measure_cost", "plot_validation_curves", "ratios",
+           "run_benchmark", "targets_markdown"]

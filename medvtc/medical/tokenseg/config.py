@@ -55,7 +55,7 @@ class TokenSegDataConfig:
 class TokenSegModelConfig:
     """`model.*`: which network, and TokenSeg's settings (ignored by the MONAI networks)."""
 
-    name: Literal["tokenseg", "unet", "segresnet", "unetr", "swinunetr"] = "tokenseg"
+    name: Literal["tokenseg", "unet", "segresnet", "unetr", "swinunetr", "mednext"] = "tokenseg"
     img_size: tuple[int, int, int] = (64, 64, 32)  # training crop and sliding-window ROI (SwinUNETR: multiples of 32)
     feature_size: int = 16
     num_tokens: int = 400
@@ -101,7 +101,7 @@ class TokenSegEvalConfig:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
 
 
-DEFAULT_BENCH_VARIANTS = ["tokenseg", "unet", "segresnet", "unetr", "swinunetr",
+DEFAULT_BENCH_VARIANTS = ["tokenseg", "unet", "segresnet", "unetr", "swinunetr", "swinunetr24", "mednext",
                           "tokenseg_random", "tokenseg_pooling", "tokenseg_divprune"]
 
 
@@ -109,17 +109,23 @@ DEFAULT_BENCH_VARIANTS = ["tokenseg", "unet", "segresnet", "unetr", "swinunetr",
 class TokenSegBenchConfig:
     """`bench.*`: every variant (a network, `tokenseg@K`, or a named ablation of
     `medvtc.medical.tokenseg.bench.ABLATIONS`: TokenSeg with a core compressor in place of its
-    boundary-aware selection) trained once per seed with the task's config and budget."""
+    boundary-aware selection, or a network variant such as `swinunetr24`) trained once per seed with
+    the task's config and training rule."""
 
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_BENCH_VARIANTS))
     seeds: list[int] = field(default_factory=lambda: [0])  # each variant trains once per seed
     output_dir: str = "runs/bench-tokenseg"  # runs in output_dir/<variant>/seed_<s>
     sizes: list[int] = field(default_factory=lambda: [128, 96])  # cubic inputs for memory / latency / FLOPs
     repeats: int = 5
-    max_steps: int | None = None  # training steps per network; null: train.max_steps
+    max_steps: int | None = None  # the cap on training steps per network; null: train.max_steps
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the results' file stem (<output>/<name>.json); null: tokenseg, or tokenseg_<dataset> for an
+    # embedded set other than the phantom (data.dataset=mni152: tokenseg_mni152)
+    name: str | None = None
 
     def validate(self) -> None:
+        if self.name is not None and (not self.name or any(c in self.name for c in "/\\ .")):
+            raise ValueError(f"name must be a file stem (no '/', '.', spaces) or null, got {self.name!r}")
         if not self.variants:
             raise ValueError("variants is empty: name at least one network or ablation")
         if not self.seeds:
@@ -132,9 +138,16 @@ class TokenSegTaskConfig:
     output_dir: str = "runs/tokenseg"
     data: TokenSegDataConfig = field(default_factory=TokenSegDataConfig)
     model: TokenSegModelConfig = field(default_factory=TokenSegModelConfig)
+    # converged training: validation mean Dice every eval_every steps, the best evaluation's weights
+    # kept (and exported as final/), stopped once it gains no more than 0.5 point over the last 20 %
+    # of the steps (not before 1000), max_steps the cap (medvtc.common.trainer.plateau_reached); a
+    # constant learning rate after warm-up, so that where a network stops does not depend on a
+    # cosine schedule stretched over the cap
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(max_steps=300, batch_size=2, lr=5e-4, warmup_steps=20, save_every=100,
-                                            eval_every=0, log_every=10)
+        default_factory=lambda: TrainConfig(max_steps=6000, batch_size=2, lr=5e-4, schedule="constant", warmup_steps=20,
+                                            save_every=100, eval_every=100, log_every=10, select_metric="dice_mean",
+                                            select_mode="max", plateau_window=0.2, plateau_delta=0.005,
+                                            plateau_min_steps=1000)
     )
     eval: TokenSegEvalConfig = field(default_factory=TokenSegEvalConfig)
     bench: TokenSegBenchConfig = field(default_factory=TokenSegBenchConfig)

@@ -9,7 +9,12 @@ network, e.g. {"swinunetr": {"feature_size": 24}, "unet": {"num_res_units": 1}}:
   tutorial);
 - unetr: `UNETR`, feature size 16, ViT-B (768 hidden, 12 heads, 3072 MLP), instance norm,
   residual blocks (BTCV tutorial); needs the input size at construction (`img_size`);
-- swinunetr: `SwinUNETR`, feature size 48 (BTCV tutorial); input sides must be multiples of 32.
+- swinunetr: `SwinUNETR`, feature size 48 (BTCV tutorial); input sides must be multiples of 32
+  (the bench's `swinunetr24` variant is the same network at feature size 24, the size users pick
+  for efficiency);
+- mednext: `MedNeXt` in its small configuration (MedNeXt-S, Roy et al. 2023, as MONAI's
+  `create_mednext("S")`: 32 initial filters, expansion ratio 2, 2 blocks per stage, kernel 3,
+  residual connections, group norm, no deep supervision); input sides must be multiples of 16.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from torch import nn
 
 from medvtc.common.errors import UserError
 
-MODEL_NAMES = ("tokenseg", "unet", "segresnet", "unetr", "swinunetr")
+MODEL_NAMES = ("tokenseg", "unet", "segresnet", "unetr", "swinunetr", "mednext")
 
 BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "unet": dict(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2),
     "segresnet": dict(init_filters=16, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)),
     "unetr": dict(feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12, norm_name="instance", res_block=True),
     "swinunetr": dict(feature_size=48),
+    "mednext": dict(init_filters=32, encoder_expansion_ratio=2, decoder_expansion_ratio=2, bottleneck_expansion_ratio=2,
+                    kernel_size=3, blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2),
+                    use_residual_connection=True, norm_type="group", global_resp_norm=False, deep_supervision=False),
 }
 
 
@@ -75,6 +83,13 @@ def build_network(
             if any(s % 32 for s in size):
                 raise ValueError(f"SwinUNETR needs input sides divisible by 32, got img_size {size}")
             return nets.SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=3, **args)
+        if name == "mednext":
+            levels = len(args.get("blocks_down", (2, 2, 2, 2)))
+            if any(s % 2**levels for s in size):
+                raise ValueError(f"MedNeXt needs input sides divisible by {2**levels}, got img_size {size}")
+            if args.get("deep_supervision"):
+                raise ValueError("deep_supervision=true returns several outputs; the task trains one (set it false)")
+            return nets.MedNeXt(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **args)
     except (ValueError, TypeError, AssertionError) as e:
         raise UserError(f"model.name={name}: cannot build the network: {' '.join(str(e).split())}") from None
     raise AssertionError(name)
@@ -83,7 +98,7 @@ def build_network(
 def num_tokens(name: str, img_size: Sequence[int], keep_tokens: int) -> int:
     """Tokens the network processes for one input of `img_size`: TokenSeg's kept tokens, the
     transformers' patch tokens (UNETR 16^3 patches, SwinUNETR 2^3 patches at its first stage),
-    0 for the convolutional networks."""
+    0 for the convolutional networks (UNet, SegResNet, MedNeXt)."""
     vox = 1
     for s in img_size:
         vox *= int(s)

@@ -1,17 +1,20 @@
 """The `tokenseg` task: TokenSeg and MONAI's networks on MSD-layout data.
 
-    medvtc data  --task tokenseg                      # the embedded MRI phantom set (MSD layout)
-    medvtc train --task tokenseg                      # TokenSeg (model.name=unet|segresnet|unetr|swinunetr)
+    medvtc data  --task tokenseg                      # the embedded MRI phantom set (MSD layout; data.dataset=mni152)
+    medvtc train --task tokenseg                      # TokenSeg (model.name=unet|segresnet|unetr|swinunetr|mednext)
     medvtc eval  --task tokenseg                      # test split: Dice, IoU, HD95, NSD per class
     medvtc bench --task tokenseg                      # every network + the selection ablations (bench.variants)
     medvtc segment --checkpoint runs/tokenseg scan.nii.gz -o mask.nii.gz --png
 
 Every network is trained by the shared trainer on the same data (random ROI crops balanced
 between foreground and background by RandCropByPosNegLabeld, flips, 90-degree rotations,
-intensity jitter), with the same loss (MONAI DiceCELoss), optimiser (AdamW), schedule, step
-budget and seed. TokenSeg adds its auxiliary losses: the codebook commitment loss and the BCE
-of its boundary head against the distance of each candidate to the nearest label edge.
-Evaluation runs MONAI's sliding-window inference over whole volumes with the training ROI.
+intensity jitter), with the same loss (MONAI DiceCELoss), optimiser (AdamW), schedule, seed and
+training rule: validation mean Dice every `train.eval_every` steps, the best evaluation's weights
+exported as `final/` (`medvtc_selection.json` says which step), training stopped by the shared
+trainer's convergence budget (`train.plateau_*`, `train.max_steps` the cap; `convergence.json`).
+TokenSeg adds its auxiliary losses: the codebook commitment loss and the BCE of its boundary head
+against the distance of each candidate to the nearest label edge. Evaluation runs MONAI's
+sliding-window inference over whole volumes with the training ROI.
 
 Point `data.root` at a real MSD task (e.g. Task02_Heart, or Task01_BrainTumour with its four
 MRI sequences) to train on it: the reader takes the modalities and classes from dataset.json.
@@ -20,6 +23,7 @@ MRI sequences) to train on it: the reader takes the modalities and classes from 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +38,8 @@ from medvtc.common.io import atomic_directory, atomic_write_json
 from medvtc.common.task import Task
 from medvtc.common.trainer import Trainer
 from medvtc.medical.tokenseg.config import DEFAULT_ROOTS, TokenSegTaskConfig
+
+SELECTION_FILE = "medvtc_selection.json"  # in final/: the step (and validation metrics) of the exported weights
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,23 +198,39 @@ class TokenSegTask(Task):
         t0 = time.perf_counter()
         metrics = trainer.fit(resume=resume and ckpt.latest_checkpoint(out / "checkpoints") is not None)
         if dist_info.is_main:
-            self._save_final(cfg, model, info, out / "final", metrics)
+            selected = trainer.load_best()  # train.select_metric: the best validation's weights are the model
+            if selected is not None:
+                metrics = dict(selected["metrics"])
+                conv = trainer.convergence()
+                stop = (f"plateau at step {conv['plateau_step']}" if conv["plateau_step"] is not None
+                        else f"no plateau before the cap, train.max_steps={cfg.train.max_steps}")
+                print(f"medvtc: final model = step {selected['step']} (validation {selected['metric']} "
+                      f"{selected['value']:.4f}, the best of {len(conv['history'])} evaluations); {stop}")
+            self._save_final(cfg, model, info, out / "final", metrics, selected, trainer.step)
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; model in {out / 'final'}")
             print(self._format_metrics("val", metrics))
         cleanup(dist_info)
         return 0
 
-    def _save_final(self, cfg: TokenSegTaskConfig, model, info, path: Path, metrics: dict[str, float]) -> None:
+    def _save_final(self, cfg: TokenSegTaskConfig, model, info, path: Path, metrics: dict[str, float],
+                    selected: dict[str, Any] | None = None, last_step: int | None = None) -> None:
         from safetensors.torch import save_model
 
+        from medvtc.common.trainer import CONVERGENCE_FILE
         from medvtc.medical.tokenseg.pipeline import CONFIG_FILE, INFO_FILE
 
         with atomic_directory(path, overwrite=True) as tmp:
+            if selected is not None:  # which step's weights these are, and the validation curve
+                atomic_write_json(tmp / SELECTION_FILE, {**selected, "last_step": last_step})
+                curve = path.parent / CONVERGENCE_FILE
+                if curve.is_file():
+                    shutil.copy2(curve, tmp / CONVERGENCE_FILE)
             save_model(model, str(tmp / ckpt.WEIGHTS))
             save_config(cfg, tmp / CONFIG_FILE)
             (tmp / INFO_FILE).write_text(json.dumps({"name": info.name, "modalities": info.modalities,
                                                      "labels": {str(k): v for k, v in info.labels.items()}}, indent=2) + "\n")
-            atomic_write_json(tmp / "val_metrics.json", {"split": "val", "metrics": metrics})
+            atomic_write_json(tmp / "val_metrics.json", {"split": "val", "metrics": metrics,
+                                                         "step": selected["step"] if selected else last_step})
 
     @staticmethod
     def _format_metrics(split: str, metrics: dict[str, float]) -> str:
