@@ -370,10 +370,17 @@ def test_plateau_settings_are_checked(tmp_path):
                        (dict(plateau_window=0.2, plateau_min_steps=-1), "plateau_min_steps must be an integer >= 0")):
         with pytest.raises(ValueError, match=match):
             TrainConfig(**good, **bad).validate()
-    with pytest.raises(ValueError, match="plateau_window=0.2 needs select_metric"):
-        TrainConfig(plateau_window=0.2, eval_every=10).validate()
-    with pytest.raises(ValueError, match="plateau_window=0.2 needs eval_every >= 1"):
-        TrainConfig(plateau_window=0.2, select_metric="acc").validate()
+    # what the rule needs besides valid values: checked when training starts (an old run's
+    # config.yaml with today's defaults must still load for evaluation)
+    from medvtc.common.errors import UserError
+    from medvtc.common.trainer import Trainer
+
+    for lacking, match in ((dict(eval_every=10), r"train\.plateau_window=0\.2 needs train\.select_metric"),
+                           (dict(select_metric="acc"), r"needs train\.eval_every >= 1 \(evaluations to watch\), got 0")):
+        cfg = TrainConfig(plateau_window=0.2, progress=False, batch_size=4, **lacking)
+        cfg.validate()
+        with pytest.raises(UserError, match=match):
+            Trainer(torch.nn.Linear(4, 1), _Scripted(), cfg, tmp_path, eval_fn=lambda m, d, dev: {"acc": 1.0}, eval_set=[0])
     TrainConfig(plateau_window=0, plateau_delta=0.5).validate()  # off
     with pytest.raises(ConfigError, match=r"^train: plateau_window must be"):
         load_config(_Wrap, None, ["train.plateau_window=1.5", "train.select_metric=acc", "train.eval_every=5"])

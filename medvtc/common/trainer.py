@@ -117,11 +117,18 @@ class TrainConfig:
             raise ValueError(f"plateau_delta must be a number >= 0 (the metric's units), got {self.plateau_delta!r}")
         if isinstance(self.plateau_min_steps, bool) or not isinstance(self.plateau_min_steps, int) or self.plateau_min_steps < 0:
             raise ValueError(f"plateau_min_steps must be an integer >= 0, got {self.plateau_min_steps!r}")
-        if self.plateau:
-            if not self.select_metric:
-                raise ValueError(f"plateau_window={w} needs select_metric (the evaluation metric it watches)")
-            if self.eval_every < 1:
-                raise ValueError(f"plateau_window={w} needs eval_every >= 1 (evaluations to watch), got {self.eval_every}")
+
+    def plateau_problem(self) -> str | None:
+        """What the convergence budget lacks to run (None: nothing, or it is off). Checked when
+        training starts, not on loading: a run's saved config.yaml from before these keys existed
+        gets today's defaults and must still load for evaluation."""
+        if not self.plateau:
+            return None
+        if not self.select_metric:
+            return f"train.plateau_window={self.plateau_window} needs train.select_metric (the evaluation metric it watches)"
+        if self.eval_every < 1:
+            return f"train.plateau_window={self.plateau_window} needs train.eval_every >= 1 (evaluations to watch), got {self.eval_every}"
+        return None
 
     @property
     def plateau(self) -> bool:
@@ -363,6 +370,8 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the kept weights
         self.history: list[tuple[int, float]] = []  # (step, select_metric) of every evaluation, on rank 0
         self.plateau_step: int | None = None  # the step where the convergence budget stopped training
+        if (problem := cfg.plateau_problem()) is not None:
+            raise UserError(problem)
         if cfg.select_metric and (eval_fn is None or eval_set is None):
             raise UserError(f"train.select_metric={cfg.select_metric!r} needs an evaluation, but this task gave none")
 

@@ -366,6 +366,22 @@ def test_bench_trains_each_seed_to_its_plateau_and_draws_the_validation_curves(r
     # evaluations choose the weights here: another eval_every is another run
     assert main(["bench", "--task", "tokenseg", *args, "train.eval_every=2", "--output", str(results)]) == 2
     assert "train.eval_every: 1 there, 2 now" in capsys.readouterr().err
+    # the rule without evaluations to watch: refused before any training
+    assert main(["bench", "--task", "tokenseg", *args, "train.eval_every=0", "--output", str(results)]) == 2
+    assert "train.plateau_window=0.5 needs train.eval_every >= 1" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_the_convergence_keys_still_loads(tmp_path):
+    """An older run's config.yaml (no plateau keys, eval_every 0, no selection) gets today's
+    defaults for the missing keys and still loads for eval / segment."""
+    from medvtc.common.config import load_config
+    from medvtc.medical.tokenseg.config import TokenSegTaskConfig
+
+    path = tmp_path / "config.yaml"
+    path.write_text("model: {name: unet}\ntrain: {max_steps: 300, eval_every: 0, select_metric: null}\n")
+    cfg = load_config(TokenSegTaskConfig, path)
+    assert cfg.model.name == "unet" and cfg.train.plateau_window == 0.2
+    assert "needs train.select_metric" in cfg.train.plateau_problem()  # it would not train as it is
 
 
 def test_bench_on_the_mni152_subject_writes_its_own_files_and_says_it_is_one_subject(mni152_root, tmp_path, capsys):

@@ -202,6 +202,8 @@ class TokenSegBench(BenchSpec):
         vcfg = super().variant_config(cfg, variant, seed, run_dir)
         if cfg.bench.max_steps is not None:
             vcfg = replace(vcfg, train=replace(vcfg.train, max_steps=int(cfg.bench.max_steps)))
+        if (problem := vcfg.train.plateau_problem()) is not None:  # before hours of training, not at its start
+            raise UserError(problem)
         return vcfg
 
     def settings(self, cfg_tree):
