@@ -78,6 +78,7 @@ RESIZE_MODES = ("area", "trilinear", "nearest")
 AIR_HU = -1024.0  # what crop_pad pads with
 # Part of the persistent volume cache's key (CTReportDataset(persistent_cache=...)): raise it when
 # a change to load_ct_volume's processing changes its output, so no stale volume is read back.
+# Still 1 after the channels moved to the output size (HUIntervalChannelsd): bit-identical output.
 PREPROCESSING_VERSION = 1
 _SLAB_VOXELS = 1 << 20  # input voxels per block when HUIntervalChannelsd builds its channels
 _MAX_LISTED = 5  # how many offending names an error message lists before "... and N more"

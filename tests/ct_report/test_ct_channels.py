@@ -137,3 +137,18 @@ def test_peak_memory_follows_the_output_size():
     print(f"extra peak {peak:.1f} MiB, bound {bound:.1f} MiB")
     assert peak <= bound, f"extra peak {peak:.1f} MiB > {bound:.1f} MiB"
 
+
+def test_scale_child_reports_where_the_peak_is(tmp_path):
+    """The bench's full-size subprocess (`bench.scale`, scripts/ct_full_size_peak.py) at a tiny size:
+    it reports the RSS before reading the CT, the peak after preprocessing and the input's size."""
+    from medvtc.datasets.nifti import save_nifti
+    from medvtc.medical.ct_report.bench import _scale_child, _scale_lines
+
+    path = tmp_path / "ct.nii.gz"
+    save_nifti(path, _phantom_hu((32, 32, 16)).astype(np.int16), np.diag([12.0, 12.0, 20.0, 1.0]))
+    item = _scale_child({"volume": str(path), "size": [32, 32, 16], "patch": [8, 8, 8], "compressor": "pixel_shuffle",
+                         "budget": 8, "seed": 0, "hu_bins": list(BINS)})
+    assert item["ok"] and item["vit_tokens"] == 32 and item["input_mb"] == 10 * 32 * 32 * 16 * 4 / 2**20
+    assert 0 < item["base_rss_mb"] <= item["load_peak_rss_mb"] <= item["peak_rss_mb"]
+    line = _scale_lines({"runs": [{**item, "path": "compressed", "size": [32, 32, 16]}]})[-1]
+    assert line.startswith("- compressed (32, 32, 16): 32 ViT tokens") and "after read+preprocess" in line

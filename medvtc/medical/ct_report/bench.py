@@ -295,17 +295,26 @@ def _targets_markdown(rows: list[ResultRow], scale: dict[str, Any] | None, throu
                   f"{throughput['samples_per_s_volumes']:.1f} samples/s from the volumes, {throughput['samples_per_s_cache']:.1f} "
                   f"from the token cache: **{throughput['speedup']:.2f}x**"]
     if scale:
-        lines += ["", "### Full-size CT (untrained model: cost only)", ""]
-        for item in scale.get("runs", []):
-            if item.get("ok"):
-                lines.append(
-                    f"- {item['path']} {tuple(item['size'])}: {item['vit_tokens']} ViT tokens -> {item['visual_tokens']} LM tokens; "
-                    f"read+preprocess {item['load_s']:.1f} s, encode+prefill+16 tokens {item['report_s']:.1f} s, "
-                    f"peak RSS {item['peak_rss_mb']:.0f} MiB"
-                )
-            else:
-                lines.append(f"- {item['path']} {tuple(item['size'])}: failed ({item.get('error', '?')})")
+        lines += ["", *_scale_lines(scale)]
     return "\n".join(lines) + "\n"
+
+
+def _scale_lines(scale: dict[str, Any]) -> list[str]:
+    """The full-size CT section (`run_scale`'s result) as markdown lines."""
+    lines = ["### Full-size CT (untrained model: cost only)", ""]
+    for item in scale.get("runs", []):
+        if item.get("ok"):
+            lines.append(
+                f"- {item['path']} {tuple(item['size'])}: {item['vit_tokens']} ViT tokens -> {item['visual_tokens']} LM tokens; "
+                f"read+preprocess {item['load_s']:.1f} s, encode+prefill+16 tokens {item['report_s']:.1f} s, "
+                f"peak RSS {item['peak_rss_mb']:.0f} MiB"
+                + (f" (after read+preprocess {item['load_peak_rss_mb']:.0f} MiB; {item['base_rss_mb']:.0f} MiB before "
+                   f"reading: interpreter, libraries, model; the model's input alone {item['input_mb']:.0f} MiB)"
+                   if "load_peak_rss_mb" in item else "")
+            )
+        else:
+            lines.append(f"- {item['path']} {tuple(item['size'])}: failed ({item.get('error', '?')})")
+    return lines
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -355,6 +364,8 @@ def run_scale(cfg) -> dict[str, Any]:
 
 def _scale_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Read the full-size NIfTI and write 16 report tokens with an untrained model built for it."""
+    import psutil
+
     from medvtc.common.accounting import _vm_hwm_bytes
     from medvtc.datasets.ct_rate import ct_input_channels, load_ct_volume
     from medvtc.medical.ct_report.configuration_ct_report import CTReportConfig
@@ -370,15 +381,19 @@ def _scale_child(spec: dict[str, Any]) -> dict[str, Any]:
         text_config={"max_position_embeddings": 32768},
     )
     model = CTReportModel(config).eval()
+    base_rss = psutil.Process().memory_info().rss  # interpreter, libraries and the model, before the CT
     t0 = time.perf_counter()
     pixels = load_ct_volume(spec["volume"], spatial_size=spec["size"], hu_bins=spec.get("hu_bins") or ())[None]
     load_s = time.perf_counter() - t0
+    load_peak = _vm_hwm_bytes() or 0
     t0 = time.perf_counter()
     with torch.no_grad():
         model.generate(pixels, max_new_tokens=16, min_new_tokens=16)
     report_s = time.perf_counter() - t0
     return {"ok": True, "load_s": load_s, "report_s": report_s, "vit_tokens": int(config.num_patches),
-            "visual_tokens": int(model.num_visual_tokens), "peak_rss_mb": (_vm_hwm_bytes() or 0) / 2**20}
+            "visual_tokens": int(model.num_visual_tokens), "peak_rss_mb": (_vm_hwm_bytes() or 0) / 2**20,
+            "load_peak_rss_mb": load_peak / 2**20, "base_rss_mb": base_rss / 2**20,
+            "input_mb": pixels.numel() * pixels.element_size() / 2**20}
 
 
 if __name__ == "__main__":  # the scale subprocess
