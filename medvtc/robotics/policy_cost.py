@@ -2,6 +2,7 @@
 
     python -m medvtc.robotics.policy_cost                 # all variants, 128 px, 2 cameras
     python -m medvtc.robotics.policy_cost --variants none,compressor_vla --threads 2
+    python -m medvtc.robotics.policy_cost --variants none,compressor_vla vision_backbone=mobilenetv2_imagenet dim_model=128
 
 Untrained weights (costs do not depend on them). FLOPs come from torch's counter through
 `medvtc.common.accounting` on one `predict_action_chunk` call at batch 1 (the whole policy:
@@ -12,6 +13,7 @@ chunk, ACT-style), which is what a 20 Hz control loop pays on average.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import replace
 from typing import Any, Sequence
@@ -145,6 +147,8 @@ def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, wa
         flops = count_flops(fn)
         peak = measure_peak_memory(fn, device) if memory else None
         built[name] = (policy, fn, flops, peak, device)
+        for stage, stage_fn in _stage_fns(policy, batch).items():
+            built[f"{name}\0{stage}"] = (policy, stage_fn, None, None, device)
     times: dict[str, list[float]] = {name: [] for name in built}
     with torch.inference_mode():
         for i in range(warmup + repeats):
@@ -159,8 +163,14 @@ def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, wa
                     times[name].append(time.perf_counter() - t0)
     out = {}
     for name, (policy, _, flops, peak, _) in built.items():
+        if "\0" in name:
+            continue
         ts = sorted(times[name])
         chunk_ms = 1000 * ts[len(ts) // 2]
+        stages = {key.split("\0", 1)[1]: 1000 * statistics.median(v) for key, v in times.items()
+                  if key.startswith(f"{name}\0")}
+        if stages:  # what the chunk's latency is spent on; the head is the rest
+            stages["head"] = max(0.0, chunk_ms - sum(stages.values()))
         tokens, uncompressed = visual_tokens(policy)
         n_steps = int(policy.config.n_action_steps)
         out[name] = {
@@ -168,7 +178,24 @@ def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, wa
             "params": count_params(policy), "chunk_latency_ms": chunk_ms, "chunk_latency_min_ms": 1000 * ts[0],
             "step_latency_ms": chunk_ms / n_steps, "n_action_steps": n_steps, "peak_mem_mb": peak,
         }
+        if stages:
+            out[name]["stage_ms"] = {k: round(v, 3) for k, v in stages.items()}
     return out
+
+
+def _stage_fns(policy, batch) -> dict[str, Any]:
+    """Compressor-VLA's stages as separate calls on the same batch (medians are timed like the
+    whole chunk): instruction encoder, image encoder, compressor; {} for other policies."""
+    model = getattr(policy, "model", None)
+    if not all(hasattr(model, m) for m in ("encode_text", "encode_images", "compress")):
+        return {}
+    import torch
+
+    with torch.inference_mode():
+        text, text_mask, _ = model.encode_text(batch)
+        visual = model.encode_images(batch)
+    return {"text": lambda: model.encode_text(batch), "images": lambda: model.encode_images(batch),
+            "compress": lambda: model.compress(visual, text, text_mask)}
 
 
 def measure_variants(names: Sequence[str] = tuple(VARIANTS), image_size: int = 128, repeats: int = 20,
@@ -213,6 +240,13 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         rel = f"{r['flops_vs_none']:.2f}" if "flops_vs_none" in r else "-"
         lines.append(f"| {r['method']} | {r['tokens']} | {r['flops'] / 1e9:.2f} | {rel} | {r['params'] / 1e6:.2f}M | "
                      f"{r['chunk_latency_ms']:.1f} | {r['chunk_latency_min_ms']:.1f} | {r['step_latency_ms']:.1f} |")
+    stages = [r for r in rows if r.get("stage_ms")]
+    if stages:
+        names = list(stages[0]["stage_ms"])
+        lines += ["", "chunk latency by stage, ms (median of separate calls; head = the rest):", "",
+                  "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {r['method']} | " + " | ".join(f"{r['stage_ms'].get(n, 0.0):.2f}" for n in names) + " |"
+                  for r in stages]
     return "\n".join(lines)
 
 
@@ -220,16 +254,29 @@ def _main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     import torch
+    import yaml
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="CompressorVLAConfig fields for every variant, e.g. vision_backbone=mobilenetv2_imagenet dim_model=128")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = measure_variants([v for v in args.variants.split(",") if v], args.image_size, args.repeats)
+    base = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"override {item!r} is not key=value")
+        base[key] = yaml.safe_load(value)
+    try:
+        rows = measure_variants([v for v in args.variants.split(",") if v], args.image_size, args.repeats,
+                                base_overrides=base)
+    except TypeError as e:  # an unknown CompressorVLAConfig field
+        p.error(str(e).splitlines()[0])
     print(f"torch threads: {torch.get_num_threads()}")
     print(format_rows(rows))
 
