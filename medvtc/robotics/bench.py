@@ -403,7 +403,10 @@ def targets_markdown(rows: list[ResultRow], cfg, threads: int, demos: int | None
         f"on {b.suite} tasks {list(b.tasks)}, {b.episodes} episodes each (official initial states "
         f"{b.first_init_state}..{b.first_init_state + b.episodes - 1}), {n_ep} episodes per row; every variant "
         f"trained for {cfg.train.max_steps} steps of batch {cfg.train.batch_size} on {cfg.data.root}"
-        + (f" ({demos} demonstration episodes)." if demos is not None else "."),
+        + (f" ({demos} demonstration episodes)" if demos is not None else "")
+        + (f"; each policy is the best of its validation rollouts ({cfg.val.episodes} held-out random scenes per task "
+           f"every {cfg.train.eval_every} steps and at the end; never the official states)."
+           if getattr(cfg, "val", None) is not None and cfg.val.episodes else "."),
         "",
         "### Targets (issue 6): Compressor-VLA against the uncompressed policy (`none`)",
         "",
