@@ -20,12 +20,7 @@ CORPUS = REPORTS * 4 + ["Heart size is normal.", "No lymphadenopathy.", "Emphyse
 LORA_PREFIX = "language_model.base_model.model."  # where peft puts the wrapped LM's parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_tiny_llama(path: Path, corpus: list[str], tie: bool = False):

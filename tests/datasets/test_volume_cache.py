@@ -21,12 +21,7 @@ from medvtc.datasets.volume_cache import PersistentVolumeCache
 ARGS = dict(spatial_size=(12, 12, 8), hu_window=(-1000.0, 400.0), hu_bins=(-500.0, 0.0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def records(folder: Path, n: int = 3) -> list[CTReportRecord]:
