@@ -646,8 +646,6 @@ def validation_rollouts(policy, pre, post, *, suite: str, scenes: Sequence[tuple
     """Success on held-out random scenes (never LIBERO's official initial states, the test set),
     for checkpoint selection during training: {"val_success": overall, "val_success_task_<t>": ...}.
     `robot_init_noise` (rad) noises the arm at each reset, as the official states are noised."""
-    import torch
-
     from medvtc.robotics.demonstrations import set_robot_init_noise
     from medvtc.robotics.libero_env import LiberoEnv
 
@@ -664,9 +662,8 @@ def validation_rollouts(policy, pre, post, *, suite: str, scenes: Sequence[tuple
                 if robot_init_noise > 0:
                     set_robot_init_noise(env, robot_init_noise)
                 env_task = tid
-            with torch.no_grad():
-                res = run_episode(env, policy, pre, post, None, seed=episode_seed(tid, scene), scene_seed=scene,
-                                  cameras=cams)
+            res = run_episode(env, policy, pre, post, None, seed=episode_seed(tid, scene), scene_seed=scene,
+                              cameras=cams)  # runs the policy under inference_mode itself
             successes.setdefault(tid, []).append(bool(res["success"]))
     finally:
         if env is not None:
