@@ -97,8 +97,9 @@ def _training_settings(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
         policy.pop("act_args", None)
         # keys added after runs were made: at their defaults they change nothing, so they are left
         # out and older runs stay reusable (the cache's views only matter when it is used)
-        if policy.get("freeze_backbone") is None:
-            policy.pop("freeze_backbone", None)
+        for key in ("freeze_backbone", "image_size"):
+            if policy.get(key) is None:
+                policy.pop(key, None)
         if not policy.get("cache_tokens"):
             policy.pop("cache_tokens", None)
             policy.pop("cache_views", None)

@@ -72,7 +72,7 @@ def policy_config(cfg, features: dict[str, dict], device: str):
             input_features=inputs, output_features=outputs, device=device,
             chunk_size=p.chunk_size, n_action_steps=p.n_action_steps, vision_backbone=p.vision_backbone,
             backbone_out_index=p.backbone_out_index, backbone_norm=p.backbone_norm, freeze_backbone=p.freeze_backbone,
-            dim_model=p.dim_model,
+            image_size=p.image_size, dim_model=p.dim_model,
             n_heads=p.n_heads, n_layers=p.n_layers, mlp_ratio=p.mlp_ratio, dropout=p.dropout,
             attention_dropout=p.attention_dropout,
             text_buckets=p.text_buckets, text_layers=p.text_layers, tokenizer_max_length=p.tokenizer_max_length,

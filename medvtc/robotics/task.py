@@ -92,6 +92,10 @@ class LiberoPolicyConfig:
     backbone_out_index: int = 2
     backbone_norm: Literal["batchnorm", "groupnorm"] = "groupnorm"
     freeze_backbone: bool | None = None  # null: frozen for mobilenetv2_imagenet, trained for a timm backbone
+    # side the policy resizes camera images to before its backbone (null: the cameras' size); the
+    # environment still renders at data.camera_size. 256 with 128 px cameras and
+    # mobilenetv2_imagenet level 3 (stride 16) keeps a 16 x 16 grid of deeper, 96-channel features
+    image_size: int | None = None
     dim_model: int = 256
     n_heads: int = 8
     n_layers: int = 4
@@ -115,6 +119,9 @@ class LiberoPolicyConfig:
     cache_views: int = 4
 
     def validate(self) -> None:
+        if self.image_size is not None and self.name == "act":
+            raise ValueError("image_size applies to Compressor-VLA; ACT reads the cameras' images at their size "
+                             "(set it to null with policy.name=act)")
         if self.cache_views < 1:
             raise ValueError(f"cache_views must be >= 1, got {self.cache_views}")
         if not self.cache_tokens or self.name != "compressor_vla":  # ACT (its backbone trains) and replay ignore it

@@ -196,6 +196,28 @@ def test_config_errors():
         CompressorVLAPolicy(tiny_config(input_features={STATE_KEY: PolicyFeature(FeatureType.STATE, (8,))}))
     with pytest.raises(ValueError, match="attention_dropout must be in"):
         tiny_config(attention_dropout=1.0)
+    with pytest.raises(ValueError, match="image_size must be >= 8"):
+        tiny_config(image_size=4)
+
+
+def test_image_size_resizes_camera_images_inside_the_policy(tmp_path):
+    """image_size=64 on 32 px cameras: the backbone reads 64 px images (an 8 x 8 grid instead of
+    4 x 4), the input features keep the cameras' size, and camera-size images give the same actions
+    as the same images resized beforehand (the resize is the policy's own, at rollout too)."""
+    torch.manual_seed(0)
+    policy = CompressorVLAPolicy(tiny_config(image_size=2 * SIZE, compressor="none", compressor_args={}))
+    assert policy.model.image_shape == (3, 2 * SIZE, 2 * SIZE) and policy.model.grid == (8, 8)
+    assert policy.num_uncompressed_tokens == 2 * 64
+    assert {tuple(f.shape) for f in policy.config.image_features.values()} == {(3, SIZE, SIZE)}
+    policy.eval()
+    batch = batch_of(2)
+    big = {**batch}
+    for key in (IMAGE_KEY, WRIST_IMAGE_KEY):
+        big[key] = torch.nn.functional.interpolate(batch[key], size=(2 * SIZE, 2 * SIZE), mode="bilinear",
+                                                   align_corners=False, antialias=True)
+    torch.testing.assert_close(policy.predict_action_chunk(batch), policy.predict_action_chunk(big))
+    policy.save_pretrained(tmp_path)
+    assert CompressorVLAPolicy.from_pretrained(tmp_path).model.grid == (8, 8)
 
 
 def test_dropout_settings_reach_the_blocks():

@@ -324,7 +324,9 @@ def test_bench_variants_through_the_grammar(recorded_demos, tmp_path):
     assert "policy.compressor" not in s_act and "policy.act_args" in s_act
     assert "policy.act_args" not in s_cv and "policy.compressor_args" in s_cv and "train.progress" not in s_cv
     # keys at their defaults that older runs did not have are left out; in use, they count
-    assert not {"policy.freeze_backbone", "policy.cache_tokens", "policy.cache_views"} & set(s_cv)
+    assert not {"policy.freeze_backbone", "policy.image_size", "policy.cache_tokens", "policy.cache_views"} & set(s_cv)
+    resized = replace(resolve("compressor_vla"), policy=replace(resolve("compressor_vla").policy, image_size=256))
+    assert spec.settings(to_dict(resized))["policy.image_size"] == 256
     cached = replace(resolve("compressor_vla"), policy=replace(resolve("compressor_vla").policy, cache_tokens=True))
     assert {"policy.cache_tokens", "policy.cache_views"} <= set(spec.settings(to_dict(cached)))
     # the replay floor depends on the data only: no policy or training keys

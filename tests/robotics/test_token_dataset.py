@@ -208,6 +208,11 @@ def test_freeze_backbone_reaches_the_policy_config():
     assert policy_config(task.load_config(None, FROZEN_TIMM), features, "cpu").backbone_frozen is True
     pcfg = policy_config(task.load_config(None, [*PRETRAINED, "policy.freeze_backbone=false"]), features, "cpu")
     assert pcfg.freeze_backbone is False and pcfg.backbone_frozen is False
+    # policy.image_size resizes inside the policy: the input features keep the cameras' size
+    resized = policy_config(task.load_config(None, ["policy.image_size=64"]), features, "cpu")
+    assert resized.image_size == 64 and {tuple(f.shape) for f in resized.image_features.values()} == {(3, 32, 32)}
+    with pytest.raises(ConfigError, match="image_size applies to Compressor-VLA"):
+        task.load_config(None, ["policy.name=act", "policy.image_size=64"])
     # a config that skipped validation (dataclasses.replace) is still refused when the policy is built
     unchecked = replace(cfg, policy=replace(cfg.policy, cache_tokens=True))
     with pytest.raises(ConfigError, match="cache_tokens=true needs a frozen backbone"):

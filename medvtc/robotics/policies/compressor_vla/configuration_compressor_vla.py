@@ -60,6 +60,11 @@ class CompressorVLAConfig(PreTrainedConfig):
             cameras, the paper's uncompressed count. For "mobilenetv2_imagenet" the same numbering:
             0..4 = stride 2, 4, 8, 16, 32 with 16, 24, 32, 96, 320 channels (level 3 on 256 px
             images gives 16 x 16 tokens of 96 channels).
+        image_size: side (pixels) the camera images are resized to (bilinear, antialiased) before
+            the backbone, at training and at rollout alike; None (the default) = the image
+            features' own size. The input features keep the camera's size (what an environment
+            renders); e.g. 256 with 128 px cameras lets a stride-16 level (MobileNetV2 level 3)
+            give the same 16 x 16 grid as stride 8 on 128 px, with features of a deeper layer.
         backbone_norm: "batchnorm" (timm default) or "groupnorm" (steadier from scratch with small
             batches, as LeRobot's diffusion policy does without pretrained weights).
         backbone_kwargs: extra `timm.create_model` arguments.
@@ -106,6 +111,7 @@ class CompressorVLAConfig(PreTrainedConfig):
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     share_backbone: bool = True
     freeze_backbone: bool | None = None
+    image_size: int | None = None
 
     # Policy head.
     dim_model: int = 256
@@ -143,6 +149,8 @@ class CompressorVLAConfig(PreTrainedConfig):
             )
         if self.dim_model % self.n_heads:
             raise ValueError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8 pixels (or None: the cameras' size), got {self.image_size}")
         if self.backbone_norm not in ("batchnorm", "groupnorm"):
             raise ValueError(f"backbone_norm must be 'batchnorm' or 'groupnorm', got {self.backbone_norm!r}")
         if self.pretrained_backbone:

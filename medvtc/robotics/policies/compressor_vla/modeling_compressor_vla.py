@@ -163,7 +163,10 @@ class CompressorVLA(nn.Module):
         self.cfg = cfg
         d = cfg.dim_model
         self.image_keys = list(cfg.image_features)
-        self.image_shape = tuple(next(iter(cfg.image_features.values())).shape)  # (3, H, W)
+        # (3, H, W) the backbone reads: the cameras' own size unless cfg.image_size resizes them
+        self.image_shape = tuple(next(iter(cfg.image_features.values())).shape)
+        if cfg.image_size is not None:
+            self.image_shape = (self.image_shape[0], int(cfg.image_size), int(cfg.image_size))
         n_cams = len(self.image_keys)
 
         kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
