@@ -22,14 +22,14 @@ def _dataset(n: int = 10, seed: int = 0) -> list[dict[str, torch.Tensor]]:
 
 
 class Counting:
-    """An "encoder" that doubles its input and counts the samples it saw."""
+    """An "encoder" that scales its input (doubles by default) and counts the samples it saw."""
 
-    def __init__(self) -> None:
-        self.seen = 0
+    def __init__(self, scale: float = 2.0) -> None:
+        self.seen, self.scale = 0, scale
 
     def __call__(self, items):
         self.seen += len(items)
-        return torch.stack([it["x"] for it in items]) * 2
+        return torch.stack([it["x"] for it in items]) * self.scale
 
 
 def test_encodes_once_and_reuses(tmp_path):
@@ -79,14 +79,17 @@ def test_a_failed_encoding_leaves_no_complete_store(tmp_path):
     with pytest.raises(RuntimeError, match="encoder crashed"):
         TokenCache.get_or_build(tmp_path, {"encoder": "a"}, failing, data, batch_size=4, shard_size=4, progress=False)
     assert not list(tmp_path.glob(f"*/{META_FILE}"))
-    enc = Counting()
-    cache = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data, progress=False)
-    assert enc.seen == 10 and len(cache) == 10
+    enc = Counting()  # the next call resumes after the one finished shard (samples 0-3)
+    cache = TokenCache.get_or_build(tmp_path, {"encoder": "a"}, enc, data, batch_size=4, shard_size=4, progress=False)
+    assert enc.seen == 6 and len(cache) == 10 and cache.meta["shards"] == 3
+    for i in (0, 3, 4, 9):  # shard 0 from the failed call (encoder without doubling), the rest from Counting
+        torch.testing.assert_close(cache.tokens(i), data[i]["x"] * (1 if i < 4 else 2), atol=1e-2, rtol=1e-3)
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path.name]  # the partial folder became the store
 
 
 def test_a_killed_encoding_leaves_no_complete_store(tmp_path):
     """SIGKILL in the middle of encoding (no Python cleanup runs): the store's folder never
-    appears, and the next call builds it from scratch."""
+    appears, and the next call resumes after the last finished shard."""
     script = textwrap.dedent(f"""
         import time, torch
         from medvtc.common.token_cache import TokenCache
@@ -107,8 +110,50 @@ def test_a_killed_encoding_leaves_no_complete_store(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir()]
     assert leftovers and all(name.startswith(".") for name in leftovers)  # only a hidden temporary folder
     data = [{"x": torch.full((4, 2), float(i))} for i in range(40)]
-    cache = TokenCache.get_or_build(tmp_path, {"encoder": "k"}, lambda items: torch.stack([it["x"] for it in items]), data, progress=False)
-    assert cache.path.name == fingerprint_key(cache.fingerprint) and float(cache.tokens(39)[0, 0]) == 39.0
+    enc = Counting(scale=1.0)
+    cache = TokenCache.get_or_build(tmp_path, {"encoder": "k"}, enc, data, batch_size=2, shard_size=4, progress=False)
+    assert cache.path.name == fingerprint_key(cache.fingerprint)
+    assert 0 < enc.seen <= 40 - 4  # at least one shard (4 samples) was kept
+    assert [float(cache.tokens(i)[0, 0]) for i in range(40)] == [float(i) for i in range(40)]
+
+
+def test_a_resumed_build_equals_an_uninterrupted_one(tmp_path):
+    """Augmented views are seeded per sample, so stopping and resuming changes nothing; an
+    interrupted build of another fingerprint or shard size is cleared, not resumed."""
+    data = _dataset(11)
+
+    def shift(item, view, rng):
+        return {"x": item["x"] + float(rng.standard_normal())}
+
+    def build(root, enc, fp="a", shard_size=4):
+        return TokenCache.get_or_build(root, {"encoder": fp}, enc, data, views=3, augment=shift, batch_size=2,
+                                       shard_size=shard_size, progress=False)
+
+    whole = build(tmp_path / "whole", Counting())
+    calls = {"n": 0}
+
+    def dies_at_batch_4(items):
+        calls["n"] += 1
+        if calls["n"] > 3 * 3:  # 3 views per batch: batch 4 (samples 6-7), after shard 0 (samples 0-3)
+            raise KeyboardInterrupt
+        return Counting()(items)
+
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "resumed", dies_at_batch_4)
+    enc = Counting()
+    resumed = build(tmp_path / "resumed", enc)
+    assert enc.seen == (11 - 4) * 3
+    for i in range(11):
+        for v in range(3):
+            assert torch.equal(resumed.tokens(i, v), whole.tokens(i, v)), (i, v)
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted again, then built under another shard size
+        calls["n"] = 0
+        build(tmp_path / "other", dies_at_batch_4)
+    enc = Counting()
+    other = build(tmp_path / "other", enc, shard_size=5)
+    assert enc.seen == 11 * 3 and other.meta["shard_size"] == 5 and torch.equal(other.tokens(10, 2), whole.tokens(10, 2))
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [other.path.name]
 
 
 def test_augmented_views_and_random_view_sampling(tmp_path):

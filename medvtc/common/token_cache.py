@@ -13,8 +13,12 @@ same store to every run whose encoder weights, preprocessing, samples and views 
 
 - The store lives in `root/<sha256 of the fingerprint>[:16]`; a changed fingerprint (new
   weights, other preprocessing, other samples) is another folder, so it is rebuilt, never mixed.
-- It is built in a temporary folder and renamed into place when complete (io.atomic_directory):
-  a killed encoding leaves no store that looks complete, and the next call starts again.
+- It is built in a hidden folder beside it (`.<key>.partial`, shard by shard, each shard written
+  atomically) and renamed into place when complete: a killed or failed encoding leaves no store
+  that looks complete, and the next call with the same fingerprint resumes after the last
+  finished shard (views are seeded per sample, so a resumed store equals an uninterrupted one).
+  Encoding a large dataset with a large encoder takes hours on a CPU; a stop should not lose them.
+  One process builds a given store at a time (other DDP ranks `wait_for` it).
 - Augmentation: `views=V` with `augment(item, view, rng)` stores V encodings per sample (view 0
   is the item unaugmented, views 1.. pass through `augment` with a generator seeded by
   (seed, sample, view)); `CachedTokenDataset(view="random")` then draws one per access.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -39,9 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medvtc.common.io import atomic_directory, atomic_write_json
+from medvtc.common.io import atomic_path, atomic_write_json
 
 META_FILE = "cache.json"
+PROGRESS_FILE = "progress.json"  # in an interrupted build's folder: what it was building
 FORMAT = 1
 
 
@@ -143,44 +149,95 @@ class TokenCache:
         from safetensors.torch import save_file
         from tqdm.auto import tqdm
 
-        with atomic_directory(path, overwrite=True) as tmp:
-            shape: list[int] | None = None
-            shard_rows: list[torch.Tensor] = []
-            n_shards = 0
-            bar = tqdm(total=len(dataset) * views, desc="encode tokens", unit="sample", disable=not progress, dynamic_ncols=True)
-            with torch.no_grad():
-                for start in range(0, len(dataset), batch_size):
-                    idx = list(range(start, min(len(dataset), start + batch_size)))
-                    items = [dataset[i] for i in idx]
-                    per_view = []
-                    for v in range(views):
-                        batch = items if v == 0 else [augment(it, v, np.random.default_rng([seed, i, v])) for it, i in zip(items, idx)]
-                        out = encode(batch)
-                        if out.ndim != 3 or out.shape[0] != len(batch):
-                            raise ValueError(f"encode returned shape {tuple(out.shape)}; expected [{len(batch)}, N, D]")
-                        half = out.detach().to("cpu", torch.float16)
-                        if not torch.isfinite(half).all():
-                            raise ValueError(f"encoder tokens of samples {idx[0]}-{idx[-1]} are not finite in float16 "
-                                             f"(|max| {float(out.detach().abs().max()):.3g}; fp16 holds up to 65504)")
-                        per_view.append(half)
-                        bar.update(len(batch))
-                    block = torch.stack(per_view, dim=1)  # [B, V, N, D]
-                    if shape is None:
-                        shape = list(block.shape[2:])
-                    shard_rows.extend(block.unbind(0))
-                    while len(shard_rows) >= shard_size:
-                        save_file({"tokens": torch.stack(shard_rows[:shard_size]).contiguous()}, str(tmp / f"shard_{n_shards:05d}.safetensors"))
-                        shard_rows, n_shards = shard_rows[shard_size:], n_shards + 1
-            if shard_rows:
-                save_file({"tokens": torch.stack(shard_rows).contiguous()}, str(tmp / f"shard_{n_shards:05d}.safetensors"))
-                n_shards += 1
-            bar.close()
-            atomic_write_json(tmp / META_FILE, {"format": FORMAT, "fingerprint": full, "num_samples": len(dataset),
+        partial = path.with_name(f".{path.name}.partial")
+        n_shards = cls._resumable_shards(partial, full, shard_size, len(dataset))
+        first = n_shards * shard_size
+        if first:
+            log(f"medvtc: token cache resumed: {partial} has {n_shards} finished shards ({first} of {len(dataset)} samples)")
+        shape: list[int] | None = None
+        shard_rows: list[torch.Tensor] = []
+
+        def write_shard(rows: list[torch.Tensor], index: int) -> None:
+            with atomic_path(partial / f"shard_{index:05d}.safetensors") as tmp:
+                save_file({"tokens": torch.stack(rows).contiguous()}, str(tmp))
+
+        bar = tqdm(total=len(dataset) * views, initial=first * views, desc="encode tokens", unit="sample",
+                   disable=not progress, dynamic_ncols=True)
+        with torch.no_grad():
+            for start in range(first, len(dataset), batch_size):
+                idx = list(range(start, min(len(dataset), start + batch_size)))
+                items = [dataset[i] for i in idx]
+                per_view = []
+                for v in range(views):
+                    batch = items if v == 0 else [augment(it, v, np.random.default_rng([seed, i, v])) for it, i in zip(items, idx)]
+                    out = encode(batch)
+                    if out.ndim != 3 or out.shape[0] != len(batch):
+                        raise ValueError(f"encode returned shape {tuple(out.shape)}; expected [{len(batch)}, N, D]")
+                    half = out.detach().to("cpu", torch.float16)
+                    if not torch.isfinite(half).all():
+                        raise ValueError(f"encoder tokens of samples {idx[0]}-{idx[-1]} are not finite in float16 "
+                                         f"(|max| {float(out.detach().abs().max()):.3g}; fp16 holds up to 65504)")
+                    per_view.append(half)
+                    bar.update(len(batch))
+                block = torch.stack(per_view, dim=1)  # [B, V, N, D]
+                if shape is None:
+                    shape = list(block.shape[2:])
+                shard_rows.extend(block.unbind(0))
+                while len(shard_rows) >= shard_size:
+                    write_shard(shard_rows[:shard_size], n_shards)
+                    shard_rows, n_shards = shard_rows[shard_size:], n_shards + 1
+        if shard_rows:
+            write_shard(shard_rows, n_shards)
+            n_shards += 1
+        bar.close()
+        if shape is None:  # everything came from the resumed shards
+            shape = list(cls._shard_shape(partial / "shard_00000.safetensors")[2:])
+        atomic_write_json(partial / META_FILE, {"format": FORMAT, "fingerprint": full, "num_samples": len(dataset),
                                                 "views": views, "shard_size": shard_size, "shards": n_shards,
                                                 "token_shape": shape})
+        (partial / PROGRESS_FILE).unlink()
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(partial, path)
         log(f"medvtc: token cache written: {path} ({len(dataset)} samples x {views} views, tokens {shape})")
         return cls(path)
 
+
+    @staticmethod
+    def _shard_shape(file: Path) -> list[int]:
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.get_slice("tokens").get_shape())
+
+    @classmethod
+    def _resumable_shards(cls, partial: Path, full: Mapping[str, Any], shard_size: int, num_samples: int) -> int:
+        """How many leading full shards of an interrupted build of `full` in `partial` can be kept
+        (0 after clearing it when it belongs to another fingerprint or shard size); it is left
+        ready for the build, with its progress record."""
+        record = {"fingerprint": dict(full), "shard_size": shard_size}
+        progress = partial / PROGRESS_FILE
+        if partial.is_dir():
+            try:
+                same = json.loads(progress.read_text()) == json.loads(json.dumps(record, default=str))
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                shutil.rmtree(partial)
+        if not partial.is_dir():
+            partial.mkdir(parents=True)
+            atomic_write_json(progress, record)
+            return 0
+        done = 0
+        while done * shard_size < num_samples:  # full shards only: the last, short one is rewritten
+            file = partial / f"shard_{done:05d}.safetensors"
+            try:
+                if not file.is_file() or cls._shard_shape(file)[0] != shard_size:
+                    break
+            except Exception:  # noqa: BLE001 - an unreadable shard is rebuilt, whatever safetensors raises
+                break
+            done += 1
+        return min(done, num_samples // shard_size)
 
     @staticmethod
     def _full_fingerprint(fingerprint: Mapping[str, Any], views: int, seed: int, num_samples: int) -> dict[str, Any]:
