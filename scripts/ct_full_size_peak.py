@@ -6,7 +6,7 @@ training or evaluating the bench's variants (README, ct-report results):
 Runs the bench's own `run_scale` with the ct-report config (`medvtc/configs/ct-report.yaml` plus
 overrides, e.g. `bench.scale_size=[256,256,128]`): a phantom CT rendered at `bench.scale_size`
 (512 x 512 x 256) and written as NIfTI under `bench.output_dir/scale/` (reused when there), then
-read, preprocessed (`data.hu_bins` channels) and turned into a 16-token report by an untrained
+read, preprocessed (`data.hu_bins` channels, stored in `bench.scale_dtype`) and turned into a 16-token report by an untrained
 model, once compressed and once uncompressed, each in its own subprocess. Prints one line per
 path and the JSON (peak RSS from VmHWM, MiB), which `-o FILE` also writes."""
 

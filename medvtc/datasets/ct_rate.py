@@ -4,8 +4,8 @@
 
 * `read_ct_rate(root, split)` -> `CTReportRecord`s (volume path, report sections, 18 labels),
   checking the layout and failing with a `UserError` that names the file and what was expected.
-* `ct_transforms(...)` -> a MONAI dictionary pipeline for key "image" (NIfTI path -> [1, X, Y, Z]
-  float32 in [0, 1]); `load_ct_volume(path, ...)` does the same for one file with validation
+* `ct_transforms(...)` -> a MONAI dictionary pipeline for key "image" (NIfTI path -> [C, X, Y, Z]
+  float32, or float16 with `dtype`, in [0, 1]); `load_ct_volume(path, ...)` does the same for one file with validation
   first; `preprocess_ct_array(array, ...)` does it for an in-memory HU array.
 * `CTReportDataset(records, ...)`: a torch `Dataset` of {"image", "report", "labels",
   "volume_name"}.
@@ -65,6 +65,8 @@ __all__ = [
     "load_ct_volume",
     "preprocess_ct_array",
     "ct_input_channels",
+    "channel_dtype",
+    "CHANNEL_DTYPES",
     "HUIntervalChannelsd",
     "CTReportDataset",
     "PREPROCESSING_VERSION",
@@ -75,6 +77,11 @@ SPLITS_FILE = "medvtc_splits.json"
 VAL_HASH_SALT = "medvtc-ct-rate-val:"
 RESIZE_METHODS = ("resize", "crop_pad")
 RESIZE_MODES = ("area", "trilinear", "nearest")
+# Storage dtypes of the preprocessed channels. float16 halves their memory (a 512 x 512 x 256 CT's
+# ten channels: 1280 MiB instead of 2560); every value is computed in float32 and rounded once
+# (|error| <= 2**-12 for values in [0, 1]; the 0/1 indicators exactly); the ViT reads them slab by
+# slab in its own dtype (`vision_encoder.CTViTEncoder`), so the float32 tensor never exists whole.
+CHANNEL_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 AIR_HU = -1024.0  # what crop_pad pads with
 # Part of the persistent volume cache's key (CTReportDataset(persistent_cache=...)): raise it when
 # a change to load_ct_volume's processing changes its output, so no stale volume is read back.
@@ -471,6 +478,18 @@ def _check_transform_args(
     return size, pix, (lo, hi)  # type: ignore[return-value]
 
 
+def channel_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """"float32" / "float16" (or the torch dtype) -> the torch dtype of the preprocessed channels."""
+    for name, value in CHANNEL_DTYPES.items():
+        if dtype == name or dtype == value:
+            return value
+    raise UserError(f"dtype {dtype!r}: expected one of {', '.join(CHANNEL_DTYPES)}")
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    return str(channel_dtype(dtype)).removeprefix("torch.")
+
+
 def _check_hu_bins(hu_bins: Sequence[float] | None) -> tuple[float, ...]:
     try:
         edges = tuple(float(v) for v in (hu_bins or ()))
@@ -493,7 +512,9 @@ class HUIntervalChannelsd:
     `window` mapped to [0, 1] (clipped; MONAI's ScaleIntensityRange) and, for n `bins` edges, n + 1
     more channels, each the indicator of one HU interval (-inf, e0), [e0, e1), ..., [e_{n-1}, inf).
     With `spatial_size`, the result is also resized to it as MONAI's `Resize(spatial_size, mode)`
-    would resize the [C, X, Y, Z] channels (area, trilinear or nearest; no anti-aliasing).
+    would resize the [C, X, Y, Z] channels (area, trilinear or nearest; no anti-aliasing). The
+    output is stored in `dtype` (float32, or float16 for half the memory: computed in float32 and
+    rounded once, bit-identical to the float32 output `.to(torch.float16)`).
 
     Why: resized with "area" interpolation, an indicator channel becomes the fraction of each
     output voxel's tissue in that interval, which keeps what a linear window averages away:
@@ -521,6 +542,7 @@ class HUIntervalChannelsd:
         bins: Sequence[float] = (),
         spatial_size: Sequence[int] | None = None,
         mode: str = "area",
+        dtype: str | torch.dtype = torch.float32,
     ) -> None:
         from monai.transforms import ScaleIntensityRange
 
@@ -533,10 +555,12 @@ class HUIntervalChannelsd:
         self.levels = torch.arange(self.channels - 1).view(-1, 1, 1, 1)
         self.spatial_size = None if spatial_size is None else tuple(int(s) for s in spatial_size)
         self.mode = mode
+        self.dtype = channel_dtype(dtype)
 
     def _fill(self, out: torch.Tensor, hu: torch.Tensor, channel: int | None = None) -> None:
         """out [C, X, Y, Z] <- every channel of hu [X, Y, Z] (float32), or out [1, X, Y, Z] <- channel
-        `channel` alone; `_SLAB_VOXELS` input voxels at a time, so the temporaries stay small."""
+        `channel` alone; `_SLAB_VOXELS` input voxels at a time, so the temporaries stay small.
+        Values are computed in float32 and rounded to `out`'s dtype on assignment."""
         step = max(1, _SLAB_VOXELS // max(1, hu[0].numel()))
         for x0 in range(0, hu.shape[0], step):
             o, h = out[:, x0:x0 + step], hu[x0:x0 + step].contiguous()  # one gather from a Fortran-order volume
@@ -549,12 +573,13 @@ class HUIntervalChannelsd:
                 o[0] = torch.bucketize(h, self.edges, right=True) == channel - 1
 
     def channels_of(self, hu: torch.Tensor) -> torch.Tensor:
-        """float32 HU [X, Y, Z] (plain tensor) -> float32 [C, *spatial_size] (or [C, X, Y, Z])."""
+        """float32 HU [X, Y, Z] (plain tensor) -> [C, *spatial_size] (or [C, X, Y, Z]) in `self.dtype`;
+        the resize works in float32 (its row blocks and channels are float32 temporaries)."""
         import torch.nn.functional as F
 
         size_in = tuple(hu.shape)
         size = self.spatial_size or size_in
-        out = torch.empty((self.channels, *size), dtype=torch.float32)
+        out = torch.empty((self.channels, *size), dtype=self.dtype)
         if size == size_in:  # MONAI's Resize passes an image of the target size through
             self._fill(out, hu)
         elif self.mode == "nearest":  # picks input voxels: resizing HU first gives the same values
@@ -600,6 +625,7 @@ def _after_load(
     resize: str,
     resize_mode: str,
     hu_bins: Sequence[float] = (),
+    dtype: str | torch.dtype = "float32",
 ) -> list[Any]:
     """The transforms after loading: orientation, spacing, HU window + interval channels + size, dtype."""
     from monai.transforms import (
@@ -619,8 +645,8 @@ def _after_load(
         ts.append(ResizeWithPadOrCropd(keys="image", spatial_size=size, mode="constant", value=min(lo, AIR_HU)))
     # resize="resize": the channels are built and resized together, at the target size
     ts.append(HUIntervalChannelsd(keys="image", window=(lo, hi), bins=tuple(hu_bins or ()),
-                                  spatial_size=size if resize == "resize" else None, mode=resize_mode))
-    ts.append(EnsureTyped(keys="image", data_type="tensor", dtype=torch.float32, track_meta=False))
+                                  spatial_size=size if resize == "resize" else None, mode=resize_mode, dtype=dtype))
+    ts.append(EnsureTyped(keys="image", data_type="tensor", dtype=channel_dtype(dtype), track_meta=False))
     return ts
 
 
@@ -631,6 +657,7 @@ def ct_transforms(
     resize: str = "resize",
     resize_mode: str = "area",
     hu_bins: Sequence[float] = (),
+    dtype: str | torch.dtype = "float32",
 ):
     """A MONAI `Compose` of dictionary transforms on key "image" (a NIfTI path).
 
@@ -640,14 +667,14 @@ def ct_transforms(
     HU interval of `hu_bins`; with resize="resize" also resized to `spatial_size` as MONAI's
     Resize(`resize_mode`) would resize them: "area" averages when shrinking, the usual CT case,
     and turns the indicators into tissue fractions; built at the target size, never all at the
-    input's) -> EnsureTyped(float32, plain tensor). Output "image": float32 tensor [C, *spatial_size],
-    C = `ct_input_channels(hu_bins)` (1 without bins).
+    input's) -> EnsureTyped(`dtype`, plain tensor). Output "image": a float32 (or `dtype="float16"`)
+    tensor [C, *spatial_size], C = `ct_input_channels(hu_bins)` (1 without bins).
 
     This pipeline does not validate the file; `load_ct_volume` does (and gives the same result).
     """
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-    tail = _after_load(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins)
+    tail = _after_load(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins, dtype)
     return Compose(
         [
             LoadImaged(keys="image", reader="NibabelReader", image_only=True, dtype=np.float32),
@@ -658,17 +685,18 @@ def ct_transforms(
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_tail(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins=()):
+def _cached_tail(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins=(), dtype="float32"):
     from monai.transforms import Compose
 
-    return Compose(_after_load(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins))
+    return Compose(_after_load(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins, dtype))
 
 
 def _as_key(x: Sequence[float] | None) -> tuple | None:
     return None if x is None else tuple(x)
 
 
-def _apply(volume: np.ndarray, affine: np.ndarray, spatial_size, spacing, hu_window, resize, resize_mode, hu_bins=()) -> torch.Tensor:
+def _apply(volume: np.ndarray, affine: np.ndarray, spatial_size, spacing, hu_window, resize, resize_mode, hu_bins=(),
+           dtype="float32") -> torch.Tensor:
     from monai.data import MetaTensor
 
     _check_transform_args(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins)
@@ -680,7 +708,7 @@ def _apply(volume: np.ndarray, affine: np.ndarray, spatial_size, spacing, hu_win
     image = MetaTensor(torch.from_numpy(array[None]),
                        affine=torch.as_tensor(affine, dtype=torch.float64))
     pipeline = _cached_tail(_as_key(spatial_size), _as_key(spacing), _as_key(hu_window), resize, resize_mode,
-                            tuple(float(v) for v in (hu_bins or ())))
+                            tuple(float(v) for v in (hu_bins or ())), _dtype_name(dtype))
     out = pipeline({"image": image})["image"]
     return out.as_tensor() if hasattr(out, "as_tensor") else out
 
@@ -724,8 +752,10 @@ def load_ct_volume(
     resize: str = "resize",
     resize_mode: str = "area",
     hu_bins: Sequence[float] = (),
+    dtype: str | torch.dtype = "float32",
 ) -> torch.Tensor:
-    """One NIfTI CT volume -> float32 tensor [C, *spatial_size] in [0, 1] (C = 1 without `hu_bins`).
+    """One NIfTI CT volume -> float32 tensor [C, *spatial_size] in [0, 1] (C = 1 without `hu_bins`;
+    `dtype="float16"` stores it in half the memory, see `CHANNEL_DTYPES`).
 
     Same processing as `ct_transforms` (same arguments; `spacing` is the target voxel size),
     after checks that each raise a `UserError` naming the file: missing file; not a NIfTI (wrong
@@ -733,12 +763,13 @@ def load_ct_volume(
     image, a singleton spatial dimension, or 4D with several channels); NaN/inf voxels.
     """
     _check_transform_args(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins)
+    channel_dtype(dtype)
     data, affine = read_nifti(path, "CT volume")
     what = f"CT volume {Path(path)}"
     data = _as_3d(data, what)
     _check_finite(data, what)
     _check_affine(affine, what)
-    return _apply(data, affine, spatial_size, spacing, hu_window, resize, resize_mode, hu_bins)
+    return _apply(data, affine, spatial_size, spacing, hu_window, resize, resize_mode, hu_bins, dtype)
 
 
 def preprocess_ct_array(
@@ -752,8 +783,9 @@ def preprocess_ct_array(
     resize: str = "resize",
     resize_mode: str = "area",
     hu_bins: Sequence[float] = (),
+    dtype: str | torch.dtype = "float32",
 ) -> torch.Tensor:
-    """An in-memory CT volume in HU -> float32 tensor [C, *spatial_size], as `load_ct_volume`.
+    """An in-memory CT volume in HU -> float32 (or `dtype`) tensor [C, *spatial_size], as `load_ct_volume`.
 
     `array`: [X, Y, Z] (or [1, X, Y, Z]) numpy array or torch tensor in Hounsfield units.
     `spacing` here is the array's own voxel size in mm (default 1 mm); its axes are taken as
@@ -784,7 +816,7 @@ def preprocess_ct_array(
         affine = np.diag([*sp, 1.0])
     affine = np.asarray(affine, dtype=np.float64)
     _check_affine(affine, what)
-    return _apply(data, affine, spatial_size, target_spacing, hu_window, resize, resize_mode, hu_bins)
+    return _apply(data, affine, spatial_size, target_spacing, hu_window, resize, resize_mode, hu_bins, dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -815,6 +847,8 @@ class CTReportDataset(Dataset):
     MONAI's version) and each file's path, size and modification time; computed once, read back
     bit-identical in later epochs and later runs (`datasets.volume_cache`). Float32 as computed:
     prod(spatial_size) * channels * 4 bytes per volume (5 MiB at 64x64x32 with 10 channels).
+
+    `dtype="float16"` stores the images (in both caches too) in half the memory (`CHANNEL_DTYPES`).
     """
 
     def __init__(
@@ -828,6 +862,7 @@ class CTReportDataset(Dataset):
         cache: bool = False,
         hu_bins: Sequence[float] = (),
         persistent_cache: str | Path | None = None,
+        dtype: str | torch.dtype = "float32",
     ) -> None:
         _check_transform_args(spatial_size, spacing, hu_window, resize, resize_mode, hu_bins)
         self.records = list(records)
@@ -849,6 +884,8 @@ class CTReportDataset(Dataset):
             resize_mode=resize_mode,
             hu_bins=tuple(float(v) for v in (hu_bins or ())),
         )
+        if channel_dtype(dtype) != torch.float32:  # absent at float32: the persistent caches made before keep their key
+            self.transform_args["dtype"] = _dtype_name(dtype)
         self.cache = cache
         self._cache: dict[int, torch.Tensor] = {}
         self.persistent_cache = None

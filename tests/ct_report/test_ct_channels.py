@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from medvtc.common.errors import UserError
-from medvtc.datasets.ct_rate import HUIntervalChannelsd, ct_input_channels, preprocess_ct_array
+from medvtc.datasets.ct_rate import (
+    CTReportDataset,
+    HUIntervalChannelsd,
+    ct_input_channels,
+    ct_transforms,
+    load_ct_volume,
+    preprocess_ct_array,
+)
 
 BINS = (-950.0, -700.0, -250.0, -30.0, 20.0, 100.0, 130.0, 1000.0)  # the ct-report default: 10 channels
 WINDOW = (-1000.0, 1000.0)
@@ -94,6 +101,48 @@ def test_channels_bit_identical_other_paths(bins):
         assert new.shape == (ct_input_channels(bins), *size) and torch.equal(new, old)
 
 
+@pytest.mark.parametrize("mode", ["area", "trilinear", "nearest"])
+@pytest.mark.parametrize("size", [(13, 11, 7), (29, 20, 12)])  # resized, and at the input's own size
+def test_float16_channels_are_the_float32_channels_rounded_once(mode, size):
+    """dtype="float16" (data.dtype): the same values computed in float32 and rounded once, so
+    bit-identical to the float32 output cast to float16, within 2**-12 of it (half a float16 step
+    below 1), the indicators (0/1 without a resize) exact; half the bytes."""
+    hu = _phantom_hu((29, 20, 12), seed=2)
+    ref = _reference(hu, (1.5, 1.5, 2.5), size, mode)
+    half = preprocess_ct_array(hu, spacing=(1.5, 1.5, 2.5), spatial_size=size, resize_mode=mode, hu_bins=BINS, dtype="float16")
+    assert half.dtype == torch.float16 and half.shape == ref.shape and half.is_contiguous()
+    assert torch.equal(half, ref.to(torch.float16))
+    assert float((half.float() - ref).abs().max()) <= 2**-12
+    if size == (29, 20, 12):
+        assert torch.equal(half[1:].float(), ref[1:]) and set(half[1:].unique().tolist()) == {0.0, 1.0}
+    assert half.element_size() * half.numel() * 2 == ref.element_size() * ref.numel()
+
+
+def test_float16_through_every_entry_point(tmp_path):
+    """load_ct_volume, ct_transforms and CTReportDataset give the same float16 tensor; the
+    dataset's preprocessing key (its persistent cache's) names the dtype only when not float32,
+    so caches made before keep theirs; an unknown dtype is a UserError naming it."""
+    from medvtc.datasets.ct_rate import CTReportRecord
+    from medvtc.datasets.nifti import save_nifti
+
+    path = tmp_path / "ct.nii.gz"
+    save_nifti(path, _phantom_hu((24, 20, 12)).astype(np.int16), np.diag([1.5, 1.5, 2.5, 1.0]))
+    kw = dict(spatial_size=(12, 10, 6), hu_bins=BINS)
+    ref = load_ct_volume(path, **kw)
+    half = load_ct_volume(path, **kw, dtype="float16")
+    assert ref.dtype == torch.float32 and torch.equal(half, ref.to(torch.float16))
+    assert torch.equal(ct_transforms(**kw, dtype=torch.float16)({"image": str(path)})["image"], half)
+    record = CTReportRecord("train_1_a_1.nii.gz", path, "f", "i", "", "")
+    datasets = {d: CTReportDataset([record], **kw, dtype=d, persistent_cache=tmp_path / "cache") for d in ("float32", "float16")}
+    assert "dtype" not in datasets["float32"].transform_args and datasets["float16"].transform_args["dtype"] == "float16"
+    assert datasets["float32"].persistent_cache.key != datasets["float16"].persistent_cache.key
+    for _ in range(2):  # computed, then read back from the persistent cache
+        assert torch.equal(datasets["float16"][0]["image"], half) and torch.equal(datasets["float32"][0]["image"], ref)
+    assert datasets["float16"].persistent_cache.hits == 1 and datasets["float16"].persistent_cache.misses == 1
+    with pytest.raises(UserError, match="dtype 'bfloat16'"):
+        load_ct_volume(path, **kw, dtype="bfloat16")
+
+
 def test_transform_keeps_meta_and_checks_its_input():
     from monai.data import MetaTensor
 
@@ -147,8 +196,9 @@ def test_scale_child_reports_where_the_peak_is(tmp_path):
     path = tmp_path / "ct.nii.gz"
     save_nifti(path, _phantom_hu((32, 32, 16)).astype(np.int16), np.diag([12.0, 12.0, 20.0, 1.0]))
     item = _scale_child({"volume": str(path), "size": [32, 32, 16], "patch": [8, 8, 8], "compressor": "pixel_shuffle",
-                         "budget": 8, "seed": 0, "hu_bins": list(BINS)})
-    assert item["ok"] and item["vit_tokens"] == 32 and item["input_mb"] == 10 * 32 * 32 * 16 * 4 / 2**20
-    assert 0 < item["base_rss_mb"] <= item["load_peak_rss_mb"] <= item["peak_rss_mb"]
+                         "budget": 8, "seed": 0, "hu_bins": list(BINS), "dtype": "float16"})  # bench.scale_dtype's default
+    assert item["ok"] and item["vit_tokens"] == 32 and item["input_mb"] == 10 * 32 * 32 * 16 * 2 / 2**20
+    assert item["dtype"] == "float16" and 0 < item["base_rss_mb"] <= item["load_peak_rss_mb"] <= item["peak_rss_mb"]
     line = _scale_lines({"runs": [{**item, "path": "compressed", "size": [32, 32, 16]}]})[-1]
     assert line.startswith("- compressed (32, 32, 16): 32 ViT tokens") and "after read+preprocess" in line
+    assert line.endswith(" MiB in float16)")

@@ -500,3 +500,29 @@ def test_cached_vision_tokens_give_the_same_loss_and_gradients_as_the_volume(tok
         model(vision_tokens=tokens[:, :5], **enc)
     with pytest.raises(ValueError, match="not both"):
         model(pixel_values=x, vision_tokens=tokens, **enc)
+
+
+def test_float16_pixel_values_reach_the_vit_as_they_are(tok, monkeypatch):
+    """data.dtype=float16: the model and the label probe hand the compact channels to the ViT
+    uncast (it embeds them slab by slab, `CTViTEncoder.embed_patches`), and give the loss and
+    logits of the same values in float32."""
+    from medvtc.medical.ct_report import vision_encoder
+    from medvtc.medical.ct_report.pretraining import LabelProbe
+
+    monkeypatch.setattr(vision_encoder, "_SLAB_ELEMENTS", 1)  # one patch row per slab: 4 slabs
+    torch.manual_seed(0)
+    model = CTReportModel(tiny_config(tok)).eval()
+    probe = LabelProbe(model, 18)
+    x = volumes().sigmoid().half()
+    seen = []
+    hook = model.vision_encoder.patch_embedding.patch_embeddings.register_forward_pre_hook(
+        lambda _m, args: seen.append((args[0].shape[2], args[0].dtype))
+    )
+    enc = encode_reports(tok, REPORTS)
+    with torch.no_grad():
+        loss16, logits16 = model(pixel_values=x, **enc).loss, probe.logits(x)
+        assert seen == [(4, torch.float32)] * 8  # 4 slabs of 4 rows, for the model and for the probe
+        loss32, logits32 = model(pixel_values=x.float(), **enc).loss, probe.logits(x.float())
+    hook.remove()
+    torch.testing.assert_close(loss16, loss32)
+    torch.testing.assert_close(logits16, logits32)

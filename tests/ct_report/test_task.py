@@ -280,3 +280,30 @@ def test_bench_refuses_bad_variants_before_any_training(run, tmp_path):
     r = cli("bench", "--task", "ct-report", *bench, "bench.seeds=[0,1]", f"stages.shared_dir={tmp_path / 's'}",
             "--output", str(tmp_path / "r"), cwd=work)
     assert r.returncode == 2 and "bench.seeds" in r.stderr
+
+
+def test_data_dtype_float16_is_a_setting_only_when_chosen(tmp_path):
+    """data.dtype (float32 by default): float16 reaches the datasets and the preprocessor file a
+    report is written with, and counts in the fingerprints and bench settings; float32 leaves
+    them as they were before the key existed, so earlier runs, caches and models stay valid."""
+    from medvtc.common.config import to_dict
+    from medvtc.common.errors import UserError
+    from medvtc.medical.ct_report.bench import CTReportBench
+    from medvtc.medical.ct_report.pipeline import CTReportGenerator
+    from medvtc.tasks import get_task
+
+    task = get_task("ct-report")
+    default, half = (task.load_config(None, [f"data.root={tmp_path}", *o]) for o in ([], ["data.dtype=float16"]))
+    assert default.data.dtype == "float32" and default.bench.scale_dtype == "float16"
+    assert "dtype" not in default.data.preprocessing() and half.data.preprocessing()["dtype"] == "float16"
+    settings = [CTReportBench(task).settings(to_dict(c)) for c in (default, half)]
+    assert "data.dtype" not in settings[0] and settings[1]["data.dtype"] == "float16"
+    with pytest.raises((UserError, ValueError), match="data.dtype"):
+        task.load_config(None, ["data.dtype=bfloat16"])
+
+    hu = np.random.default_rng(0).uniform(-1000, 1000, (20, 20, 10)).astype(np.float32)
+    pre = {**half.data.preprocessing(), "spatial_size": [8, 8, 4]}
+    gen16 = CTReportGenerator(torch.nn.Identity(), None, pre, device="cpu")
+    gen32 = CTReportGenerator(torch.nn.Identity(), None, {k: v for k, v in pre.items() if k != "dtype"}, device="cpu")
+    x16, x32 = gen16.preprocess(hu), gen32.preprocess(hu)
+    assert x16.dtype == torch.float16 and x32.dtype == torch.float32 and torch.equal(x16, x32.half())

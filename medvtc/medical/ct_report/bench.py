@@ -16,7 +16,8 @@ peak memory. The align stage's training throughput with and without the token ca
 side by side once (`align_throughput`).
 
 With `bench.scale`, the full-size figures (Argus reads CTs up to 512 x 512 x 256): a phantom CT
-rendered at that size and written as NIfTI is read, preprocessed and encoded by a model built
+rendered at that size and written as NIfTI is read, preprocessed (channels stored in
+`scale_dtype`, float16 by default: the ViT casts them slab by slab) and encoded by a model built
 for that input (patch `scale_patch`), once through the compressed path (pixel-shuffle to
 `scale_budget` tokens) and once uncompressed, each in its own subprocess so one's peak memory
 cannot hide the other's. These are untrained models: the figures are cost, not quality.
@@ -144,6 +145,8 @@ class CTReportBench(BenchSpec):
         flat.pop("stages.shared_dir", None)  # where the shared stages live, not what they are
         flat.pop("data.cache", None)  # in-memory caching of volumes changes no weight
         flat.pop("data.persistent_cache_dir", None)  # nor does caching them on disk
+        if flat.get("data.dtype") == "float32":  # the default; runs made before the key existed stay comparable
+            flat.pop("data.dtype")
         return flat
 
     def eval_settings(self, cfg) -> dict[str, Any]:
@@ -309,7 +312,8 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
                 f"read+preprocess {item['load_s']:.1f} s, encode+prefill+16 tokens {item['report_s']:.1f} s, "
                 f"peak RSS {item['peak_rss_mb']:.0f} MiB"
                 + (f" (after read+preprocess {item['load_peak_rss_mb']:.0f} MiB; {item['base_rss_mb']:.0f} MiB before "
-                   f"reading: interpreter, libraries, model; the model's input alone {item['input_mb']:.0f} MiB)"
+                   f"reading: interpreter, libraries, model; the model's input alone {item['input_mb']:.0f} MiB"
+                   + (f" in {item['dtype']}" if "dtype" in item else "") + ")"
                    if "load_peak_rss_mb" in item else "")
             )
         else:
@@ -348,7 +352,7 @@ def run_scale(cfg) -> dict[str, Any]:
     runs = []
     for path, compressor, budget in (("compressed", "pixel_shuffle", b.scale_budget), ("uncompressed", "none", None)):
         spec = {"volume": str(volume), "size": list(size), "patch": list(b.scale_patch), "compressor": compressor,
-                "budget": budget, "seed": cfg.seed, "hu_bins": list(cfg.data.hu_bins)}
+                "budget": budget, "seed": cfg.seed, "hu_bins": list(cfg.data.hu_bins), "dtype": b.scale_dtype}
         proc = subprocess.run([sys.executable, "-m", "medvtc.medical.ct_report.bench", json.dumps(spec)],
                               capture_output=True, text=True)
         if proc.returncode == 0:
@@ -383,7 +387,8 @@ def _scale_child(spec: dict[str, Any]) -> dict[str, Any]:
     model = CTReportModel(config).eval()
     base_rss = psutil.Process().memory_info().rss  # interpreter, libraries and the model, before the CT
     t0 = time.perf_counter()
-    pixels = load_ct_volume(spec["volume"], spatial_size=spec["size"], hu_bins=spec.get("hu_bins") or ())[None]
+    pixels = load_ct_volume(spec["volume"], spatial_size=spec["size"], hu_bins=spec.get("hu_bins") or (),
+                            dtype=spec.get("dtype", "float32"))[None]
     load_s = time.perf_counter() - t0
     load_peak = _vm_hwm_bytes() or 0
     t0 = time.perf_counter()
@@ -393,7 +398,7 @@ def _scale_child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "load_s": load_s, "report_s": report_s, "vit_tokens": int(config.num_patches),
             "visual_tokens": int(model.num_visual_tokens), "peak_rss_mb": (_vm_hwm_bytes() or 0) / 2**20,
             "load_peak_rss_mb": load_peak / 2**20, "base_rss_mb": base_rss / 2**20,
-            "input_mb": pixels.numel() * pixels.element_size() / 2**20}
+            "input_mb": pixels.numel() * pixels.element_size() / 2**20, "dtype": str(pixels.dtype).removeprefix("torch.")}
 
 
 if __name__ == "__main__":  # the scale subprocess

@@ -9,7 +9,8 @@ Training follows Argus' stages plus a text-only warm-up for our from-scratch LM
 encoder and LM frozen), 2 (everything).
 
 Shapes (defaults in brackets):
-    pixel_values   [B, 1, X, Y, Z]                [B, 1, 64, 64, 32]
+    pixel_values   [B, C, X, Y, Z]                [B, 1, 64, 64, 32]  (C = in_channels; float32, or
+                                                  float16 channels that the ViT casts slab by slab)
     ViT tokens     [B, N, Dv], grid (X/px, ...)   [B, 512, 192], grid (8, 8, 8)
     compressed     [B, K, Dc]                     [B, 64, 192]  (pixel shuffle, groups 2x2x2)
     visual embeds  [B, K, H]                      [B, 64, 256]  (H = LM width)
@@ -313,9 +314,9 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         encoder = self.vision_encoder
         was_training = encoder.training
         encoder.eval()
-        dtype = encoder.patch_embedding.position_embeddings.dtype
         device = encoder.patch_embedding.position_embeddings.device
-        self.token_standardizer.fit(encoder(x.to(device=device, dtype=dtype)) for x in pixel_batches)
+        # the encoder casts to its dtype (a float16 input slab by slab: CTViTEncoder.embed_patches)
+        self.token_standardizer.fit(encoder(x.to(device=device)) for x in pixel_batches)
         encoder.train(was_training)
 
     # -- encoding --------------------------------------------------------------------------
@@ -348,7 +349,9 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             # A frozen encoder (stage 1) needs no autograd graph: saves its activations' memory.
             frozen = not any(p.requires_grad for p in encoder.parameters())
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-                tokens = encoder(pixel_values.to(dtype))  # [B, N, Dv]
+                # no .to(dtype) here: the encoder casts, a compact (float16) input slab by slab, so
+                # a full-size CT's channels never exist whole in float32 (CTViTEncoder.embed_patches)
+                tokens = encoder(pixel_values)  # [B, N, Dv]
         if self.token_standardizer is not None:
             tokens = self.token_standardizer(tokens)
         text = text_mask = None

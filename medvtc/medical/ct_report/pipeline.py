@@ -63,7 +63,8 @@ class CTReportGenerator:
 
         p = self.preprocessing
         # hu_bins: absent from models saved before it existed (they read the window channel only)
-        args = dict(spatial_size=p["spatial_size"], hu_window=p["hu_window"], resize=p["resize"], hu_bins=p.get("hu_bins") or ())
+        args = dict(spatial_size=p["spatial_size"], hu_window=p["hu_window"], resize=p["resize"], hu_bins=p.get("hu_bins") or (),
+                    dtype=p.get("dtype", "float32"))  # dtype: only there when not float32 (data.dtype)
         if isinstance(volume, (str, Path)):
             return load_ct_volume(volume, spacing=p.get("spacing"), **args)
         return preprocess_ct_array(volume, spacing, target_spacing=p.get("spacing"), **args)

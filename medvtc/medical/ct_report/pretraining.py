@@ -56,8 +56,7 @@ class LabelProbe(nn.Module):
         self.register_buffer("pos_weight", pos_weight if pos_weight is not None else torch.ones(num_labels), persistent=False)
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = self.vision_encoder.patch_embedding.position_embeddings.dtype
-        tokens = self.vision_encoder(pixel_values.to(dtype))  # [B, N, D]
+        tokens = self.vision_encoder(pixel_values)  # [B, N, D]; the encoder casts to its dtype
         return self.head(torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1))
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,10 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+# Input elements (batch x channels x voxels) per slab when a compact (float16) input is embedded
+# slab by slab: 4 Mi float32 elements = 16 MiB (a 10 x 64 x 64 x 32 volume, the training size, is 2.5 Mi).
+_SLAB_ELEMENTS = 1 << 22
+
 
 def conv_stem(spatial_dims: int, in_channels: int, patch_size: Sequence[int], hidden_size: int, channels: int = 16) -> nn.Sequential:
     """A convolutional patch embedding (Xiao et al., "Early Convolutions Help Transformers See
@@ -65,6 +69,12 @@ class CTViTEncoder(nn.Module):
             the einsum path would need 4 bytes * heads * N^2 = 4 GiB per sample and layer.
         gradient_checkpointing: recompute every block in the backward pass
             (`torch.utils.checkpoint`, non-reentrant) to trade compute for activation memory.
+
+    Input dtype: `x` of the weights' dtype goes through as it is; a lower-precision float `x`
+    (float16 channels, `datasets.ct_rate.CHANNEL_DTYPES`) is embedded slab by slab along X
+    (`embed_patches`): each slab of whole patch rows is cast to the weights' dtype, embedded, and
+    only its tokens are kept, so the input never exists whole in float32 (a 512 x 512 x 256 CT's
+    ten channels: 2560 MiB). Other dtypes are cast whole, as `x.to(weights' dtype)`.
 
     Shapes:
         forward(x [B, C, X, Y, Z]) -> tokens [B, N, D], N = (X/px)(Y/py)(Z/pz), ordered
@@ -155,11 +165,67 @@ class CTViTEncoder(nn.Module):
         expected = (self.in_channels, *self.img_size)
         if x.ndim != self.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"CTViTEncoder expects [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
-        h = self.patch_embedding(x)  # [B, N, D]; Conv3d output flattened over (X', Y', Z')
+        weight_dtype = self.patch_embedding.position_embeddings.dtype
+        if x.dtype == weight_dtype:
+            h = self.patch_embedding(x)  # [B, N, D]; Conv3d output flattened over (X', Y', Z')
+        elif x.is_floating_point() and x.dtype.itemsize < weight_dtype.itemsize:
+            h = self.embed_patches(x)  # a compact input: slab by slab
+        else:
+            h = self.patch_embedding(x.to(weight_dtype))
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             h = checkpoint(block, h, use_reentrant=False) if ckpt else block(h)
         return self.norm(h)
+
+    def _halo(self) -> tuple[int, int]:
+        """Input rows along X that a slab needs before and after its own patches so that the
+        embedding of every patch in it is the whole volume's: none for the plain patch embedding
+        (kernel = stride, no padding: each patch alone); for the conv stem the reach of a token's
+        receptive field beyond its patch, traced back through the convolutions (output j of a
+        convolution reads inputs stride * j - padding ... + kernel - 1), rounded up to whole
+        patches so that every slab starts on each layer's stride grid. Conv stem, 8-voxel patches
+        along X: rows -7 ... 7 around a patch of rows 0 ... 7, so (8, 0)."""
+        lo, hi = 0, 0  # the receptive field of token 0, in the current layer's input positions
+        convs = [m for m in self.patch_embedding.patch_embeddings.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        for m in reversed(convs):
+            k, st, pad = m.kernel_size[0], m.stride[0], m.padding[0]
+            lo, hi = st * lo - pad, st * hi - pad + k - 1
+        px = self.patch_size[0]
+        return -(-max(0, -lo) // px) * px, -(-max(0, hi - (px - 1)) // px) * px
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, X, Y, Z] in any float dtype -> patch embeddings + positions [B, N, D], as
+        `self.patch_embedding(x.to(weights' dtype))`, but cast and embedded one slab of whole
+        patch rows along X at a time (about `_SLAB_ELEMENTS` input elements, at least one patch
+        row), plus the `_halo()` rows before and after it, embedded and dropped; only the
+        tokens are concatenated. The patch embedding is local along X (a strided convolution, or the
+        conv stem within its receptive field), so each token is what the whole volume gives, up
+        to float rounding (the convolution may sum in another order on a smaller input).
+
+        A conv stem whose BatchNorm is in training mode normalises with the whole batch's
+        statistics, which slabs would change: it is given the whole input cast at once.
+
+        Why not MONAI's `sliding_window_inference`: it stitches a whole network's outputs, and a
+        ViT's tokens are not local (global attention); only its patch embedding is, so it is the
+        part run slab by slab, through MONAI's own block (its projection, positions, dropout)."""
+        pe = self.patch_embedding
+        dtype = pe.position_embeddings.dtype
+        stem = pe.patch_embeddings
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in stem.modules()):
+            return pe(x.to(dtype))
+        px, n_x = self.patch_size[0], x.shape[2]
+        row = max(1, x[:, :, :1].numel())
+        step = max(1, _SLAB_ELEMENTS // (row * px)) * px
+        before, after = self._halo()
+        parts = []
+        for x0 in range(0, n_x, step):
+            x1 = min(n_x, x0 + step)
+            a, b = max(0, x0 - before), min(n_x, x1 + after)
+            y = stem(x[:, :, a:b].to(dtype))  # [B, D, (b - a) / px, Y', Z']
+            parts.append(y[:, :, (x0 - a) // px : (x1 - a) // px])
+        y = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        # the rest of MONAI's PatchEmbeddingBlock.forward (proj_type="conv")
+        return pe.dropout(y.flatten(2).transpose(-1, -2) + pe.position_embeddings)
 
 
 __all__ = ["CTViTEncoder", "conv_stem"]
