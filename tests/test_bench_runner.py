@@ -217,6 +217,50 @@ def test_named_ablations_apply_their_overrides(tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+def test_a_generated_ablation_table_that_lists_no_names_is_still_asked():
+    """A table that recognises names by their form (ct-report's `<X>x<Y>x<Z>/method@K`) has no
+    fixed entries to list (len 0): parse_variant must still look names up in it."""
+    class Sized(dict):
+        def __contains__(self, key):
+            return str(key).startswith("big/")
+
+        def __getitem__(self, key):
+            return ["model.width=16", f"model.compressor={key[4:]}"]
+
+    v = parse_variant("big/pooling", Sized(), methods=["none", "pooling"])
+    assert len(Sized()) == 0 and v.overrides == ("model.width=16", "model.compressor=pooling") and v.folder == "big_pooling"
+
+
+def test_compare_rows_before_every_write_and_hidden_metrics_only_in_the_json(tmp_path):
+    """compare_rows sees every write's rows with their intervals and cases (what it adds is in the
+    files); metrics of hide_in_table stay in the json, out of the markdown's tables."""
+    seen: list[list[str]] = []
+
+    class Spec(ToyBenchSpec):
+        statistics = {**ToyBenchSpec.statistics, "extra_a": CaseStatistic(mean_of("score")),
+                      "extra_b": CaseStatistic(mean_of("success"))}
+        hide_in_table = ("extra_",)
+
+        def compare_rows(self, rows, cfg):
+            seen.append([r.method for r in rows])
+            for r in rows:
+                assert r.cases and "score_ci" in r.metrics
+                r.metrics["compared_with"] = len(rows) - 1
+
+        def results_config(self, cfg):
+            return {"compared": len(seen)}
+
+    out = tmp_path / "results"
+    run_bench(Spec(), toy_config(tmp_path), out, log=lambda s: None)
+    assert seen == [["none"], ["none", "pooling@8"], ["none", "pooling@8"]]  # two partial writes, the final
+    rows = rows_of(out)
+    assert rows["pooling@8"]["metrics"]["compared_with"] == 1 and json.loads((out / "toy.json").read_text())["config"]["compared"] == 3
+    m = rows["pooling@8"]["metrics"]
+    assert {"extra_a", "extra_a_ci", "extra_a_diff_ci", "extra_b"} <= set(m)
+    md = (out / "toy.md").read_text()
+    assert "extra_" not in md and "score" in md and "compared_with" in md
+
+
 # ----------------------------------------------------------------------------------------- seeds
 
 

@@ -24,6 +24,10 @@ same way for every task:
   bootstrap over test cases, 2,000 resamples; Wilson for success rates) and, against the
   reference variant, `<m>_diff_ci` (paired bootstrap over the same cases). Per-case results go
   into the json (`row["cases"]`), so intervals can be recomputed.
+- **Other comparisons**: `BenchSpec.compare_rows` sees the rows (with their intervals and
+  per-case results) before every write, for paired comparisons between two variants that are not
+  the reference (ct-report: full resolution against downsampled input); `hide_in_table` keeps a
+  family of metrics (ct-report's per-label F1) in the json but out of the markdown's main table.
 - **Partial results** (`<task>.partial.*`) are written after each variant; the final files
   replace them at the end.
 """
@@ -90,7 +94,7 @@ def parse_variant(text: str, ablations: Mapping[str, Sequence[str]] | None = Non
     """`method`, `method@budget` or a named ablation (see the module docstring). `methods`, when
     given, lists the valid method names (an unknown one is an error naming them)."""
     text = str(text).strip()
-    ablations = ablations or {}
+    ablations = {} if ablations is None else ablations  # a generated table may be empty when listed
     if text in ablations:
         return Variant(text, overrides=tuple(ablations[text]))
     method, at, budget = text.partition("@")
@@ -216,6 +220,16 @@ class BenchSpec:
         return list(cfg.bench.variants)
 
     # -- output -----------------------------------------------------------------------------
+    # metric-name prefixes kept in the json but left out of the markdown's main and difference
+    # tables (a family of metrics the spec shows in a table of its own, in `markdown_extra`)
+    hide_in_table: tuple[str, ...] = ()
+
+    def compare_rows(self, rows: list[ResultRow], cfg: Any) -> None:
+        """Comparisons between rows other than against the reference (ct-report: full resolution
+        against downsampled input at equal budgets), once the rows have their intervals and
+        cases; called before every write (partial and final), so `results_config` and
+        `markdown_extra` can report what it found. It may add metrics to the rows."""
+
     def extra_rows(self) -> list[ResultRow]:
         """Rows that belong to no one variant (the compressors bench's reference implementations),
         appended after the variants' rows."""
@@ -446,17 +460,20 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
             rows = _rows(spec, evals, None, cases, status, train_s, seeds, memo)
             if evals[v.name][0].rows is None:
                 log(f"medvtc bench: {v.name}: " + _summary(rows[-1], spec))
+            spec.compare_rows(rows, cfg)
             write_results(spec.task, rows + spec.extra_rows(), {"partial": True, **spec.results_config(cfg),
                                                                 "reference": spec.reference}, output,
-                          name=f"{spec.task}.partial", plot=spec.plot)
+                          name=f"{spec.task}.partial", plot=spec.plot, hide=spec.hide_in_table)
 
     spec.after_all(cfg, vcfgs)
     costs = spec.measure_costs(vcfgs)
-    rows = _rows(spec, evals, costs, cases, status, train_s, seeds, memo) + spec.extra_rows()
+    rows = _rows(spec, evals, costs, cases, status, train_s, seeds, memo)
+    spec.compare_rows(rows, cfg)
+    rows += spec.extra_rows()
     config = {**spec.results_config(cfg), "seeds": seeds, "elapsed_s": round(time.perf_counter() - t_start, 1),
               "reference": spec.reference}
     extra = spec.markdown_extra(rows, cfg)
-    write_results(spec.task, rows, config, output, plot=spec.plot, markdown_extra=extra)
+    write_results(spec.task, rows, config, output, plot=spec.plot, markdown_extra=extra, hide=spec.hide_in_table)
     for suffix in ("json", "md", "png"):
         Path(output, f"{spec.task}.partial.{suffix}").unlink(missing_ok=True)
     if extra:

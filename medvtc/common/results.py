@@ -69,8 +69,15 @@ def _cell(metrics: dict[str, Any], name: str) -> str:
     return _fmt(value)
 
 
-def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Sequence[str] | None = None) -> str:
-    """The rows as a markdown table; a metric with an interval shows as `0.850 [0.830, 0.870]`."""
+def _hidden(name: str, hide: Sequence[str]) -> bool:
+    return any(name.startswith(prefix) for prefix in hide)
+
+
+def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Sequence[str] | None = None,
+                   hide: Sequence[str] = ()) -> str:
+    """The rows as a markdown table; a metric with an interval shows as `0.850 [0.830, 0.870]`.
+    Metrics whose names start with a prefix in `hide` are left out (kept in the json; a bench
+    shows them in a table of its own, e.g. ct-report's per-label F1)."""
     dict_rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
     if metric_names is None:
         names: list[str] = []
@@ -78,7 +85,7 @@ def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Seq
             for k in r.get("metrics", {}):
                 if k not in names:
                     names.append(k)
-        metric_names = [n for n in names if not _is_aux(n, names)]
+        metric_names = [n for n in names if not _is_aux(n, names) and not _hidden(n, hide)]
     header = ["method", "tokens", "GFLOPs", "params", "latency ms", "peak MiB", *metric_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in dict_rows:
@@ -95,16 +102,16 @@ def markdown_table(rows: Sequence[ResultRow | dict[str, Any]], metric_names: Seq
     return "\n".join(lines) + "\n"
 
 
-def difference_table(rows: Sequence[ResultRow | dict[str, Any]], reference: str | None) -> str:
+def difference_table(rows: Sequence[ResultRow | dict[str, Any]], reference: str | None, hide: Sequence[str] = ()) -> str:
     """Paired differences to the reference row (`m_diff` with `m_diff_ci`), one column per
-    metric that has them; empty when no row has any."""
+    metric that has them (less those starting with a prefix in `hide`); empty when no row has any."""
     from medvtc.common.intervals import format_interval
 
     dict_rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
     names: list[str] = []
     for r in dict_rows:
         for k in r.get("metrics", {}):
-            if k.endswith("_diff_ci") and k[: -len("_diff_ci")] not in names:
+            if k.endswith("_diff_ci") and k[: -len("_diff_ci")] not in names and not _hidden(k, hide):
                 names.append(k[: -len("_diff_ci")])
     if not names:
         return ""
@@ -128,8 +135,10 @@ def write_results(
     plot: Callable[[list[dict[str, Any]], Path], None] | None = None,
     markdown_extra: str = "",
     name: str | None = None,
+    hide: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write the JSON, markdown and PNG for one benchmark run; returns their paths."""
+    """Write the JSON, markdown and PNG for one benchmark run; returns their paths. Metrics
+    starting with a prefix in `hide` are in the json but not in the markdown's two tables."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or task
@@ -146,8 +155,9 @@ def write_results(
     md = (
         f"# Benchmark: {task}\n\n"
         f"Created {doc['created']} on {m['cpu']}, GPU: {m['gpu'] or 'none'}, torch {m['torch']}.\n\n"
-        + markdown_table(rows)
-        + ("\n" + diff + "\n" if (diff := difference_table(rows, config.get("reference") if isinstance(config, dict) else None)) else "")
+        + markdown_table(rows, hide=hide)
+        + ("\n" + diff + "\n" if (diff := difference_table(rows, config.get("reference") if isinstance(config, dict) else None, hide))
+           else "")
         + ("\n" + markdown_extra if markdown_extra else "")
     )
     atomic_write_text(paths["md"], md)
