@@ -15,6 +15,22 @@ encoder + compressor + LM prefill, latency of that prefill and of writing the wh
 peak memory. The align stage's training throughput with and without the token cache is measured
 side by side once (`align_throughput`).
 
+Input size (the Argus experiment, issue 18): a variant `<X>x<Y>x<Z>/<method>[@<budget>]` reads
+the CT resized to that input instead of `data.spatial_size`, e.g. `128x128x64/pixel_shuffle@64`:
+the phantom at its full 128 x 128 x 64, 16 x 16 x 16 = 4096 ViT tokens (8 x 8 x 4 patches)
+pixel-shuffled to 64 LM tokens, against `pixel_shuffle@64` (64 x 64 x 32, 512 ViT tokens -> 64).
+The ViT's position embeddings and token count follow the input, so each input size has its own
+vision stage and token cache: they live in `<shared>/input_<X>x<Y>x<Z>` (the shared folder of the
+bench's own `data.spatial_size` is unchanged), trained once and shared by every variant of that
+size. A larger input than `data.spatial_size` is not held in memory (`data.cache=false`: 1200
+phantoms at 128 x 128 x 64 with ten channels would take 47 GiB in float32); each volume is read and
+preprocessed again when used. `compare_rows` pairs, at each LM token count, every variant that
+reads a larger input with every one that reads a smaller input, and states from the paired
+bootstrap interval (larger minus smaller, the same test volumes) whether the larger input
+**beats** the smaller, is **worse**, or **no difference** is shown (`RESOLUTION_METRICS`; the
+verdict is the first one the rows have). Per-label F1 (`f1_<label>`, against the label CSV) is
+in every row with its interval; the markdown shows it in a table of its own.
+
 With `bench.scale`, the full-size figures (Argus reads CTs up to 512 x 512 x 256): a phantom CT
 rendered at that size and written as NIfTI is read, preprocessed (channels stored in
 `scale_dtype`, float16 by default: the ViT casts them slab by slab) and encoded by a model built
@@ -26,26 +42,32 @@ cannot hide the other's. These are untrained models: the figures are cost, not q
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from medvtc.common import accounting
-from medvtc.common.bench_runner import BenchSpec, Evaluation, Variant, run_bench
+from medvtc.common.bench_runner import BenchSpec, Evaluation, Variant, parse_variant, run_bench
 from medvtc.common.compressors import list_compressors
 from medvtc.common.config import load_config, to_dict
-from medvtc.common.intervals import target_status
+from medvtc.common.errors import UserError
+from medvtc.common.intervals import as_columns, format_interval, paired_difference_interval, target_status
 from medvtc.common.results import ResultRow, quality_cost_plot
+from medvtc.datasets.ct_rate_layout import CT_RATE_LABELS
 from medvtc.medical.ct_report.evaluation import (
+    SMALL_FINDINGS,
     ReportCollator,
     case_statistics,
     generate_reports,
+    label_key,
     report_cases,
     score_reports,
     validation_loss,
@@ -53,8 +75,62 @@ from medvtc.medical.ct_report.evaluation import (
 
 TOKEN_RATIO_TARGET = 8
 F1_MARGIN = 0.01  # "clinical micro F1 within 1 point of the uncompressed model"
-# Named ablations: variant name -> config overrides (none yet beyond method@budget).
-ABLATIONS: dict[str, list[str]] = {}
+METHODS: tuple[str, ...] = ("none", "identity", *list_compressors())
+# full resolution against downsampled input: the verdict is on the first of these the rows have
+# (label micro F1 against the label CSV; clinical micro F1 where the test split has no labels
+# CSV), and is stated for the others too (the small findings, where resolution should show)
+RESOLUTION_METRICS: tuple[str, ...] = ("label_micro_f1", "small_findings_f1", "clinical_micro_f1")
+PER_LABEL_PREFIX = "f1_"
+_SIZED = re.compile(r"^(\d+)x(\d+)x(\d+)/(.+)$")
+
+
+def input_folder(size: Sequence[int]) -> str:
+    """The shared-stage folder of one model input size: `input_128x128x64`."""
+    return "input_" + "x".join(str(int(s)) for s in size)
+
+
+def size_text(size: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in size)
+
+
+class InputSizeVariants(Mapping[str, Sequence[str]]):
+    """The bench's named ablations: `<X>x<Y>x<Z>/<method>[@<budget>]` is `<method>[@<budget>]`
+    at model input X x Y x Z (`data.spatial_size`), e.g. `128x128x64/pixel_shuffle@64`; plus
+    the fixed entries of `named` (none yet). A name of that form with an unknown method or a bad
+    budget is an error naming the entry."""
+
+    def __init__(self, methods: Sequence[str], named: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.methods = tuple(methods)
+        self.named = dict(named or {})
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self.named or _SIZED.match(key.strip()) is not None)
+
+    def __getitem__(self, key: str) -> list[str]:
+        if key in self.named:
+            return list(self.named[key])
+        m = _SIZED.match(str(key).strip()) if isinstance(key, str) else None
+        if m is None:
+            raise KeyError(key)
+        size = [int(m.group(i)) for i in (1, 2, 3)]
+        if min(size) < 1:
+            raise UserError(f"bench.variants entry {key!r}: the input size must be positive")
+        try:
+            inner = parse_variant(m.group(4), None, self.methods)
+        except UserError as e:  # "bench.variants entry 'pixle@64': unknown method ..." -> the whole entry's name
+            raise UserError(f"bench.variants entry {key!r}: {str(e).partition(': ')[2] or e}") from None
+        return [f"data.spatial_size=[{size[0]},{size[1]},{size[2]}]", f"model.compressor={inner.method}",
+                *([f"model.budget={inner.budget}"] if inner.budget is not None else [])]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.named)
+
+    def __len__(self) -> int:
+        return len(self.named)
+
+
+# Named ablations: variant name -> config overrides (the input-size family; no fixed names yet).
+ABLATIONS = InputSizeVariants(METHODS)
 
 
 def _cost(model, pixel_values: torch.Tensor, repeats: int, gen) -> dict[str, float]:
@@ -76,25 +152,40 @@ class CTReportBench(BenchSpec):
     method_key = "model.compressor"
     budget_key = "model.budget"
     ablations = ABLATIONS
-    methods = ("none", "identity", *list_compressors())
+    methods = METHODS
     settings_sections = ("seed", "data", "model", "stages", "train")
     keep_whole = ("compressor_args",)
+    hide_in_table = (PER_LABEL_PREFIX,)  # 18 labels: a table of their own (markdown_extra)
 
     def __init__(self, task) -> None:
         self.ct_task = task
         self.statistics = case_statistics()
-        self._test_set = None
+        self._test_sets: dict[str, Any] = {}
+        self.input_sizes: dict[str, tuple[int, ...]] = {}  # variant name -> its model input (X, Y, Z)
+        self.resolution: dict[str, Any] | None = None  # compare_rows' result
+        self._pair_memo: dict[tuple[str, str, str], tuple[float, float]] = {}
         self.plot = _plot
 
     def variant_config(self, cfg, variant: Variant, seed: int, run_dir: Path):
         from medvtc.common.compressors import resolve_compressor_args
-        from medvtc.common.errors import UserError
 
         vcfg = super().variant_config(cfg, variant, seed, run_dir)
-        # the tokenizer, lm/vision warm-ups and the ViT token cache do not depend on the compressor
+        # the tokenizer, lm/vision warm-ups and the ViT token cache do not depend on the compressor;
+        # they do on the input size (the ViT's positions and token count): another size, another folder
         shared = cfg.stages.shared_dir or str(Path(cfg.bench.output_dir) / "shared" / f"seed_{seed}")
-        vcfg = load_config(type(cfg), None, [f"stages.shared_dir={shared}"], base=to_dict(vcfg))
+        size = tuple(int(s) for s in vcfg.data.spatial_size)
+        extra = []
+        if size != tuple(cfg.data.spatial_size):
+            shared = str(Path(shared) / input_folder(size))
+            if math.prod(size) > math.prod(cfg.data.spatial_size):
+                extra.append("data.cache=false")  # not every volume at this size in memory (module docstring)
+        vcfg = load_config(type(cfg), None, [f"stages.shared_dir={shared}", *extra], base=to_dict(vcfg))
+        self.input_sizes[variant.name] = size
         m = vcfg.model
+        bad = [i for i, (s, p) in enumerate(zip(size, m.patch_size)) if s % p]
+        if bad:
+            raise UserError(f"bench.variants entry {variant.name!r}: input {size_text(size)} is not divisible by "
+                            f"model.patch_size {list(m.patch_size)} (axis {bad[0]})")
         if m.compressor not in ("none", "identity"):  # a budget the method cannot lay out: now, not hours later
             grid = tuple(s // p for s, p in zip(vcfg.data.spatial_size, m.patch_size))
             try:
@@ -110,15 +201,19 @@ class CTReportBench(BenchSpec):
         removed so that they train again."""
         import shutil
 
-        from medvtc.common.errors import UserError
-
         seeds = list(cfg.bench.seeds) or [cfg.seed]
         if cfg.stages.shared_dir and len(seeds) > 1:
             raise UserError(f"stages.shared_dir={cfg.stages.shared_dir} holds one seed's warm-up stages; with "
                             f"bench.seeds={seeds} leave it unset (each seed gets bench.output_dir/shared/seed_<s>)")
         self.ct_task._ensure_data(cfg)
+        # one shared folder per seed and input size: the bench's own size, and each variant's
+        variants = [Variant("none", "none")] + [parse_variant(v, self.ablations, self.methods) for v in self.variant_names(cfg)]
+        shared_cfgs: dict[str, Any] = {}
         for seed in seeds:
-            vcfg = self.variant_config(cfg, Variant("none", "none"), seed, Path(cfg.bench.output_dir) / "none" / f"seed_{seed}")
+            for variant in variants:
+                vcfg = self.variant_config(cfg, variant, seed, Path(cfg.bench.output_dir) / variant.folder / f"seed_{seed}")
+                shared_cfgs.setdefault(vcfg.stages.shared_dir, vcfg)
+        for vcfg in shared_cfgs.values():
             for stage in ("lm", "vision"):
                 done = Path(vcfg.stages.shared_dir) / f"stage_{stage}" / "done.json"
                 if not done.is_file():
@@ -154,9 +249,11 @@ class CTReportBench(BenchSpec):
                 "repeats": cfg.bench.repeats}
 
     def test_set(self, cfg):
-        if self._test_set is None:
-            self._test_set = self.ct_task.datasets(cfg, ("test",))["test"]
-        return self._test_set
+        """The test split preprocessed as `cfg` says (one per input size; kept for the bench)."""
+        key = json.dumps(cfg.data.preprocessing(), sort_keys=True)
+        if key not in self._test_sets:
+            self._test_sets[key] = self.ct_task.datasets(cfg, ("test",))["test"]
+        return self._test_sets[key]
 
     def train(self, vcfg) -> None:
         self.ct_task.train(vcfg, resume=True)
@@ -186,11 +283,20 @@ class CTReportBench(BenchSpec):
             self.throughput = align_throughput(self.ct_task, cfg, cfg.bench.throughput_steps)
         self.scale = run_scale(cfg) if cfg.bench.scale else None
 
+    def compare_rows(self, rows: list[ResultRow], cfg) -> None:
+        """Each row's input size (`input`), and the full-resolution comparison (`self.resolution`)."""
+        for r in rows:
+            if r.method in self.input_sizes:
+                r.metrics["input"] = size_text(self.input_sizes[r.method])
+        self.resolution = resolution_comparison(rows, self.input_sizes, self.statistics, self._pair_memo)
+
     def markdown_extra(self, rows: list[ResultRow], cfg) -> str:
-        return _targets_markdown(rows, self.scale, self.throughput)
+        return (_targets_markdown(rows, self.scale, self.throughput) + per_label_markdown(rows)
+                + resolution_markdown(self.resolution))
 
     def results_config(self, cfg) -> dict[str, Any]:
-        return {**to_dict(cfg), "scale": getattr(self, "scale", None), "align_throughput": getattr(self, "throughput", None)}
+        return {**to_dict(cfg), "scale": getattr(self, "scale", None), "align_throughput": getattr(self, "throughput", None),
+                "resolution": self.resolution}
 
     scale: dict[str, Any] | None = None
     throughput: dict[str, Any] | None = None
@@ -198,7 +304,150 @@ class CTReportBench(BenchSpec):
 
 def run_benchmark(task, cfg, output: str, retrain: bool = False) -> list[ResultRow]:
     torch.manual_seed(cfg.seed)
-    return run_bench(CTReportBench(task), cfg, output, retrain=retrain)
+    spec = CTReportBench(task)
+    spec.task = cfg.bench.name or "ct-report"  # the results' file names
+    return run_bench(spec, cfg, output, retrain=retrain)
+
+
+# ------------------------------------------------------------------------------------------------
+# Full resolution + compression against downsampled input, at equal LM visual tokens
+# ------------------------------------------------------------------------------------------------
+def resolution_verdict(diff_ci: Sequence[float | None] | None) -> str:
+    """The larger input against the smaller from the paired interval of (larger - smaller):
+    "beats" when it lies wholly above 0, "worse" when wholly below, else "no difference shown"
+    ("no interval" without one)."""
+    if diff_ci is None or any(v is None or not math.isfinite(v) for v in diff_ci):
+        return "no interval"
+    low, high = float(diff_ci[0]), float(diff_ci[1])
+    if low > 0:
+        return "beats"
+    if high < 0:
+        return "worse"
+    return "no difference shown"
+
+
+def resolution_pairs(rows: Sequence[ResultRow], input_sizes: Mapping[str, Sequence[int]]) -> list[tuple[ResultRow, ResultRow]]:
+    """(larger input, smaller input) for every two rows with the same LM visual-token count
+    whose inputs differ in voxel count, larger first; rows of unknown input are left out."""
+    known = [r for r in rows if r.method in input_sizes]
+    pairs = []
+    for hi in known:
+        for lo in known:
+            if hi.tokens == lo.tokens and math.prod(input_sizes[hi.method]) > math.prod(input_sizes[lo.method]):
+                pairs.append((hi, lo))
+    return sorted(pairs, key=lambda p: (p[0].tokens, p[0].method, p[1].method))
+
+
+def resolution_comparison(rows: Sequence[ResultRow], input_sizes: Mapping[str, Sequence[int]],
+                          statistics: Mapping[str, Any], memo: dict | None = None) -> dict[str, Any] | None:
+    """The paired comparison of every `resolution_pairs` pair on `RESOLUTION_METRICS` and every
+    per-label F1: both rows' values, the difference (larger input minus smaller), its 95 %
+    paired-bootstrap interval over the same test volumes (seeds averaged) and `resolution_verdict`;
+    `verdict` is the first of `RESOLUTION_METRICS` the pair has. None without a pair."""
+    memo = {} if memo is None else memo
+    pairs = resolution_pairs(rows, input_sizes)
+    if not pairs:
+        return None
+    names = [m for m in (*RESOLUTION_METRICS, *(label_key(x) for x in CT_RATE_LABELS)) if m in statistics]
+    out = []
+    for hi, lo in pairs:
+        entry: dict[str, Any] = {
+            "lm_tokens": hi.tokens, "full": hi.method, "downsampled": lo.method,
+            "full_input": list(input_sizes[hi.method]), "downsampled_input": list(input_sizes[lo.method]),
+            "full_vit_tokens": hi.metrics.get("vit_tokens"), "downsampled_vit_tokens": lo.metrics.get("vit_tokens"),
+            "metrics": {},
+        }
+        same_seeds = bool(hi.cases) and bool(lo.cases) and set(hi.cases) == set(lo.cases)
+        for name in names:
+            if name not in hi.metrics or name not in lo.metrics:
+                continue  # a row without the per-case column (no labels CSV)
+            ci = None
+            if same_seeds:
+                key = (hi.method, lo.method, name)
+                if key not in memo:
+                    try:
+                        memo[key] = paired_difference_interval(
+                            statistics[name].statistic, [as_columns(hi.cases[s]) for s in sorted(hi.cases)],
+                            [as_columns(lo.cases[s]) for s in sorted(hi.cases)])
+                    except (KeyError, ValueError):
+                        memo[key] = None
+                ci = memo[key]
+            a, b = hi.metrics.get(name), lo.metrics.get(name)
+            entry["metrics"][name] = {
+                "full": a, "downsampled": b, "diff": None if a is None or b is None else round(a - b, 4),
+                "diff_ci": None if ci is None or not all(math.isfinite(v) for v in ci) else [round(float(v), 4) for v in ci],
+                "verdict": resolution_verdict(ci),
+            }
+        headline = next((m for m in RESOLUTION_METRICS if m in entry["metrics"]), None)
+        entry["metric"] = headline
+        entry["verdict"] = entry["metrics"][headline]["verdict"] if headline else "no interval"
+        out.append(entry)
+    return {"rule": "larger input minus smaller at the same LM visual tokens, 95 % paired bootstrap over the test volumes: "
+                    "beats when the interval lies above 0, worse when below, no difference shown when it holds 0",
+            "metrics": list(RESOLUTION_METRICS), "pairs": out}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:+.1f}"
+
+
+def _value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def resolution_markdown(resolution: dict[str, Any] | None) -> str:
+    """The comparison's verdict lines and per-label differences as markdown ("" without pairs)."""
+    if not resolution:
+        return ""
+    lines = ["", "### Full resolution + compression vs downsampled input, at equal LM visual tokens", "",
+             f"Verdict: {resolution['rule']}.", ""]
+    for p in resolution["pairs"]:
+        head = (f"- **{p['lm_tokens']} LM tokens**: {p['full']} ({size_text(p['full_input'])}, {p['full_vit_tokens']} ViT tokens) "
+                f"vs {p['downsampled']} ({size_text(p['downsampled_input'])}, {p['downsampled_vit_tokens']} ViT tokens)")
+        parts = []
+        for name in RESOLUTION_METRICS:
+            m = p["metrics"].get(name)
+            if m is None:
+                continue
+            ci = m["diff_ci"]
+            parts.append(f"{name} {_value(m['full'])} vs {_value(m['downsampled'])}, {_pct(m['diff'])} points" + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+                         + f": **{m['verdict']}**")
+        lines.append(head + (f": full resolution + compression vs downsampled, on {p['metric']}: **{p['verdict']}**"
+                             if p["metric"] else ": no common metric"))
+        lines += [f"  - {x}" for x in parts]
+    labels = [x for x in CT_RATE_LABELS if any(label_key(x) in p["metrics"] for p in resolution["pairs"])]
+    if labels:
+        lines += ["", "Per-label F1 difference (points, larger input - smaller; * a small finding):", "",
+                  "| label | " + " | ".join(f"{p['full']} - {p['downsampled']}" for p in resolution["pairs"]) + " |",
+                  "|" + "---|" * (len(resolution["pairs"]) + 1)]
+        for x in labels:
+            cells = []
+            for p in resolution["pairs"]:
+                m = p["metrics"].get(label_key(x))
+                if m is None:
+                    cells.append("-")
+                    continue
+                ci = m["diff_ci"]
+                cells.append(_pct(m["diff"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci and None not in ci else "")
+                             + (f" {m['verdict']}" if m["verdict"] in ("beats", "worse") else ""))
+            lines.append(f"| {x}{' *' if x in SMALL_FINDINGS else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_label_markdown(rows: Sequence[ResultRow]) -> str:
+    """Each variant's per-label F1 with its interval (labels as rows, variants as columns)."""
+    labels = [x for x in CT_RATE_LABELS if any(label_key(x) in r.metrics for r in rows)]
+    if not labels:
+        return ""
+    lines = ["", "### Per-label F1 (test, against the label CSV; 95 % bootstrap; * a small finding; - undefined: "
+             "the label neither present nor predicted)", "",
+             "| label | " + " | ".join(r.method for r in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    for x in ("small_findings_f1", *labels):
+        key = x if x == "small_findings_f1" else label_key(x)
+        name = "mean of the small findings" if x == "small_findings_f1" else x + (" *" if x in SMALL_FINDINGS else "")
+        lines.append(f"| {name} | " + " | ".join(format_interval(r.metrics.get(key), r.metrics.get(f"{key}_ci"), 2)
+                                               for r in rows) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def align_throughput(task, cfg, steps: int) -> dict[str, Any]:

@@ -163,6 +163,41 @@ def _label_f1(pred_key: str, true_key: str, average: str):
     return statistic
 
 
+# Findings a few voxels across at the phantom's 3 x 3 x 5 mm (nodules, nodes, septal lines, dilated
+# bronchi): where reading the CT at full resolution should show (issue 18, the Argus experiment)
+SMALL_FINDINGS: tuple[str, ...] = ("Lung nodule", "Lymphadenopathy", "Interlobular septal thickening", "Bronchiectasis")
+
+
+def label_key(label: str) -> str:
+    """The metric name of one label's F1: `f1_` + the CT-RATE label in snake case
+    (`Lung nodule` -> `f1_lung_nodule`)."""
+    return "f1_" + "_".join(label.lower().replace("-", " ").split())
+
+
+def _one_label_f1(column: int, pred_key: str = "pred_labels", true_key: str = "true_labels"):
+    """F1 of one label (a column of the label matrices) over the cases; NaN where it is
+    undefined (the label neither present nor predicted in the cases: no TP, FP or FN), so a
+    resample that happens to miss a rare label leaves the interval instead of counting 0."""
+    def statistic(cases: Mapping[str, np.ndarray]) -> float:
+        pred = np.asarray(cases[pred_key], dtype=np.int64)[:, column]
+        true = np.asarray(cases[true_key], dtype=np.int64)[:, column]
+        tp, fp, fn = int((pred & true).sum()), int((pred & (1 - true)).sum()), int(((1 - pred) & true).sum())
+        return math.nan if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+    return statistic
+
+
+def _labels_mean_f1(columns: list[int]):
+    """The mean F1 of a few labels (those defined on the cases; NaN if none is)."""
+    per_label = [_one_label_f1(c) for c in columns]
+
+    def statistic(cases: Mapping[str, np.ndarray]) -> float:
+        values = np.array([f(cases) for f in per_label], dtype=float)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+    return statistic
+
+
 def corpus_bleu_from_cases(cases: Mapping[str, np.ndarray], max_n: int = BLEU_N) -> float:
     """NLTK's corpus BLEU (uniform weights, no smoothing, one reference) from the per-case
     counts of `report_cases`: clipped matches and candidate n-grams summed over the corpus, the
@@ -182,10 +217,14 @@ def corpus_bleu_from_cases(cases: Mapping[str, np.ndarray], max_n: int = BLEU_N)
 
 def case_statistics() -> dict[str, Any]:
     """name -> CaseStatistic for the bench: clinical (labeler vs labeler) and label-CSV F1,
-    corpus BLEU-4, mean ROUGE-L and METEOR, each recomputed from `report_cases` columns."""
+    corpus BLEU-4, mean ROUGE-L and METEOR, each recomputed from `report_cases` columns; then,
+    against the label CSV (the phantom's ground truth), `small_findings_f1` (the mean F1 of
+    `SMALL_FINDINGS`) and each CT-RATE label's F1 (`f1_<label>`, `label_key`)."""
     from medvtc.common.bench_runner import CaseStatistic
     from medvtc.common.intervals import mean_of
+    from medvtc.datasets.ct_rate_layout import CT_RATE_LABELS
 
+    small = [CT_RATE_LABELS.index(label) for label in SMALL_FINDINGS]
     return {
         "clinical_micro_f1": CaseStatistic(_label_f1("pred_labels", "ref_labels", "micro")),
         "clinical_macro_f1": CaseStatistic(_label_f1("pred_labels", "ref_labels", "macro")),
@@ -194,10 +233,12 @@ def case_statistics() -> dict[str, Any]:
         "bleu4": CaseStatistic(corpus_bleu_from_cases),
         "rouge_l": CaseStatistic(mean_of("rouge_l")),
         "meteor": CaseStatistic(mean_of("meteor")),
+        "small_findings_f1": CaseStatistic(_labels_mean_f1(small)),
+        **{label_key(label): CaseStatistic(_one_label_f1(j)) for j, label in enumerate(CT_RATE_LABELS)},
     }
 
 
 __all__ = [
-    "ReportCollator", "case_statistics", "corpus_bleu_from_cases", "generate_reports", "report_cases", "score_reports",
+    "SMALL_FINDINGS", "ReportCollator", "case_statistics", "label_key", "corpus_bleu_from_cases", "generate_reports", "report_cases", "score_reports",
     "validation_loss",
 ]

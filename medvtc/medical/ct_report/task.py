@@ -195,12 +195,14 @@ class CTReportGenerationConfig:
 
 @dataclass
 class CTReportBenchConfig:
-    """`bench.*`: each variant `compressor@budget` is trained with the same config and budget."""
+    """`bench.*`: each variant `compressor@budget` is trained with the same config and budget;
+    `<X>x<Y>x<Z>/compressor@budget` reads the CT at that input size instead (bench.py)."""
 
     variants: list[str] = field(default_factory=lambda: [
         "none", "pooling@64", "pixel_shuffle@64", "pixel_shuffle@8", "perceiver@64", "matryoshka@64", "qg_vtc@64",
     ])
     output_dir: str = "runs/bench-ct-report"
+    name: str | None = None  # the results' file names (benchmarks/results/<name>.*); null: ct-report
     seeds: list[int] = field(default_factory=lambda: [0])  # each variant trains once per seed
     repeats: int = 3
     throughput_steps: int = 20  # align-stage steps timed from volumes and from the token cache (0: skip)
