@@ -172,6 +172,7 @@ class RecordingSummary:
     robot_init_noise: float = 0.0
     action_noise: float = 0.0
     image_stats: str = "uint8"  # how LeRobot computed the image statistics ("float": under image_stats.float_image_stats)
+    expert_clip: str = "axis"  # the scripted expert's velocity limit (ExpertConfig.clip)
 
     @property
     def episodes(self) -> int:
@@ -207,7 +208,8 @@ class RecordingSummary:
             f"{self.episodes} successful episodes ({self.frames} frames) of {self.suite} at {self.fps} fps in "
             f"{self.root}; the expert failed {self.failures} of {self.attempts} attempts "
             f"(success rate {self.expert_success_rate:.1%}, {self.init} initial states, seed {self.seed}, "
-            f"robot init noise {self.robot_init_noise:g} rad, DART action noise {self.action_noise:g})",
+            f"robot init noise {self.robot_init_noise:g} rad, DART action noise {self.action_noise:g}, "
+            f"expert velocity clipped per {self.expert_clip})",
         ]
         for t in self.tasks:
             short = "" if t.successes >= self.episodes_per_task else f"  (wanted {self.episodes_per_task})"
@@ -313,7 +315,7 @@ def record_demonstrations(
     from medvtc.common.io import atomic_directory, atomic_write_json
     from medvtc.robotics.image_stats import FLOAT_MARK, float_image_stats
     from medvtc.robotics.libero_env import LiberoEnv, check_gl_backend, load_suite
-    from medvtc.robotics.scripted_expert import ScriptedExpert
+    from medvtc.robotics.scripted_expert import ExpertConfig, ScriptedExpert
 
     root = Path(root)
     task_ids = [int(t) for t in task_ids]
@@ -334,6 +336,7 @@ def record_demonstrations(
         root=str(root), suite=suite, seed=int(seed), init=init, camera_size=tuple(camera_size), fps=int(fps),
         episodes_per_task=int(episodes_per_task), tasks=[], robot_init_noise=float(robot_init_noise),
         action_noise=float(action_noise), image_stats=FLOAT_MARK,
+        expert_clip=(expert_config or ExpertConfig()).clip,
     )
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
                disable=not progress, dynamic_ncols=True)
@@ -556,7 +559,7 @@ def describe_dataset(root: str | Path) -> str:
             f"  scripted expert: {rec['episodes']} kept of {rec['attempts']} attempts "
             f"({rec['failures']} failed, success rate {rec['expert_success_rate']:.1%}), seed {rec['seed']}, "
             f"{rec['init']} initial states, robot init noise {rec.get('robot_init_noise', 0.0):g} rad, "
-            f"DART action noise {rec.get('action_noise', 0.0):g}"
+            f"DART action noise {rec.get('action_noise', 0.0):g}, expert velocity clipped per {rec.get('expert_clip', 'axis')}"
         )
     return "\n".join(lines)
 

@@ -72,6 +72,15 @@ class ExpertConfig:
     open_steps: int = 10
     phase_budget: int = 60  # steps before a phase gives up and moves on
     max_attempts: int = 3
+    # How a move's velocity is limited: "axis" clips each axis to the phase's speed (the arm moves
+    # along the largest error first: a short full-speed burst on a small axis, hard for a policy to
+    # imitate); "norm" scales the whole translation so its length is at most the speed (a straight
+    # line to the goal, every axis corrected in proportion over the whole move).
+    clip: str = "axis"
+
+    def __post_init__(self) -> None:
+        if self.clip not in ("axis", "norm"):
+            raise ValueError(f"expert clip must be 'axis' or 'norm', got {self.clip!r}")
 
 
 def _body_subtree(model, root: int) -> set[int]:
@@ -250,7 +259,11 @@ class ScriptedExpert:
     def _move(self, xyz: np.ndarray, speed: float = 1.0, rot_target: np.ndarray | None = None) -> np.ndarray:
         pos, rot = self._eef()
         a = np.zeros(7)
-        a[:3] = np.clip(self.cfg.pos_gain * (xyz - pos) / POS_SCALE, -speed, speed)
+        v = self.cfg.pos_gain * (xyz - pos) / POS_SCALE
+        if self.cfg.clip == "norm":
+            a[:3] = v * min(1.0, speed / max(float(np.linalg.norm(v)), 1e-9))
+        else:
+            a[:3] = np.clip(v, -speed, speed)
         target = self.grasp_rot if rot_target is None else rot_target
         a[3:6] = np.clip(self.cfg.rot_gain * _axis_angle_error(target, rot) / ROT_SCALE, -1.0, 1.0)
         return a

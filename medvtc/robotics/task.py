@@ -61,6 +61,9 @@ class LiberoDataConfig:
     video: bool = False  # AV1 videos instead of PNG frames
     robot_init_noise: float = 0.02  # rad of Gaussian arm-joint noise at each random reset (robosuite default, as LIBERO's own demos)
     action_noise: float = 0.0  # DART: std of the noise added to the executed arm actions; labels stay clean
+    # the scripted expert's velocity limit: "axis" clips each axis (short full-speed bursts on a small
+    # axis), "norm" the translation's length (straight, proportional moves; see ExpertConfig.clip)
+    expert_clip: Literal["axis", "norm"] = "axis"
     # where policy.cache_tokens keeps its stores (one folder per backbone x dataset x views);
     # null: token_cache/ beside data.root (data/libero_object_demos -> data/token_cache)
     cache_dir: str | None = None
@@ -248,10 +251,10 @@ def check_recording_matches(d: LiberoDataConfig) -> None:
     recorded = {"suite": rec.get("suite"), "tasks": [t["task_id"] for t in rec.get("tasks", [])],
                 "episodes_per_task": rec.get("episodes_per_task"), "seed": rec.get("seed"), "init": rec.get("init"),
                 "camera_size": list(rec.get("camera_size", [])), "robot_init_noise": rec.get("robot_init_noise", 0.0),
-                "action_noise": rec.get("action_noise", 0.0)}
+                "action_noise": rec.get("action_noise", 0.0), "expert_clip": rec.get("expert_clip", "axis")}
     wanted = {"suite": d.suite, "tasks": list(d.tasks), "episodes_per_task": d.episodes_per_task, "seed": d.seed,
               "init": d.init, "camera_size": [d.camera_size, d.camera_size], "robot_init_noise": d.robot_init_noise,
-              "action_noise": d.action_noise}
+              "action_noise": d.action_noise, "expert_clip": d.expert_clip}
     for key, value in wanted.items():
         if recorded[key] != value:
             raise UserError(f"{d.root} was recorded with data.{key}={recorded[key]!r}, but the config says {value!r}: "
@@ -267,6 +270,7 @@ class LiberoTask(Task):
     # -- data ------------------------------------------------------------------------------------
     def data(self, cfg: LiberoTaskConfig, inspect: bool = False, overwrite: bool = False) -> int:
         from medvtc.robotics.demonstrations import describe_dataset, record_demonstrations
+        from medvtc.robotics.scripted_expert import ExpertConfig
 
         if not inspect:
             d = cfg.data
@@ -275,6 +279,7 @@ class LiberoTask(Task):
                 camera_size=d.camera_size, init=d.init, max_attempts_per_task=d.max_attempts_per_task,
                 video=d.video, overwrite=overwrite, env_kwargs={"fast_render": d.fast_render},
                 robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
+                expert_config=ExpertConfig(clip=d.expert_clip),
             )
             print(summary.describe())
         print(describe_dataset(cfg.data.root))

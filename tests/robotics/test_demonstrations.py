@@ -116,20 +116,25 @@ def test_robot_init_noise_is_seeded_and_off_by_default():
 
 def test_recording_with_noise_keeps_the_clean_expert_actions(tmp_path):
     """DART: the simulator executed label + noise (replaying that reproduces the recorded states),
-    while the dataset holds the expert's clean action; the arm starts from a noised pose."""
+    while the dataset holds the expert's clean action; the arm starts from a noised pose. The
+    expert here limits the length of its translation (clip="norm"), which the summary records."""
     from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.scripted_expert import ExpertConfig
 
     root = tmp_path / "demos"
     summary = record_demonstrations(root, suite=DEMO_SUITE, task_ids=[DEMO_TASK], episodes_per_task=1, seed=0,
                                     camera_size=16, progress=False, env_kwargs=DEMO_ENV_KWARGS,
-                                    robot_init_noise=0.02, action_noise=0.3)
-    assert (summary.robot_init_noise, summary.action_noise) == (0.02, 0.3)
-    assert "robot init noise 0.02 rad, DART action noise 0.3" in summary.describe()
-    assert json.loads((root / demos.RECORDING_FILE).read_text())["action_noise"] == 0.3
+                                    robot_init_noise=0.02, action_noise=0.3, expert_config=ExpertConfig(clip="norm"))
+    assert (summary.robot_init_noise, summary.action_noise, summary.expert_clip) == (0.02, 0.3, "norm")
+    assert "robot init noise 0.02 rad, DART action noise 0.3, expert velocity clipped per norm" in summary.describe()
+    recorded = json.loads((root / demos.RECORDING_FILE).read_text())
+    assert (recorded["action_noise"], recorded["expert_clip"]) == (0.3, "norm")
     attempt = len(summary.tasks[0].failed_seeds)  # the kept episode's attempt index
     ds = load_demonstrations(root)
     states = [ds[t][STATE_KEY].numpy() for t in range(9)]
     labels = [ds[t][ACTION_KEY].numpy() for t in range(8)]
+    speeds = [float(np.linalg.norm(a[:3])) for a in labels]
+    assert max(speeds) <= 1.0 + 1e-5 and max(speeds) > 0.9  # the approach runs at full speed, no axis beyond it
     env = LiberoEnv(DEMO_SUITE, DEMO_TASK, cameras=())
     try:
         demos.set_robot_init_noise(env, 0.02)
@@ -263,3 +268,27 @@ def test_attempt_seeds_are_fixed_and_distinct():
     assert attempt_seed(0, 0, 0) == attempt_seed(0, 0, 0) != attempt_seed(1, 0, 0)
     # the documented derivation: numpy SeedSequence([seed, task, attempt])
     assert attempt_seed(7, 2, 5) == int(np.random.SeedSequence([7, 2, 5]).generate_state(1)[0])
+
+
+@pytest.mark.parametrize("clip", ["axis", "norm"])
+def test_expert_velocity_limit(clip):
+    """"axis" clips each axis to the speed (a diagonal move runs every far axis at full speed);
+    "norm" keeps the direction to the goal and caps the length."""
+    from medvtc.robotics.scripted_expert import POS_SCALE, ExpertConfig, ScriptedExpert
+
+    expert = ScriptedExpert.__new__(ScriptedExpert)  # _move needs only the config and the pose
+    expert.cfg = ExpertConfig(clip=clip)
+    rot = np.diag([1.0, -1.0, -1.0])  # gripper pointing down, already at the grasp orientation
+    expert.grasp_rot = rot
+    expert._eef = lambda: (np.zeros(3), rot)
+    goal = np.array([0.02, -0.3, -0.2])
+    a = expert._move(goal, speed=0.8)
+    if clip == "axis":
+        np.testing.assert_allclose(a[:3], [min(0.8, 2.0 * 0.02 / POS_SCALE), -0.8, -0.8], atol=1e-9)
+    else:
+        np.testing.assert_allclose(np.linalg.norm(a[:3]), 0.8, atol=1e-9)
+        np.testing.assert_allclose(a[:3] / np.linalg.norm(a[:3]), goal / np.linalg.norm(goal), atol=1e-9)
+    near = expert._move(np.array([0.001, 0.0, 0.0]), speed=0.8)  # inside the speed limit: proportional either way
+    np.testing.assert_allclose(near[:3], [2.0 * 0.001 / POS_SCALE, 0.0, 0.0], atol=1e-9)
+    with pytest.raises(ValueError, match="expert clip must be 'axis' or 'norm'"):
+        ExpertConfig(clip="box")

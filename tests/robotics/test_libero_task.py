@@ -26,6 +26,28 @@ def test_config_defaults_and_unknown_keys():
         task.load_config(None, ["policy.compresor=none"])
     with pytest.raises(ConfigError, match="init"):
         task.load_config(None, ["data.init=fixed"])
+    with pytest.raises(ConfigError, match="expert_clip"):
+        task.load_config(None, ["data.expert_clip=box"])
+
+
+def test_the_default_recording_must_match_the_data_settings(tmp_path, monkeypatch):
+    """The embedded default dataset is made on first use: a data.* setting it was not recorded
+    with (here the expert's velocity limit; recordings older than the key were made per axis) is
+    a one-line error, not a silent training on the old recording."""
+    from medvtc.robotics import task as task_module
+    from medvtc.robotics.demonstrations import RECORDING_FILE
+
+    root = tmp_path / "demos"
+    (root / "meta").mkdir(parents=True)
+    summary = {"suite": "libero_object", "tasks": [{"task_id": t} for t in (0, 1, 2)], "episodes_per_task": 20,
+               "seed": 0, "init": "random", "camera_size": [128, 128], "robot_init_noise": 0.02, "action_noise": 0.0}
+    (root / RECORDING_FILE).write_text(json.dumps(summary))
+    monkeypatch.setattr(task_module, "DEFAULT_ROOT", str(root))
+    cfg = LiberoTask().load_config(None, [f"data.root={root}"])
+    task_module.check_recording_matches(cfg.data)  # no expert_clip recorded: per axis, the default
+    cfg = LiberoTask().load_config(None, [f"data.root={root}", "data.expert_clip=norm"])
+    with pytest.raises(UserError, match=r"recorded with data.expert_clip='axis', but the config says 'norm'"):
+        task_module.check_recording_matches(cfg.data)
 
 
 def test_train_then_eval_on_recorded_demos(recorded_demos, tmp_path, capsys):
