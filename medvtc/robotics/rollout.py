@@ -651,6 +651,7 @@ def validation_rollouts(policy, pre, post, *, suite: str, scenes: Sequence[tuple
 
     cams = policy_cameras(policy.config)
     was_training = policy.training
+    policy.eval()  # ACT's VAE encoder runs only in training mode; restored below
     successes: dict[int, list[bool]] = {}
     env, env_task = None, None
     try:

@@ -427,8 +427,6 @@ class LiberoTask(Task):
         v = cfg.val
         if v.episodes == 0:
             return cfg.train, None, None
-        if cfg.policy.name == "act":
-            raise ConfigError("val.episodes > 0 (validation rollouts) is for policy.name=compressor_vla; set it to 0 for act")
         if cfg.train.eval_every == 0:
             raise ConfigError("val.episodes > 0 needs train.eval_every > 0: the steps at which the policy is rolled out")
         rec = read_recording_summary(cfg.data.root) or {}

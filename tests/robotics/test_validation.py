@@ -48,6 +48,22 @@ def test_training_with_validation_rollouts_makes_the_best_evaluation_final(recor
         task.train(task.load_config(None, [*overrides, "train.eval_every=0", f"output_dir={tmp_path / 'b'}"]))
 
 
+def test_act_is_selected_by_validation_rollouts_too(recorded_demos, tmp_path, capsys):
+    """LeRobot's ACT gets the same checkpoint selection as Compressor-VLA (same data and budget
+    rule), rolled out in eval mode and handed back to training."""
+    from tests.robotics.test_rollout_bench import TINY_ACT, overrides
+
+    root, _ = recorded_demos
+    task = LiberoTask()
+    out = tmp_path / "act"
+    cfg = task.load_config(None, overrides(root, out, "policy.name=act", TINY_ACT, "train.max_steps=2", "train.eval_every=2",
+                                           "val.episodes=1", "val.max_episode_steps=3"))
+    assert task.train(cfg) == 0
+    selection = json.loads((out / "final" / "medvtc_selection.json").read_text())
+    assert selection["step"] == 2 and selection["metric"] == "val_success"
+    assert "final policy = step 2 (val_success" in capsys.readouterr().out
+
+
 def test_bench_settings_count_the_validation_only_when_it_selects():
     from medvtc.robotics.bench import _training_settings
 
