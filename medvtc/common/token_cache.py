@@ -229,7 +229,7 @@ class TokenCache:
             atomic_write_json(progress, record)
             return 0
         done = 0
-        while done * shard_size < num_samples:  # full shards only: the last, short one is rewritten
+        while (done + 1) * shard_size <= num_samples:  # full shards only: the last, short one is rewritten
             file = partial / f"shard_{done:05d}.safetensors"
             try:
                 if not file.is_file() or cls._shard_shape(file)[0] != shard_size:
@@ -237,7 +237,7 @@ class TokenCache:
             except Exception:  # noqa: BLE001 - an unreadable shard is rebuilt, whatever safetensors raises
                 break
             done += 1
-        return min(done, num_samples // shard_size)
+        return done
 
     @staticmethod
     def _full_fingerprint(fingerprint: Mapping[str, Any], views: int, seed: int, num_samples: int) -> dict[str, Any]:
