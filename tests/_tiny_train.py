@@ -1,7 +1,9 @@
 """A tiny training run for the trainer tests (run as a script, also under torchrun).
 
     python tests/_tiny_train.py OUT_DIR [--steps N] [--save-every N] [--resume] [--sleep S]
-                                [--grad-accum N] [--record FILE]
+                                [--busy S] [--grad-accum N] [--record FILE]
+
+`--sleep` waits S seconds per step (wall time, no CPU); `--busy` spins S seconds per step (CPU).
 
 The model has dropout, so the RNG state matters; the data are random features with a linear
 target. `--record` writes, per rank, the sample ids and losses this rank saw and a checksum of
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--busy", type=float, default=0.0)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--record")
@@ -59,6 +62,9 @@ def main() -> None:
     def step_fn(m, batch):
         if args.sleep:
             time.sleep(args.sleep)
+        t_end = time.process_time() + args.busy
+        while time.process_time() < t_end:
+            pass
         loss = nn.functional.mse_loss(m(batch["x"]), batch["y"])
         losses.append(float(loss.detach()))
         return loss

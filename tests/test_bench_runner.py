@@ -164,6 +164,58 @@ def test_runs_train_once_then_are_reused_with_their_evaluation(tmp_path):
     assert rows_of(out)["pooling@8"]["metrics"]["score_ci"] == p["score_ci"]
 
 
+class SpinningSpec(ToyBenchSpec):
+    """Training and evaluation that use CPU time (0.02 s each), so the ledger has something to sum."""
+
+    @staticmethod
+    def _spin(seconds: float) -> None:
+        import time
+
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def train(self, vcfg) -> None:
+        self._spin(0.02)
+        super().train(vcfg)
+
+    def evaluate(self, vcfg, variant) -> Evaluation:
+        self._spin(0.02)
+        return super().evaluate(vcfg, variant)
+
+
+def test_the_bench_reports_its_total_cpu_time_over_calls(tmp_path):
+    cfg, out = toy_config(tmp_path), tmp_path / "results"
+    run_bench(SpinningSpec(), cfg, out, log=lambda s: None)
+    cpu = json.loads((out / "toy.json").read_text())["config"]["cpu_time"]
+    assert set(cpu["per_run"]) == {"none/seed_0", "pooling@8/seed_0", "bench"}
+    for run in ("none/seed_0", "pooling@8/seed_0"):
+        assert cpu["per_run"][run]["train"] >= 0.015 and cpu["per_run"][run]["eval"] >= 0.015
+    assert cpu["total_cpu_s"] == pytest.approx(cpu["train_cpu_s"] + cpu["eval_cpu_s"] + cpu["costs_cpu_s"], abs=0.15)
+    assert cpu["unknown"] == []
+    assert rows_of(out)["none"]["metrics"]["eval_cpu_s"] == cpu["per_run"]["none/seed_0"]["eval"]
+    assert "Total CPU time" in (out / "toy.md").read_text()
+
+    # a second call reuses both runs: their CPU times are read back, not reset to this call's
+    run_bench(SpinningSpec(), cfg, out, log=lambda s: None)
+    again = json.loads((out / "toy.json").read_text())["config"]["cpu_time"]
+    for run in ("none/seed_0", "pooling@8/seed_0"):
+        assert again["per_run"][run] == cpu["per_run"][run]
+
+    # an evaluation kept before CPU time was recorded is still reused, and named as not recorded
+    path = tmp_path / "runs" / "none" / "seed_0" / "bench_eval.json"
+    doc = json.loads(path.read_text())
+    del doc["eval_cpu_s"]
+    path.write_text(json.dumps(doc))
+    spec = SpinningSpec()
+    run_bench(spec, cfg, out, log=lambda s: None)
+    assert spec.evaluated == []
+    cpu = json.loads((out / "toy.json").read_text())["config"]["cpu_time"]
+    assert cpu["unknown"] == ["none/seed_0 (eval)"]
+    assert "eval_cpu_s" not in rows_of(out)["none"]["metrics"]
+    assert "not recorded" in (out / "toy.md").read_text() and "none/seed_0 (eval)" in (out / "toy.md").read_text()
+
+
 def test_a_changed_training_key_is_refused_by_name_and_retrain_trains_again(tmp_path):
     cfg, out = toy_config(tmp_path), tmp_path / "results"
     run_bench(ToyBenchSpec(), cfg, out, log=lambda s: None)

@@ -185,6 +185,35 @@ def test_resuming_a_checkpoint_from_before_train_s_estimates_the_time_already_sp
     assert read_training_summary(out)["train_s"] >= 0.05 * 20 * 0.95
 
 
+def test_training_cpu_time_is_counted_and_carried_over_a_resume(tmp_path):
+    out = tmp_path / "cpu"
+    # 10 steps spinning 0.03 s of CPU each, then 10 more sleeping 0.03 s (wall time, no CPU)
+    run(out, "--steps", "10", "--busy", "0.03")
+    first = read_training_summary(out)
+    assert first["train_cpu_s"] >= 10 * 0.03 * 0.95
+    run(out, "--steps", "20", "--sleep", "0.03", "--resume")
+    summary = read_training_summary(out)
+    assert summary["train_cpu_s"] >= first["train_cpu_s"]  # carried over, not restarted
+    # the sleeping half adds wall time but (almost) no CPU time
+    assert summary["train_s"] - first["train_s"] >= 10 * 0.03 * 0.95
+    assert summary["train_cpu_s"] - first["train_cpu_s"] < 10 * 0.03 * 0.8
+
+
+def test_resuming_a_checkpoint_from_before_cpu_time_leaves_it_unknown(tmp_path):
+    out = tmp_path / "old"
+    run(out, "--steps", "5")
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    state = ckpt.load_training_state(latest)
+    del state["train_cpu_seconds"]
+    torch.save(state, latest / ckpt.STATE)
+    run(out, "--steps", "10", "--resume")
+    with open(out / "metrics.csv") as f:
+        cpu_steps = [int(r["step"]) for r in csv.DictReader(f) if r["metric"] == "train_cpu_s"]
+    # logged up to the checkpoint, never after the resume: a guess would be worse than none
+    assert cpu_steps == [1, 2, 3, 4, 5]
+    assert "train_cpu_s" not in read_training_summary(out)
+
+
 class _Scripted(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 16

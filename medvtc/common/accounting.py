@@ -6,6 +6,8 @@
 - Peak memory is the extra memory a call needs above what was in use before it: on CUDA,
   `max_memory_allocated`; on CPU, the process's peak resident set (VmHWM), reset before the call
   through /proc/self/clear_refs, with a sampling thread as the fallback where that is refused.
+- CPU time (`cpu_seconds`) is the user + system time of this process and of its finished child
+  processes (rollout workers, DataLoader workers), as the kernel accounts it.
 """
 
 from __future__ import annotations
@@ -211,6 +213,17 @@ def measure(
         latency_ms=latency,
         peak_mem_mb=peak,
     )
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds used so far by this process (all its threads) and by the child
+    processes it has waited for (process pools, DataLoader workers once they exit). A difference
+    of two calls is the CPU time of the work between them, whatever the thread count."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def machine_info() -> dict[str, Any]:

@@ -30,6 +30,11 @@ same way for every task:
   family of metrics (ct-report's per-label F1) in the json but out of the markdown's main table.
 - **Partial results** (`<task>.partial.*`) are written after each variant; the final files
   replace them at the end.
+- **CPU time**: each run's training (`train_cpu_s`, summed over resumes by the trainer) and
+  evaluation (`eval_cpu_s`, kept in `bench_eval.json`), plus this call's cost measurements, are
+  summed into the results' `config.cpu_time` and a line of the markdown: what the whole bench
+  cost, however many calls and resumes it took. A run with no CPU record (trained before it was
+  kept) is named there, not guessed.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from medvtc.common.accounting import cpu_seconds
 from medvtc.common.config import TRAIN_BOOKKEEPING, flatten_config, load_config, read_yaml, to_dict
 from medvtc.common.errors import UserError
 from medvtc.common.intervals import (
@@ -133,6 +139,9 @@ class Evaluation:
     # a variant measured at several settings (the compressors bench: grids x batches x budgets)
     # gives its rows itself; they carry no cases, so no intervals
     rows: list[ResultRow] | None = None
+    # wall and CPU seconds the evaluation took (set by the runner; None: not recorded)
+    seconds: float | None = None
+    cpu_seconds: float | None = None
 
 
 class BenchSpec:
@@ -189,6 +198,14 @@ class BenchSpec:
 
         summary = read_training_summary(run_dir) if (run_dir / "metrics.csv").is_file() else None
         return None if not summary or "train_s" not in summary else float(summary["train_s"])
+
+    def train_cpu_seconds(self, run_dir: Path) -> float | None:
+        """CPU seconds the run spent training, over all resumes (the trainer's `train_cpu_s`);
+        None when its log has none."""
+        from medvtc.common.trainer import read_training_summary
+
+        summary = read_training_summary(run_dir) if (run_dir / "metrics.csv").is_file() else None
+        return None if not summary or "train_cpu_s" not in summary else float(summary["train_cpu_s"])
 
     def weights_signature(self, run_dir: Path) -> list[list[Any]]:
         """(file, size, mtime) of the run's final weights: a saved evaluation of other weights (a
@@ -309,11 +326,12 @@ def train_or_reuse(spec: BenchSpec, vcfg: Any, run_dir: Path, retrain: bool, log
     atomic_write_json(run_dir / SETTINGS_FILE, {"settings": current})
     log(f"medvtc bench: {'resuming' if status == 'resumed' else 'training'} {run_dir}")
     (run_dir / EVAL_FILE).unlink(missing_ok=True)  # results of older weights
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     spec.train(vcfg)
-    wall = time.perf_counter() - t0
-    if spec.train_seconds(run_dir) is None:  # no training log to read it from: this call's wall time
-        atomic_write_json(run_dir / TRAIN_FILE, {"train_s": round(wall, 1), "note": "wall seconds of the bench's last training call"})
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    if spec.train_seconds(run_dir) is None:  # no training log to read it from: this call's times
+        atomic_write_json(run_dir / TRAIN_FILE, {"train_s": round(wall, 1), "train_cpu_s": round(cpu, 3),
+                                                 "note": "wall and CPU seconds of the bench's last training call"})
     return status, _train_seconds(spec, run_dir)
 
 
@@ -325,6 +343,15 @@ def _train_seconds(spec: BenchSpec, run_dir: Path) -> float | None:
     return json.loads(record.read_text()).get("train_s") if record.is_file() else None
 
 
+def train_cpu_seconds(spec: BenchSpec, run_dir: Path) -> float | None:
+    """The run's training CPU seconds: the trainer's log, else the runner's record of its call."""
+    logged = spec.train_cpu_seconds(run_dir)
+    if logged is not None or spec.train_seconds(run_dir) is not None:
+        return None if logged is None else round(float(logged), 3)
+    record = run_dir / TRAIN_FILE
+    return json.loads(record.read_text()).get("train_cpu_s") if record.is_file() else None
+
+
 def evaluate_or_reuse(spec: BenchSpec, vcfg: Any, variant: Variant, run_dir: Path, log: Callable[[str], None]) -> Evaluation:
     key = {"settings": run_settings(spec, to_dict(vcfg)), "eval": json.loads(json.dumps(spec.eval_settings(vcfg), default=str)),
            "weights": spec.weights_signature(run_dir)}
@@ -334,11 +361,15 @@ def evaluate_or_reuse(spec: BenchSpec, vcfg: Any, variant: Variant, run_dir: Pat
             doc = json.loads(path.read_text())
             if doc.get("key") == key:
                 log(f"medvtc bench: reusing the evaluation in {path}")
-                return Evaluation(doc["cases"], doc["metrics"], doc.get("cost", {}))
+                return Evaluation(doc["cases"], doc["metrics"], doc.get("cost", {}),
+                                  seconds=doc.get("eval_s"), cpu_seconds=doc.get("eval_cpu_s"))
         except (OSError, json.JSONDecodeError, KeyError):
             pass
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     ev = spec.evaluate(vcfg, variant)
-    atomic_write_json(path, {"key": key, "cases": ev.cases, "metrics": ev.metrics, "cost": ev.cost})
+    ev.seconds, ev.cpu_seconds = round(time.perf_counter() - t0, 1), round(cpu_seconds() - cpu0, 3)
+    atomic_write_json(path, {"key": key, "cases": ev.cases, "metrics": ev.metrics, "cost": ev.cost,
+                             "eval_s": ev.seconds, "eval_cpu_s": ev.cpu_seconds})
     return ev
 
 
@@ -445,12 +476,18 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
     vcfgs: dict[str, Any] = {}
     rows: list[ResultRow] = []
     memo: dict[tuple[str, str, str], tuple[float, float]] = {}
+    cpu = CpuLedger()
     for v, s, run_dir, vcfg in plan:
         if spec.trains:
             st, secs = train_or_reuse(spec, vcfg, run_dir, retrain, log)
+            cpu.add(f"{v.name}/seed_{s}", "train", train_cpu_seconds(spec, run_dir))
+            ev = evaluate_or_reuse(spec, vcfg, v, run_dir, log)
         else:
             st, secs = "untrained", None
-        ev = evaluate_or_reuse(spec, vcfg, v, run_dir, log) if spec.trains else spec.evaluate(vcfg, v)
+            cpu0 = cpu_seconds()
+            ev = spec.evaluate(vcfg, v)
+            ev.cpu_seconds = round(cpu_seconds() - cpu0, 3)
+        cpu.add(f"{v.name}/seed_{s}", "eval", ev.cpu_seconds)
         evals.setdefault(v.name, []).append(ev)
         cases.setdefault(v.name, []).append(as_columns(ev.cases))
         status.setdefault(v.name, []).append(st)
@@ -465,20 +502,59 @@ def run_bench(spec: BenchSpec, cfg: Any, output: str | Path, retrain: bool = Fal
                                                                 "reference": spec.reference}, output,
                           name=f"{spec.task}.partial", plot=spec.plot, hide=spec.hide_in_table)
 
+    cpu0 = cpu_seconds()
     spec.after_all(cfg, vcfgs)
     costs = spec.measure_costs(vcfgs)
+    cpu.add("bench", "costs", round(cpu_seconds() - cpu0, 3))
     rows = _rows(spec, evals, costs, cases, status, train_s, seeds, memo)
+    for r in rows:
+        for part in ("train", "eval"):
+            known = [cpu.runs.get(f"{r.method}/seed_{s}", {}).get(part) for s in seeds]
+            if known and None not in known:
+                r.metrics[f"{part}_cpu_s"] = known[0] if len(seeds) == 1 else round(float(np.mean(known)), 1)
     spec.compare_rows(rows, cfg)
     rows += spec.extra_rows()
     config = {**spec.results_config(cfg), "seeds": seeds, "elapsed_s": round(time.perf_counter() - t_start, 1),
-              "reference": spec.reference}
-    extra = spec.markdown_extra(rows, cfg)
+              "cpu_time": cpu.summary(), "reference": spec.reference}
+    extra = cpu.markdown() + spec.markdown_extra(rows, cfg)
     write_results(spec.task, rows, config, output, plot=spec.plot, markdown_extra=extra, hide=spec.hide_in_table)
     for suffix in ("json", "md", "png"):
         Path(output, f"{spec.task}.partial.{suffix}").unlink(missing_ok=True)
     if extra:
         log(extra)
     return rows
+
+
+class CpuLedger:
+    """CPU seconds of a bench's parts, per run ("<variant>/seed_<s>": {"train", "eval"}) and for
+    the bench's own work ("bench": {"costs"}); a part whose time was never recorded is None, and
+    the total says which runs it leaves out rather than guessing them."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, float | None]] = {}
+
+    def add(self, run: str, part: str, seconds: float | None) -> None:
+        self.runs.setdefault(run, {})[part] = None if seconds is None else float(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        parts: dict[str, float] = {}
+        for times in self.runs.values():
+            for part, secs in times.items():
+                if secs is not None:
+                    parts[part] = parts.get(part, 0.0) + secs
+        unknown = sorted(f"{run} ({part})" for run, times in self.runs.items() for part, secs in times.items() if secs is None)
+        return {"total_cpu_s": round(sum(parts.values()), 3), **{f"{p}_cpu_s": round(v, 3) for p, v in parts.items()},
+                "unknown": unknown, "per_run": self.runs,
+                "note": "user + system CPU seconds (all threads, finished worker processes), summed over runs, resumes "
+                        "and calls; costs: this call's cost measurements"}
+
+    def markdown(self) -> str:
+        s = self.summary()
+        parts = ", ".join(f"{p} {s[f'{p}_cpu_s'] / 3600:.2f} h" for p in ("train", "eval", "costs") if f"{p}_cpu_s" in s)
+        line = f"\nTotal CPU time: {s['total_cpu_s'] / 3600:.2f} h ({parts}; user + system, all runs and resumes)"
+        if s["unknown"]:
+            line += f"; not recorded (trained or evaluated before CPU time was kept): {', '.join(s['unknown'])}"
+        return line + ".\n"
 
 
 def _rows(spec: BenchSpec, evals, costs, cases, status, train_s, seeds, memo) -> list[ResultRow]:
@@ -518,5 +594,5 @@ def _summary(row: ResultRow, spec: BenchSpec) -> str:
 
 __all__ = [
     "BenchSpec", "CaseStatistic", "Evaluation", "Variant", "add_intervals", "evaluate_or_reuse", "parse_variant",
-    "run_bench", "settings_diff", "train_or_reuse",
+    "CpuLedger", "run_bench", "settings_diff", "train_cpu_seconds", "train_or_reuse",
 ]

@@ -6,7 +6,8 @@
   ends with the same weights as one that was not (the data order, RNG states, optimizer and
   scheduler all continue from the checkpoint);
 - a progress bar with loss and throughput; metrics to TensorBoard and to `metrics.csv`, with
-  `train_s`, the seconds spent in the training loop over all resumes (`read_training_summary`);
+  `train_s`, the seconds spent in the training loop over all resumes, and `train_cpu_s`, the CPU
+  seconds it used (this process and its finished workers; `read_training_summary`);
 - a periodic evaluation hook, and checkpoint selection on it: with `select_metric` the weights of
   the best evaluation so far are kept in `output_dir/best` (`best.json` says which step and value;
   ties go to the later step) and `load_best()` puts them back into the model;
@@ -42,6 +43,7 @@ from safetensors.torch import save_model
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from medvtc.common import checkpoint as ckpt
+from medvtc.common.accounting import cpu_seconds
 from medvtc.common.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from medvtc.common.errors import UserError
 from medvtc.common.io import atomic_directory, atomic_path, atomic_write_json
@@ -275,8 +277,9 @@ class MetricsLogger:
 
 def read_training_summary(run_dir: str | Path, up_to_step: int | None = None) -> dict[str, float] | None:
     """What a finished or interrupted run's `metrics.csv` says of its training, or None without
-    one: `steps` (last logged), `train_loss` (the last logging window's mean) and `train_s`, the
-    seconds spent in the training loop over all resumes. Runs logged before `train_s` existed get
+    one: `steps` (last logged), `train_loss` (the last logging window's mean), `train_s`, the
+    seconds spent in the training loop over all resumes, and `train_cpu_s`, its CPU seconds (absent
+    for runs begun before CPU time was recorded). Runs logged before `train_s` existed get
     an estimate from the rows' times (first to last train row, stretched over the steps before the
     first row), which also counts any pause between a kill and its resume. `up_to_step` ignores
     rows logged after that step (a killed run's rows past its checkpoint)."""
@@ -293,6 +296,8 @@ def read_training_summary(run_dir: str | Path, up_to_step: int | None = None) ->
     summary: dict[str, float] = {"steps": last}
     if "loss" in at_last:
         summary["train_loss"] = at_last["loss"]
+    if "train_cpu_s" in at_last:
+        summary["train_cpu_s"] = at_last["train_cpu_s"]
     if "train_s" in at_last:
         summary["train_s"] = at_last["train_s"]
     else:
@@ -365,6 +370,8 @@ class Trainer:
         self.epoch = 0
         self.samples_into_epoch = 0  # per rank
         self.train_seconds = 0.0  # in the training loop, summed over resumes
+        # its CPU time, summed over resumes; None once resumed from a checkpoint that did not count it
+        self.train_cpu_seconds: float | None = 0.0
         self.ckpt_root = self.output_dir / "checkpoints"
         self.best_dir = self.output_dir / "best"
         self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the kept weights
@@ -382,6 +389,7 @@ class Trainer:
             "epoch": self.epoch,
             "samples_into_epoch": self.samples_into_epoch,
             "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": get_rng_state(),
@@ -429,6 +437,9 @@ class Trainer:
         else:  # a checkpoint written before train_seconds existed: estimate it from the log
             logged = read_training_summary(self.output_dir, up_to_step=self.step) or {}
             self.train_seconds = float(logged.get("train_s", 0.0))
+        # unknown (never a guess) when the checkpoint predates CPU accounting
+        cpu = state.get("train_cpu_seconds")
+        self.train_cpu_seconds = None if cpu is None else float(cpu)
         return True
 
     # -- selection ---------------------------------------------------------------------------
@@ -585,6 +596,7 @@ class Trainer:
         window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
         extra_sums: dict[str, float] = {}
         seconds_before, loop_t0 = self.train_seconds, time.perf_counter()
+        cpu_before, cpu_t0 = self.train_cpu_seconds, cpu_seconds()
         try:
             while self.step < cfg.max_steps and not stopped:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -611,6 +623,8 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 self.train_seconds = seconds_before + time.perf_counter() - loop_t0
+                if cpu_before is not None:
+                    self.train_cpu_seconds = cpu_before + cpu_seconds() - cpu_t0
 
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
@@ -621,6 +635,8 @@ class Trainer:
                     metrics = all_reduce_mean(metrics, self.dist, self.device)
                     metrics["samples_per_s"] = window_samples / elapsed
                     metrics["train_s"] = self.train_seconds
+                    if self.train_cpu_seconds is not None:
+                        metrics["train_cpu_s"] = self.train_cpu_seconds
                     logger.log(self.step, "train", metrics)
                     if progress is not None:
                         progress.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
