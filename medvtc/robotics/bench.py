@@ -61,6 +61,7 @@ BASELINE = "none"
 PROPOSED = "compressor_vla"
 PEER = "act"
 FLOOR = "replay"
+ROLLOUT_JOURNAL = "bench_rollouts.jsonl"  # finished evaluation episodes, kept as they end (rollout.EpisodeJournal)
 BASELINE_SUCCESS_TARGET = 0.8
 TOKEN_RATIO_TARGET = 3.0
 FLOP_REDUCTION_TARGET = 0.59
@@ -258,7 +259,9 @@ class LiberoBench(BenchSpec):
             results = run_rollouts(policy, pre, post, suite=b.suite, task_ids=b.tasks, episodes=b.episodes,
                                    max_episode_steps=b.max_episode_steps, first_init_state=b.first_init_state,
                                    progress=vcfg.eval.progress, num_envs=b.num_envs, checkpoint=final, video_dir=videos,
-                                   video_episodes=b.video_episodes)
+                                   video_episodes=b.video_episodes,
+                                   # a stopped bench resumes its evaluation after the last finished episode
+                                   journal=Path(vcfg.output_dir) / ROLLOUT_JOURNAL)
             del policy, pre, post
         cases: dict[str, list[Any]] = {"task": [], "init_state": [], "success": [], "steps": []}
         for tid, t in results["tasks"].items():

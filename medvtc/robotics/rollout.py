@@ -508,11 +508,60 @@ def _worker_episode(job: tuple[int, int, str | None]) -> dict[str, Any]:
                        seed=episode_seed(tid, init_state_id), video_path=video, cameras=w["env_kwargs"]["cameras"])
 
 
+class EpisodeJournal:
+    """The finished episodes of one evaluation, one JSON line each, appended as they end, so that a
+    killed evaluation resumes after its last finished episode instead of from the first: an episode
+    is deterministic (its official init state and `episode_seed`), so the resumed results are the
+    uninterrupted ones. The first line is the key (everything the episodes depend on, the weights'
+    size and mtime included); a journal with another key is started afresh, and a line torn by a
+    kill mid-write is ignored. Written by hand: a few lines of JSON needed no library."""
+
+    def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.key = json.loads(json.dumps(key, default=str))
+
+    def load(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """{(task, init state): episode result} of the episodes already run under this key."""
+        if not self.path.is_file():
+            return {}
+        lines = self.path.read_text().splitlines()
+        try:
+            if not lines or json.loads(lines[0]).get("key") != self.key:
+                return {}
+        except json.JSONDecodeError:
+            return {}
+        done = {}
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+                done[(int(rec["task"]), int(rec["init_state"]))] = rec["result"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # torn by a kill while it was written
+        return done
+
+    def start(self, done: dict[tuple[int, int], dict[str, Any]]) -> None:
+        """Rewrite the journal with this key and the episodes kept (drops other keys and torn lines)."""
+        from medvtc.common.io import atomic_path
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w") as f:
+                f.write(json.dumps({"key": self.key}) + "\n")
+                for (tid, k), res in done.items():
+                    f.write(json.dumps({"task": tid, "init_state": k, "result": res}) + "\n")
+
+    def append(self, task_id: int, init_state_id: int, result: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"task": int(task_id), "init_state": int(init_state_id), "result": result}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def run_rollouts(
     policy, pre, post, *, suite: str, task_ids: Sequence[int], episodes: int, camera_size: int | None = None,
     max_episode_steps: int | None = None, first_init_state: int = 0, progress: bool = True, num_envs: int = 1,
     checkpoint: str | Path | None = None, device: str | None = None, video_dir: str | Path | None = None,
-    video_episodes: int = 0, training: dict[str, Any] | None = None,
+    video_episodes: int = 0, training: dict[str, Any] | None = None, journal: str | Path | None = None,
 ) -> dict[str, Any]:
     """Success per task and overall over `episodes` official init states per task.
 
@@ -525,6 +574,10 @@ def run_rollouts(
     is given) are matched to the suite's tasks (`match_training_tasks`); one line per task is
     printed before anything runs, and the results hold ``training_tasks`` and, per task,
     ``training_task`` (the match).
+
+    journal: a file (`EpisodeJournal`) where each finished episode is kept as it ends; a rollout
+    stopped part-way and started again with the same arguments and weights (`checkpoint` is
+    required) runs only the episodes not in it. ``resumed_episodes`` in the results counts them.
     """
     from tqdm.auto import tqdm
 
@@ -553,10 +606,28 @@ def run_rollouts(
             jobs.append((tid, k, video))
 
     by_job: list[dict[str, Any] | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc=f"rollout {suite}", unit="episode", disable=not progress, dynamic_ncols=True)
+    book = None
+    if journal is not None:
+        if checkpoint is None:
+            raise ValueError("a rollout journal needs `checkpoint`: its key names the weights the episodes were run with")
+        weights = sorted(Path(checkpoint).glob("*.safetensors"))
+        book = EpisodeJournal(journal, {
+            "suite": suite, "tasks": task_ids, "episodes": episodes, "first_init_state": first_init_state,
+            "max_episode_steps": max_episode_steps, "env": env_kwargs, "videos": [j[2] for j in jobs],
+            "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in weights]})
+        kept = book.load()
+        for i, (tid, k, _) in enumerate(jobs):
+            by_job[i] = kept.get((tid, k))
+        book.start({(tid, k): r for (tid, k, _), r in zip(jobs, by_job) if r is not None})
+    resumed = sum(r is not None for r in by_job)
+    todo = [i for i, r in enumerate(by_job) if r is None]
+    bar = tqdm(total=len(jobs), initial=resumed, desc=f"rollout {suite}", unit="episode", disable=not progress,
+               dynamic_ncols=True)
 
     def done(i: int, res: dict[str, Any]) -> None:
         by_job[i] = res
+        if book is not None:
+            book.append(jobs[i][0], jobs[i][1], res)
         bar.update(1)
         bar.set_postfix(success=f"{np.mean([r['success'] for r in by_job if r is not None]):.0%}")
 
@@ -565,7 +636,8 @@ def run_rollouts(
         if num_envs <= 1:
             env, env_task = None, None
             try:
-                for i, (tid, k, video) in enumerate(jobs):
+                for i in todo:
+                    tid, k, video = jobs[i]
                     if env_task != tid:
                         if env is not None:
                             env.close()
@@ -580,11 +652,11 @@ def run_rollouts(
             import multiprocessing as mp
             from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
-            workers = min(num_envs, len(jobs))
+            workers = max(1, min(num_envs, len(todo)))
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                      initargs=(str(checkpoint), device, threads, env_kwargs)) as pool:
-                futures = {pool.submit(_worker_episode, job): i for i, job in enumerate(jobs)}
+                futures = {pool.submit(_worker_episode, jobs[i]): i for i in todo}
                 pending = set(futures)
                 try:
                     while pending:
@@ -614,6 +686,8 @@ def run_rollouts(
     rates = [t["success_rate"] for t in results["tasks"].values()]
     results["success_rate"] = float(np.mean(rates))
     results["wall_s"] = round(time.perf_counter() - t0, 2)
+    if book is not None:
+        results["resumed_episodes"] = resumed
     return results
 
 

@@ -372,3 +372,49 @@ def test_bench_config_is_checked_before_any_training(tmp_path):
     with pytest.raises(ConfigError, match="task id 10 is not in suite 'libero_object'"):
         task.bench(cfg, str(tmp_path / "out"))
     assert not (tmp_path / "b").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_stopped_rollout_resumes_after_its_last_finished_episode(trained_run, tmp_path, monkeypatch):
+    from medvtc.robotics import rollout
+    from medvtc.robotics.rollout import load_policy, run_rollouts
+
+    policy, pre, post = load_policy(trained_run, device="cpu")
+    journal = tmp_path / "episodes.jsonl"
+    kw = dict(suite="libero_object", task_ids=[0, 1], episodes=2, max_episode_steps=3, progress=False,
+              checkpoint=trained_run / "final", journal=journal)
+    real = rollout.run_episode
+    calls = []
+
+    def killed_after_three(*a, **k):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the session ends mid-evaluation
+        calls.append(a[4])
+        return real(*a, **k)
+
+    monkeypatch.setattr(rollout, "run_episode", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollouts(policy, pre, post, **kw)
+    assert len(journal.read_text().splitlines()) == 1 + 3  # the key, then one line per finished episode
+    with open(journal, "a") as f:
+        f.write('{"task": 1, "init_st')  # a line torn by the kill
+
+    calls.clear()
+    monkeypatch.setattr(rollout, "run_episode", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    resumed = run_rollouts(policy, pre, post, **kw)
+    assert calls == [1] and resumed["resumed_episodes"] == 3  # only task 1's second episode ran
+    # the same results as an evaluation never stopped
+    monkeypatch.setattr(rollout, "run_episode", real)
+    whole = run_rollouts(policy, pre, post, **{**kw, "journal": None})
+    for t in (0, 1):
+        for a, b in zip(resumed["tasks"][t]["episodes"], whole["tasks"][t]["episodes"], strict=True):
+            assert (a["init_state_id"], a["steps"], a["success"], a["final_state"]) == \
+                   (b["init_state_id"], b["steps"], b["success"], b["final_state"])
+    assert resumed["success_rate"] == whole["success_rate"]
+
+    # other settings (or other weights) make another key: every episode runs again
+    calls.clear()
+    monkeypatch.setattr(rollout, "run_episode", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    again = run_rollouts(policy, pre, post, **{**kw, "max_episode_steps": 4})
+    assert len(calls) == 4 and again["resumed_episodes"] == 0
+    with pytest.raises(ValueError, match="journal needs `checkpoint`"):
+        run_rollouts(policy, pre, post, **{**kw, "checkpoint": None})
