@@ -418,3 +418,63 @@ def test_pretrained_backbone_errors_and_save_load(tmp_path):
     assert loaded.config.backbone_frozen and loaded.config.normalization_mapping["VISUAL"] is NormalizationMode.IDENTITY
     batch = batch_of(2)
     torch.testing.assert_close(loaded.predict_action_chunk(batch), policy.predict_action_chunk(batch))
+
+
+def test_cameras_share_one_backbone_call_only_where_the_batch_cannot_change_a_sample():
+    torch.manual_seed(0)
+    policy = CompressorVLAPolicy(tiny_config())  # a trained timm backbone with BatchNorm, shared by both cameras
+    model = policy.model
+    assert len(model.backbones) == 1 and not model.backbone_frozen
+    batch = batch_of()
+    calls = []
+    hook = model.backbones[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+
+    def per_camera():  # each camera through the backbone on its own, as before batching
+        out = []
+        for i, key in enumerate(model.image_keys):
+            feat = model._backbone(model.backbones[0], model._camera_images(batch, key)).flatten(2).transpose(1, 2)
+            out.append(model.input_proj(feat) + model.visual_pos[i])
+        return out
+
+    policy.eval()  # running statistics: a sample's features do not depend on the batch
+    with torch.no_grad():
+        batched = model.encode_images(batch)
+        assert calls == [6]  # both cameras' 3 images in one call
+        for a, b in zip(batched, per_camera(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    policy.train()  # batch statistics: each camera keeps its own batch, as before
+    torch.manual_seed(1)
+    trained = model.encode_images(batch)
+    assert calls == [3, 3]
+    torch.manual_seed(1)
+    for a, b in zip(trained, per_camera(), strict=True):
+        torch.testing.assert_close(a, b)
+    hook.remove()
+
+
+def test_the_instruction_encoding_is_reused_only_at_inference_with_the_same_weights():
+    torch.manual_seed(0)
+    policy = CompressorVLAPolicy(tiny_config())
+    model = policy.model
+    batch = batch_of(b=1, tasks=[TASKS[0]])
+    runs = []
+    hook = model.text_encoder.register_forward_hook(lambda *a: runs.append(1))
+    policy.eval()
+    with torch.inference_mode():
+        first = model.encode_text(batch)
+        again = model.encode_text(batch)
+        assert len(runs) == 1 and all(a is b for a, b in zip(first, again))
+        other = model.encode_text(batch_of(b=1, tasks=[TASKS[1]]))  # another instruction: encoded
+        assert len(runs) == 2 and not torch.equal(other[2], first[2])
+    with torch.no_grad():  # new weights (an optimiser step, load_state_dict): encoded again
+        next(model.text_encoder.parameters()).add_(0.5)
+    with torch.inference_mode():
+        changed = model.encode_text(batch)
+    assert len(runs) == 3 and not torch.equal(changed[2], first[2])
+    model.encode_text(batch)  # gradients on: never from the cache
+    policy.train()
+    with torch.no_grad():
+        model.encode_text(batch)  # training mode: never from the cache
+    assert len(runs) == 5
+    hook.remove()

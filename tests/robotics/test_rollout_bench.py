@@ -257,6 +257,12 @@ def test_bench_trains_rolls_out_and_costs_each_variant(recorded_demos, tmp_path,
     assert "visual tokens: 12 vs 32, 2.67x fewer (target >= 3x): not met" in md
     assert "compressed policy step:" in md and "(target < 50 ms, 20 Hz): met" in md
     assert "the success comparison is not meaningful" in md  # 2 training steps solve nothing
+    # where each chunk's time goes (in the json, and one line under the targets instead of table columns)
+    stages = {k: v for k, v in cv["metrics"].items() if k.startswith("latency_stage_")}
+    assert sorted(stages) == [f"latency_stage_{n}_ms" for n in ("compress", "head", "images", "text")]
+    assert all(v >= 0 for v in stages.values()) and "latency_stage_" not in md.split("Columns:")[0]
+    assert f"{cv['metrics']['latency_vs_none']:.2f}x (target <= 0.5x)" in md
+    assert "by stage, ms (text / images / compress / head)" in md and "a compressor costing nothing" in md
     assert "Paired differences to none" in md
 
     # A second run reuses the trained policies and their rollouts: no training at all.

