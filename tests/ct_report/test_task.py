@@ -307,3 +307,37 @@ def test_data_dtype_float16_is_a_setting_only_when_chosen(tmp_path):
     gen32 = CTReportGenerator(torch.nn.Identity(), None, {k: v for k, v in pre.items() if k != "dtype"}, device="cpu")
     x16, x32 = gen16.preprocess(hu), gen32.preprocess(hu)
     assert x16.dtype == torch.float16 and x32.dtype == torch.float32 and torch.equal(x16, x32.half())
+
+
+def test_stages_select_and_stop_by_their_own_rules(run):
+    """train.*'s convergence budget is the end-to-end stage's; a stage before it evaluates,
+    selects and stops only by its stages.overrides entry (the vision stage by default keeps its
+    best validation AUC, logged per label too)."""
+    work, common, _ = run
+    out = work / "converged"
+    rule = ["train.eval_every=1", "train.select_metric=loss", "train.select_mode=min", "train.plateau_window=0.5",
+            "train.max_steps=6", "stages.vision_steps=3",
+            "stages.overrides={vision: {eval_every: 1, select_metric: auc, plateau_window: 0.5, plateau_min_steps: 2}}"]
+    r = cli("train", "--task", "ct-report", *common, f"output_dir={out}", *rule, cwd=work)
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+
+    from medvtc.common.trainer import BEST_FILE
+
+    vision = json.loads((out / "stage_vision" / "done.json").read_text())
+    assert vision["selected"]["metric"] == "auc" and vision["fingerprint"]["overrides"]["plateau_window"] == 0.5
+    per_label = [k for k in vision["selected"]["metrics"] if k.startswith("auc_")]
+    assert per_label and all(k == "auc_" + "_".join(k[4:].split("_")) for k in per_label)  # auc_<label in snake case>
+    assert "stage vision: kept step" in r.stdout and "stage finetune: kept step" in r.stdout
+    finetune = json.loads((out / "stage_finetune" / "done.json").read_text())
+    best = json.loads((out / "stage_finetune" / "best" / BEST_FILE).read_text())
+    assert finetune["selected"]["step"] == best["step"] and best["metric"] == "loss"
+    # the final model is the selected one, not the last step's
+    chosen, final = load_file(str(out / "stage_finetune" / "best" / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    shared = [k for k in chosen if k in final]
+    assert shared and all(torch.equal(chosen[k], final[k]) for k in shared)
+
+    bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={vison: {eval_every: 1}}", cwd=work)
+    assert bad.returncode == 2 and "unknown stage 'vison'" in bad.stderr and not (work / "bad").exists()
+    bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={align: {plateau_window: 0.5}}", cwd=work)
+    assert bad.returncode == 2 and "stages.overrides.align" in bad.stderr and "select_metric" in bad.stderr

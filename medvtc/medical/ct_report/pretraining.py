@@ -13,7 +13,7 @@ compressor, as the benchmark's variants do):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -80,9 +80,12 @@ def label_collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def label_probe_metrics(probe: LabelProbe, dataset, device, batch_size: int = 16) -> dict[str, float]:
+def label_probe_metrics(probe: LabelProbe, dataset, device, batch_size: int = 16,
+                        names: Sequence[str] | None = None) -> dict[str, float]:
     """Validation loss and macro ROC-AUC (MONAI's `compute_roc_auc`, over the labels with both
-    classes present in the split) of the probe."""
+    classes present in the split) of the probe; with the labels' `names`, also each label's AUC
+    (`auc_<label in snake case>`, only where the split has both classes), so a stage's log says
+    which findings the encoder sees and which it does not."""
     from monai.metrics import compute_roc_auc
 
     probs, truth, loss, n = [], [], 0.0, 0
@@ -96,7 +99,13 @@ def label_probe_metrics(probe: LabelProbe, dataset, device, batch_size: int = 16
     p, t = torch.cat(probs), torch.cat(truth)
     both = [j for j in range(t.shape[1]) if 0 < t[:, j].sum() < len(t)]
     auc = float(compute_roc_auc(p[:, both], t[:, both], average="macro")) if both else float("nan")
-    return {"loss": loss / max(n, 1), "auc": auc}
+    out = {"loss": loss / max(n, 1), "auc": auc}
+    if names is not None:
+        if len(names) != t.shape[1]:
+            raise ValueError(f"{len(names)} label names for {t.shape[1]} labels")
+        for j in both:
+            out["auc_" + "_".join(names[j].lower().replace("-", " ").split())] = float(compute_roc_auc(p[:, j], t[:, j]))
+    return out
 
 
 __all__ = ["LabelProbe", "TextOnlyLM", "label_collate", "label_pos_weight", "label_probe_metrics"]

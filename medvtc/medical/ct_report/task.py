@@ -31,6 +31,7 @@ reloads with them (`CTReportModel`'s docstring). `model.gradient_checkpointing` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,7 @@ from medvtc.common.io import atomic_directory, atomic_write_json
 from medvtc.common.task import Task
 from medvtc.common.trainer import TrainConfig, Trainer
 from medvtc.datasets.ct_rate import report_text
+from medvtc.datasets.ct_rate_layout import CT_RATE_LABELS
 from medvtc.medical.ct_report.evaluation import ReportCollator, generate_reports, score_reports, validation_loss
 from medvtc.medical.ct_report.pipeline import PREPROCESSOR_FILE
 
@@ -176,11 +178,27 @@ class CTReportStagesConfig:
     # align reads the frozen ViT's tokens from an on-disk cache (medvtc.common.token_cache) in
     # shared_dir/token_cache, encoded once and reused by every run with the same ViT weights
     cache_tokens: bool = True
+    # train.* keys per stage (lm, vision, align, finetune), over what the stage takes from train.*
+    # and the keys above. The stages before finetune evaluate, select and stop only as set here:
+    # by default the vision stage is validated every 200 steps (macro ROC-AUC of its probe on the
+    # val split, and per label) and keeps its best weights. E.g. a convergence budget for it:
+    # {vision: {eval_every: 200, select_metric: auc, plateau_window: 0.25, plateau_delta: 0.005}}
+    overrides: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"vision": {"eval_every": 200, "select_metric": "auc"}})
 
     def validate(self) -> None:
         for name in ("lm_steps", "vision_steps", "align_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        for stage, over in (self.overrides or {}).items():
+            if stage not in STAGES:
+                raise ValueError(f"overrides: unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
+            if not isinstance(over, dict):
+                raise ValueError(f"overrides.{stage} must map train.* keys to values, got {over!r}")
+            unknown = sorted(set(over) - keys)
+            if unknown:
+                raise ValueError(f"overrides.{stage}: {unknown[0]!r} is not a train.* key (valid: {', '.join(sorted(keys))})")
 
 
 @dataclass
@@ -226,6 +244,15 @@ class CTReportTaskConfig:
     )
     generation: CTReportGenerationConfig = field(default_factory=CTReportGenerationConfig)
     bench: CTReportBenchConfig = field(default_factory=CTReportBenchConfig)
+
+
+def _stage_weights(stage_dir: Path, tcfg: TrainConfig) -> Path:
+    """The weights a finished stage hands on: its selected best when it selects, else its last."""
+    from medvtc.common.trainer import BEST_FILE
+
+    if tcfg.select_metric and (stage_dir / "best" / BEST_FILE).is_file():
+        return stage_dir / "best"
+    return ckpt.latest_checkpoint(stage_dir / "checkpoints")
 
 
 def _loss_step(model, batch):
@@ -366,14 +393,27 @@ class CTReportTask(Task):
 
     # -- train -----------------------------------------------------------------------------------
     def _stage_configs(self, cfg: CTReportTaskConfig) -> dict[str, TrainConfig]:
+        """Each stage's TrainConfig: train.* with the stage's own steps / lr / batch size; the
+        stages before finetune neither evaluate, select nor stop early (train.*'s selection and
+        convergence budget are finetune's) unless `stages.overrides` says so for them."""
         s = cfg.stages
         base = cfg.train
-        return {
-            "lm": replace(base, max_steps=s.lm_steps, lr=s.lm_lr, batch_size=s.lm_batch_size, warmup_steps=min(base.warmup_steps, s.lm_steps // 5), eval_every=0),
-            "vision": replace(base, max_steps=s.vision_steps, lr=s.vision_lr, batch_size=s.vision_batch_size, warmup_steps=min(base.warmup_steps, s.vision_steps // 5), eval_every=0),
-            "align": replace(base, max_steps=s.align_steps, lr=s.align_lr, warmup_steps=min(base.warmup_steps, s.align_steps // 5), eval_every=0),
+        quiet = dict(eval_every=0, select_metric=None, plateau_window=None)
+        stages = {
+            "lm": replace(base, max_steps=s.lm_steps, lr=s.lm_lr, batch_size=s.lm_batch_size, warmup_steps=min(base.warmup_steps, s.lm_steps // 5), **quiet),
+            "vision": replace(base, max_steps=s.vision_steps, lr=s.vision_lr, batch_size=s.vision_batch_size, warmup_steps=min(base.warmup_steps, s.vision_steps // 5), **quiet),
+            "align": replace(base, max_steps=s.align_steps, lr=s.align_lr, warmup_steps=min(base.warmup_steps, s.align_steps // 5), **quiet),
             "finetune": base,
         }
+        for stage, over in (s.overrides or {}).items():
+            try:
+                stages[stage] = replace(stages[stage], **over)
+                stages[stage].validate()
+            except (TypeError, ValueError) as e:
+                raise UserError(f"stages.overrides.{stage}: {e}") from None
+            if (problem := stages[stage].plateau_problem()) is not None:
+                raise UserError(f"stages.overrides.{stage}: {problem.replace('train.', '')}")
+        return stages
 
     def _fingerprint(self, cfg: CTReportTaskConfig, stage: str) -> dict[str, Any]:
         """What a shared stage's weights depend on: reusing them under other settings is an error."""
@@ -386,6 +426,8 @@ class CTReportTask(Task):
             keys = ("patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "vision_mlp_dim", "vision_stem")
             fp.update({k: getattr(m, k) for k in keys}, preprocessing=d.preprocessing(), steps=s.vision_steps,
                       lr=s.vision_lr, batch_size=s.vision_batch_size)
+        if (s.overrides or {}).get(stage):  # selection and early stopping change the weights
+            fp["overrides"] = dict(sorted(s.overrides[stage].items()))
         return json.loads(json.dumps(fp))  # tuples -> lists, as read back from done.json
 
     def _check_fingerprint(self, done: Path, fingerprint: dict[str, Any], stage: str) -> None:
@@ -451,9 +493,9 @@ class CTReportTask(Task):
             if done.is_file():
                 if fingerprint is not None:
                     self._check_fingerprint(done, fingerprint, stage)
-                ckpt.load_weights(module, ckpt.latest_checkpoint(stage_dir / "checkpoints"))
+                ckpt.load_weights(module, _stage_weights(stage_dir, tcfg))
                 if dist_info.is_main:
-                    print(f"medvtc: stage {stage} already finished; weights from {stage_dir}")
+                    print(f"medvtc: stage {stage} already finished; weights from {_stage_weights(stage_dir, tcfg)}")
                 continue
             standardizer = model.token_standardizer
             cache = None
@@ -480,7 +522,7 @@ class CTReportTask(Task):
                 data, eval_set, eval_fn, collate_fn = [report_text(r) for r in train_set.records], None, None, collate
             elif stage == "vision":
                 data, eval_set, collate_fn = train_set, val_set, label_collate
-                eval_fn = lambda m, ds, dev: label_probe_metrics(m, ds, dev)  # noqa: E731
+                eval_fn = lambda m, ds, dev: label_probe_metrics(m, ds, dev, names=CT_RATE_LABELS)  # noqa: E731
             else:
                 data, eval_set, collate_fn = train_set, val_set, collate
                 eval_fn = lambda m, ds, dev: validation_loss(m, ds, dev, collate)  # noqa: E731
@@ -494,8 +536,13 @@ class CTReportTask(Task):
             )
             has_ckpt = ckpt.latest_checkpoint(stage_dir / "checkpoints") is not None
             metrics = trainer.fit(resume=resume and has_ckpt)
+            best = trainer.load_best()  # the selected weights go on to the next stage (None: no selection)
             if dist_info.is_main:
                 record = {"stage": stage, "steps": tcfg.max_steps, "metrics": metrics}
+                if best is not None:
+                    record["selected"] = best
+                    metrics = best.get("metrics", metrics)
+                    print(f"medvtc: stage {stage}: kept step {best['step']} ({best['metric']}={best['value']:.4f})")
                 if fingerprint is not None:
                     record["fingerprint"] = fingerprint
                 atomic_write_json(done, record)
