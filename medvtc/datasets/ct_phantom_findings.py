@@ -22,8 +22,10 @@ functions in the order given here for the labels the case has:
 
 Cardiomegaly, a pericardial effusion and a hiatal hernia also take up room, so the anatomy is
 shaped around them (see `medvtc.datasets.ct_phantom_anatomy`). Sizes survive resampling to
-64 x 64 x 32: nodules >= 8 mm, effusion rims >= 8 mm, calcified plaques and metal bright enough
-to stand out after partial-volume averaging.
+64 x 64 x 32: nodules >= 8 mm, effusion rims >= 8 mm. Calcified plaques (950-1050 HU) and metal
+(>= 1400 HU) stay above the bones (320-650 HU), so they are separable by HU alone: the ct-report
+input's [700, 1000) and >= 1000 HU channels hold them and nothing else (after partial-volume
+averaging their voxels are faint, but not zero, and nothing else is there).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def test_train_runs_all_stages_and_prints_metrics(run):
     # the default input: the HU window plus one channel per interval of data.hu_bins
     preprocessing = json.loads((final / "preprocessor_config.json").read_text())
     bins = preprocessing["hu_bins"]
-    assert bins == [-950.0, -700.0, -250.0, -30.0, 20.0, 100.0, 130.0, 1000.0]
+    assert bins == [-950.0, -700.0, -250.0, -30.0, 20.0, 100.0, 130.0, 700.0, 1000.0]
     assert json.loads((final / "config.json").read_text())["in_channels"] == 1 + len(bins) + 1
     saved = json.loads((final / "val_metrics.json").read_text())
     assert len(saved["reports"]) == 2 and 0.0 <= saved["metrics"]["clinical_micro_f1"] <= 1.0

@@ -23,7 +23,7 @@ The ViT's position embeddings and token count follow the input, so each input si
 vision stage and token cache: they live in `<shared>/input_<X>x<Y>x<Z>` (the shared folder of the
 bench's own `data.spatial_size` is unchanged), trained once and shared by every variant of that
 size. A larger input than `data.spatial_size` is not held in memory (`data.cache=false`: 1200
-phantoms at 128 x 128 x 64 with ten channels would take 47 GiB in float32); each volume is read and
+phantoms at 128 x 128 x 64 with eleven channels would take 52 GiB in float32); each volume is read and
 preprocessed again when used. `compare_rows` pairs, at each LM token count, every variant that
 reads a larger input with every one that reads a smaller input, and states from the paired
 bootstrap interval (larger minus smaller, the same test volumes) whether the larger input
