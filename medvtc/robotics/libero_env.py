@@ -537,6 +537,12 @@ class LiberoEnv(gym.Env):
         self._needs_reset = True
         self._init_state_id: int | None = None
         self._last_frame: np.ndarray | None = None
+        # True: the observations carry no camera images (state only) until set back, so no frame
+        # is rendered: for a caller that knows it will not read them, e.g. a policy executing the
+        # rest of an action chunk (rollout.run_episode). Rendering is most of a step's time on a
+        # CPU, and it does not touch the physics, so the episode is the same. Has no effect with
+        # obs_timing="robosuite" (robosuite renders inside its own step).
+        self.skip_cameras = False
         self._raw_obs: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ privileged access
@@ -767,7 +773,8 @@ class LiberoEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
-        for cam in self.cameras:
+        skip = self.skip_cameras and self.obs_timing != "robosuite"
+        for cam in () if skip else self.cameras:
             if self.obs_timing == "robosuite":
                 obs[cam] = self._orient(self._raw_obs[f"{CAMERAS[cam]}_image"])
             else:

@@ -423,12 +423,27 @@ def video_name(suite: str, task_id: int, init_state_id: int) -> str:
     return f"{suite}_task{int(task_id)}_init{int(init_state_id):02d}.mp4"
 
 
+def queued_actions(policy) -> int | None:
+    """Actions left in the policy's queue (its current chunk), or None when the policy reads
+    every observation (ACT with temporal ensembling) or keeps no such queue."""
+    queue = getattr(policy, "_action_queue", None)
+    if queue is None or getattr(policy.config, "temporal_ensemble_coeff", None) is not None:
+        return None
+    return len(queue)
+
+
 def run_episode(env, policy, pre, post, init_state_id: int | None, *, seed: int | None = None,
                 video_path: str | Path | None = None, cameras: Sequence[str] = ("agentview", "wrist"),
-                scene_seed: int | None = None) -> dict[str, Any]:
+                scene_seed: int | None = None, render_every_step: bool = False) -> dict[str, Any]:
     """One closed-loop episode from official init state `init_state_id`, or, when it is None, from
     LIBERO's random placement drawn with reset seed `scene_seed` (held-out validation scenes);
-    with `video_path`, an mp4 of the episode with the kept visual tokens drawn over the frames."""
+    with `video_path`, an mp4 of the episode with the kept visual tokens drawn over the frames.
+
+    A policy that executes a queued action chunk reads an observation only when its queue is
+    empty: the steps in between are taken without rendering the cameras (`env.skip_cameras`)
+    and without preprocessing, which changes nothing in the episode (rendering does not touch
+    the physics) and saves most of its time on a CPU. `render_every_step` (or a video) renders
+    and preprocesses every step, as a policy that reads every observation needs."""
     import torch
 
     from medvtc.robotics.demonstrations import observation_to_batch
@@ -450,14 +465,20 @@ def run_episode(env, policy, pre, post, init_state_id: int | None, *, seed: int 
         recorder = EpisodeRecorder(video_path, policy, cameras=cameras, caption=caption,
                                    fps=env.metadata.get("render_fps", 20))
     steps, success, t_policy, ok = 0, False, 0.0, False
+    lazy = not render_every_step and recorder is None and queued_actions(policy) is not None and hasattr(env, "skip_cameras")
     try:
         while True:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                action = post(policy.select_action(pre(observation_to_batch(obs, env.instruction))))
+                if lazy and queued_actions(policy):  # the rest of the chunk: no observation read
+                    action = post(policy.select_action({}))
+                else:
+                    action = post(policy.select_action(pre(observation_to_batch(obs, env.instruction))))
             t_policy += time.perf_counter() - t0
             if recorder is not None:
                 recorder.add(obs, steps)
+            if lazy:  # render the next observation only if the policy will read it
+                env.skip_cameras = bool(queued_actions(policy))
             obs, _, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32).reshape(-1))
             steps += 1
             if terminated or truncated:
@@ -467,6 +488,8 @@ def run_episode(env, policy, pre, post, init_state_id: int | None, *, seed: int 
             recorder.add(obs, steps)
         ok = True
     finally:
+        if lazy:
+            env.skip_cameras = False
         if recorder is not None:
             recorder.close(keep=ok)
     state = np.asarray(obs["state"], dtype=np.float64)

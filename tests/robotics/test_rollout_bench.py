@@ -424,3 +424,27 @@ def test_a_stopped_rollout_resumes_after_its_last_finished_episode(trained_run, 
     assert len(calls) == 4 and again["resumed_episodes"] == 0
     with pytest.raises(ValueError, match="journal needs `checkpoint`"):
         run_rollouts(policy, pre, post, **{**kw, "checkpoint": None})
+
+
+def test_steps_inside_an_action_chunk_render_nothing_and_change_nothing(trained_run):
+    from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.rollout import load_policy, run_episode
+
+    policy, pre, post = load_policy(trained_run, device="cpu")
+    assert policy.config.n_action_steps == 2
+    env = LiberoEnv("libero_object", 0, camera_size=32, cameras=("agentview", "wrist"), max_episode_steps=7)
+    rendered = []
+    real = env._render_camera
+    env._render_camera = lambda cam: rendered.append(cam) or real(cam)
+    try:
+        every = run_episode(env, policy, pre, post, 0, seed=3, render_every_step=True)
+        n_every = len(rendered)
+        rendered.clear()
+        lazy = run_episode(env, policy, pre, post, 0, seed=3)
+    finally:
+        env.close()
+    assert every["steps"] == lazy["steps"] == 7
+    assert (every["success"], every["final_state"]) == (lazy["success"], lazy["final_state"])  # the same episode
+    assert n_every == 2 * (7 + 1)  # both cameras at the reset and after every step
+    # the policy reads the observations of steps 0, 2, 4 and 6: rendered at the reset and for those steps
+    assert len(rendered) == 2 * 4 and not env.skip_cameras
