@@ -341,3 +341,36 @@ def test_stages_select_and_stop_by_their_own_rules(run):
     assert bad.returncode == 2 and "unknown stage 'vison'" in bad.stderr and not (work / "bad").exists()
     bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={align: {plateau_window: 0.5}}", cwd=work)
     assert bad.returncode == 2 and "stages.overrides.align" in bad.stderr and "select_metric" in bad.stderr
+
+
+def test_finding_head_on_the_compressed_tokens(run):
+    """model.finding_loss_weight: a head on the compressed tokens learns the 18 findings beside the
+    LM (from the cached tokens in align as from the volumes in finetune), is saved with the model,
+    and eval says what it reads."""
+    work, common, _ = run
+    out = work / "findings"
+    r = cli("train", "--task", "ct-report", *common, f"output_dir={out}", "model.finding_loss_weight=0.5", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "finding_head " in r.stdout  # a trainable part in align and finetune
+    assert "finding_head_micro_f1=" in r.stdout and "finding_head_auc=" in r.stdout
+    saved = json.loads((out / "final" / "val_metrics.json").read_text())["metrics"]
+    assert 0.0 <= saved["finding_head_micro_f1"] <= 1.0
+    from medvtc.medical.ct_report.pipeline import CTReportGenerator
+
+    gen = CTReportGenerator.from_pretrained(out / "final")
+    assert gen.model.finding_head is not None and gen.model.config.finding_loss_weight == 0.5
+    w = gen.model.finding_pos_weight
+    assert w.shape == (18,) and not torch.equal(w, torch.ones(18))  # set from the training prevalence, saved
+    # the head's loss is in the training loss (not in the validation loss, which stays the LM's)
+    from medvtc.medical.ct_report.evaluation import ReportCollator
+    from medvtc.medical.ct_report.task import CTReportTask
+
+    task = CTReportTask()
+    sets = task.datasets(task.load_config(None, [f"data.root={work / 'data'}", *TINY]), ("val",))
+    items = [sets["val"][i] for i in range(2)]
+    plain = ReportCollator(gen.tokenizer, 64)(items)
+    both = ReportCollator(gen.tokenizer, 64, findings=True)(items)
+    assert both["finding_labels"].shape == (2, 18) and "finding_labels" not in plain
+    gen.model.eval()
+    with torch.no_grad():
+        assert float(gen.model(**both).loss) > float(gen.model(**plain).loss)

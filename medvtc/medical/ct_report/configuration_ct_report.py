@@ -149,6 +149,8 @@ class CTReportConfig(PretrainedConfig):
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGET_MODULES,
         prompt: str = "Findings:",
         prompt_token_ids: Sequence[int] | None = None,
+        num_finding_labels: int = 0,
+        finding_loss_weight: float = 0.0,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
@@ -190,6 +192,15 @@ class CTReportConfig(PretrainedConfig):
             _positive_int(projector_hidden_size, "projector_hidden_size")
         self.projector_hidden_size = projector_hidden_size
         self.projector_hidden_act = projector_hidden_act
+        if isinstance(num_finding_labels, bool) or not isinstance(num_finding_labels, int) or num_finding_labels < 0:
+            raise ValueError(f"num_finding_labels must be an int >= 0, got {num_finding_labels!r}")
+        w = finding_loss_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"finding_loss_weight must be a number >= 0, got {w!r}")
+        if w > 0 and num_finding_labels == 0:
+            raise ValueError("finding_loss_weight > 0 needs num_finding_labels > 0 (the labels the head predicts)")
+        self.num_finding_labels = num_finding_labels
+        self.finding_loss_weight = float(w)
 
         self.language_model_path = None if language_model_path is None else str(language_model_path)
         if isinstance(text_config, dict):

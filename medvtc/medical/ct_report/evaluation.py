@@ -25,11 +25,13 @@ from medvtc.datasets.ct_rate import report_text
 # ------------------------------------------------------------------------------------------------
 class ReportCollator:
     """Items of `CTReportDataset` (or plain report strings, for the text-only stage) -> the
-    model's keyword arguments: pixel_values [B, 1, X, Y, Z] and the report tokens."""
+    model's keyword arguments: pixel_values [B, 1, X, Y, Z] and the report tokens; with
+    `findings`, also the items' 18 labels as `finding_labels` [B, 18] (for the finding head)."""
 
-    def __init__(self, tokenizer, max_report_tokens: int) -> None:
+    def __init__(self, tokenizer, max_report_tokens: int, findings: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_report_tokens = max_report_tokens
+        self.findings = findings
 
     def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
         from medvtc.medical.ct_report.tokenizer import encode_reports
@@ -41,6 +43,10 @@ class ReportCollator:
             batch["vision_tokens"] = torch.stack([it["vision_tokens"] for it in items])
         else:
             batch["pixel_values"] = torch.stack([it["image"] for it in items])
+        if self.findings:
+            if any("labels" not in it for it in items):
+                raise ValueError("findings=True needs every item's 'labels' (the volume's 18 findings)")
+            batch["finding_labels"] = torch.stack([torch.as_tensor(it["labels"], dtype=torch.float32) for it in items])
         return batch
 
 

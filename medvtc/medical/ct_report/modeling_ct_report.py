@@ -144,6 +144,18 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         self.projector = CTReportProjector(
             comp_dim, config.projector_hidden_size or lm_dim, lm_dim, config.projector_hidden_act
         )
+        # Auxiliary finding head (config.finding_loss_weight > 0): the multi-label findings predicted
+        # from the COMPRESSED tokens (mean- and max-pooled), trained with binary cross-entropy
+        # beside the LM's loss, so that what the compressor keeps must carry the findings the
+        # report is scored on (a classification-guided report generator, as in PromptMRG, Jin et
+        # al., AAAI 2024, but the LM still reads only the visual tokens). Positives weighted by
+        # `finding_pos_weight` (set from the training split by the task; ones by default).
+        n_find = int(getattr(config, "num_finding_labels", 0) or 0)
+        if n_find and float(getattr(config, "finding_loss_weight", 0.0) or 0.0) > 0:
+            self.finding_head = nn.Linear(2 * comp_dim, n_find)
+            self.register_buffer("finding_pos_weight", torch.ones(n_find))
+        else:
+            self.finding_head = None
         if config.prompt and config.prompt_token_ids is None:
             raise ValueError(
                 "prompt_token_ids: the prompt's token ids are missing; build the config with "
@@ -274,7 +286,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         parts = {
             "lm": [self.language_model],
             "vision": [self.vision_encoder],
-            "1": [self.compressor, self.projector, self.text_projector],
+            "1": [self.compressor, self.projector, self.text_projector, self.finding_head],
             "2": [self],
         }
         if key not in parts:
@@ -293,8 +305,9 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             name: sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
             for name in ("vision_encoder", "compressor", "projector", "language_model")
         }
-        if self.text_projector is not None:
-            counts["text_projector"] = sum(p.numel() for p in self.text_projector.parameters() if p.requires_grad)
+        for name in ("text_projector", "finding_head"):
+            if getattr(self, name) is not None:
+                counts[name] = sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
         return counts
 
     def train(self, mode: bool = True) -> "CTReportModel":
@@ -420,6 +433,28 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         full_labels = torch.cat(labs, dim=1) if labels is not None else None
         return inputs_embeds, torch.cat(masks, dim=1), full_labels, info
 
+    def finding_logits(self, info: dict[str, Any]) -> torch.Tensor:
+        """The finding head's logits [B, L] from `encode_images`' info: the compressed tokens,
+        mean- and max-pooled over the kept ones (an adaptive budget's padding left out)."""
+        if self.finding_head is None:
+            raise ValueError("this model has no finding head (config.finding_loss_weight is 0)")
+        tokens = info["compressor_output"].tokens  # [B, K, Dc]
+        mask = info["mask"]
+        if mask is None:
+            pooled = torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
+        else:
+            keep = mask.bool().unsqueeze(-1)
+            mean = (tokens * keep).sum(1) / keep.sum(1).clamp(min=1)
+            pooled = torch.cat([mean, tokens.masked_fill(~keep, float("-inf")).amax(1)], dim=-1)
+        return self.finding_head(pooled.to(self.finding_head.weight.dtype))
+
+    @torch.no_grad()
+    def predict_findings(self, pixel_values: torch.Tensor | None = None,
+                         vision_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Probabilities [B, L] of the findings, from the compressed tokens (finding head only)."""
+        _, info = self.encode_images(pixel_values, vision_tokens)
+        return torch.sigmoid(self.finding_logits(info))
+
     # -- training forward ------------------------------------------------------------------
 
     def forward(
@@ -430,10 +465,12 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
         vision_tokens: torch.Tensor | None = None,
+        finding_labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """See the class docstring. Extra kwargs (output_hidden_states, logits_to_keep, ...) go
-        to the language model."""
+        to the language model. `finding_labels` [B, num_finding_labels] in {0, 1}: with the
+        finding head, its weighted binary cross-entropy is added to the loss."""
         if labels is not None and input_ids is None:
             raise ValueError("labels need input_ids (the report tokens they label)")
         if labels is not None and labels.shape != input_ids.shape:
@@ -447,6 +484,11 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         aux = info["compressor_output"].aux_loss if info is not None else None
         if loss is not None and aux is not None:
             loss = loss + aux
+        if loss is not None and finding_labels is not None and self.finding_head is not None and info is not None:
+            logits = self.finding_logits(info)
+            bce = nn.functional.binary_cross_entropy_with_logits(
+                logits, finding_labels.to(logits.dtype), pos_weight=self.finding_pos_weight.to(logits.dtype))
+            loss = loss + self.config.finding_loss_weight * bce
         return CausalLMOutputWithPast(
             loss=loss,
             logits=out.logits,

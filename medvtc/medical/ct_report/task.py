@@ -146,6 +146,10 @@ class CTReportModelConfig:
     # Llama's attention projections (configuration_ct_report.DEFAULT_LORA_TARGET_MODULES, not
     # imported here: this module loads without transformers); [all-linear] for every linear layer
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # > 0: a head on the compressed tokens predicts the 18 findings in align and finetune, its
+    # binary cross-entropy (weighted by the training prevalence) added to the LM's loss with this
+    # weight, so the kept tokens must carry the findings (modeling_ct_report, finding_head); 0: off
+    finding_loss_weight: float = 0.0
 
     def validate(self) -> None:
         if self.lora_rank < 0:
@@ -255,6 +259,32 @@ def _stage_weights(stage_dir: Path, tcfg: TrainConfig) -> Path:
     if tcfg.select_metric and (stage_dir / "best" / BEST_FILE).is_file():
         return stage_dir / "best"
     return ckpt.latest_checkpoint(stage_dir / "checkpoints")
+
+
+@torch.no_grad()
+def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[str, float]:
+    """What the compressed tokens carry of the findings, read by the finding head alone (no
+    report): micro F1 at probability 0.5 and macro ROC-AUC (MONAI) over the labels with both
+    classes in the split. Against the reports' label_micro_f1 it says whether findings are lost
+    in the tokens or in the writing."""
+    from monai.metrics import compute_roc_auc
+
+    from medvtc.medical.ct_report.pretraining import label_collate
+
+    was = model.training
+    model.eval()
+    probs, truth = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = label_collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        probs.append(model.predict_findings(batch["pixel_values"].to(device)).float().cpu())
+        truth.append(batch["labels"].float())
+    model.train(was)
+    p, t = torch.cat(probs), torch.cat(truth)
+    pred = p >= 0.5
+    tp, fp, fn = float((pred & (t > 0)).sum()), float((pred & (t == 0)).sum()), float((~pred & (t > 0)).sum())
+    both = [j for j in range(t.shape[1]) if 0 < t[:, j].sum() < len(t)]
+    return {"finding_head_micro_f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
+            "finding_head_auc": float(compute_roc_auc(p[:, both], t[:, both], average="macro")) if both else float("nan")}
 
 
 def _loss_step(model, batch):
@@ -382,6 +412,8 @@ class CTReportTask(Task):
                 text_config=text_config, language_model_path=m.language_model_path or None, prompt=m.prompt,
                 lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                 lora_target_modules=list(m.lora_target_modules),
+                num_finding_labels=len(CT_RATE_LABELS) if m.finding_loss_weight > 0 else 0,
+                finding_loss_weight=m.finding_loss_weight,
             )
             model = CTReportModel(config)  # a lora_target_modules name that matches no LM module is a ValueError
         except ValueError as e:
@@ -479,6 +511,17 @@ class CTReportTask(Task):
         collate = ReportCollator(tokenizer, cfg.model.max_report_tokens)
         stage_cfgs = self._stage_configs(cfg)
         has_labels = bool(train_set.records) and train_set.records[0].labels is not None
+        findings = model.finding_head is not None
+        if findings:
+            if not has_labels:
+                raise UserError(f"model.finding_loss_weight={cfg.model.finding_loss_weight} needs the findings of the "
+                                f"training volumes: {cfg.data.root} has no labels CSV for its train split")
+            from medvtc.medical.ct_report.pretraining import label_pos_weight
+
+            model.finding_pos_weight.copy_(label_pos_weight(torch.as_tensor(np.stack([r.labels for r in train_set.records]))))
+        # align and finetune also hand the findings to the finding head; the validation loss
+        # stays the LM's (and image_gain its dependence on the image)
+        train_collate = ReportCollator(tokenizer, cfg.model.max_report_tokens, findings=findings)
         t0 = time.perf_counter()
         for stage in STAGES:
             tcfg = stage_cfgs[stage]
@@ -526,12 +569,14 @@ class CTReportTask(Task):
                 data, eval_set, collate_fn = train_set, val_set, label_collate
                 eval_fn = lambda m, ds, dev: label_probe_metrics(m, ds, dev, names=CT_RATE_LABELS)  # noqa: E731
             else:
-                data, eval_set, collate_fn = train_set, val_set, collate
+                data, eval_set, collate_fn = train_set, val_set, train_collate
                 eval_fn = lambda m, ds, dev: validation_loss(m, ds, dev, collate)  # noqa: E731
                 if cache is not None:
                     from medvtc.common.token_cache import CachedTokenDataset
 
-                    data = CachedTokenDataset(cache, [{"report": report_text(r)} for r in train_set.records], key="vision_tokens")
+                    extras = [{"report": report_text(r), **({"labels": torch.as_tensor(np.asarray(r.labels), dtype=torch.float32)}
+                                                            if findings else {})} for r in train_set.records]
+                    data = CachedTokenDataset(cache, extras, key="vision_tokens")
             trainer = Trainer(
                 module, data, tcfg, stage_dir, seed=cfg.seed, step_fn=_loss_step, eval_fn=eval_fn, eval_set=eval_set,
                 collate_fn=collate_fn,
@@ -597,9 +642,11 @@ class CTReportTask(Task):
         predictions = generate_reports(model, tokenizer, dataset, device, cfg.generation)
         metrics = score_reports(predictions, dataset)
         metrics.update(validation_loss(model, dataset, device, ReportCollator(tokenizer, cfg.model.max_report_tokens)))
+        if getattr(model, "finding_head", None) is not None and dataset.records and dataset.records[0].labels is not None:
+            metrics.update(finding_head_metrics(model, dataset, device))
         print(f"medvtc: {split} split ({len(predictions)} volumes, {model.num_visual_tokens} visual tokens):")
         keys = ["clinical_micro_f1", "clinical_macro_f1", "label_micro_f1", "label_macro_f1", "bleu1", "bleu4", "rouge_l", "meteor",
-                "distinct_reports", "image_gain"]
+                "distinct_reports", "image_gain", "finding_head_micro_f1", "finding_head_auc"]
         print("  " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics))
         if predictions:
             print(f"  sample {dataset.records[0].volume_name}:")
