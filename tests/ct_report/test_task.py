@@ -309,14 +309,17 @@ def test_data_dtype_float16_is_a_setting_only_when_chosen(tmp_path):
     assert x16.dtype == torch.float16 and x32.dtype == torch.float32 and torch.equal(x16, x32.half())
 
 
-def test_stages_select_and_stop_by_their_own_rules(run):
+def test_stages_select_and_stop_by_their_own_rules_and_the_finding_head(run):
     """train.*'s convergence budget is the end-to-end stage's; a stage before it evaluates,
     selects and stops only by its stages.overrides entry (the vision stage by default keeps its
-    best validation AUC, logged per label too)."""
+    best validation AUC, logged per label too). The same run has the finding head
+    (model.finding_loss_weight): a head on the compressed tokens learns the 18 findings beside the
+    LM (from the cached tokens in align, from the volumes in finetune), is saved with the model,
+    and eval says what it reads."""
     work, common, _ = run
     out = work / "converged"
     rule = ["train.eval_every=1", "train.select_metric=loss", "train.select_mode=min", "train.plateau_window=0.5",
-            "train.max_steps=6", "stages.vision_steps=3",
+            "train.max_steps=6", "stages.vision_steps=3", "model.finding_loss_weight=0.5",
             "stages.overrides={vision: {eval_every: 1, select_metric: auc, plateau_window: 0.5, plateau_min_steps: 2}}"]
     r = cli("train", "--task", "ct-report", *common, f"output_dir={out}", *rule, cwd=work)
     assert r.returncode == 0, r.stderr
@@ -337,34 +340,20 @@ def test_stages_select_and_stop_by_their_own_rules(run):
     shared = [k for k in chosen if k in final]
     assert shared and all(torch.equal(chosen[k], final[k]) for k in shared)
 
-    bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={vison: {eval_every: 1}}", cwd=work)
-    assert bad.returncode == 2 and "unknown stage 'vison'" in bad.stderr and not (work / "bad").exists()
-    bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={align: {plateau_window: 0.5}}", cwd=work)
-    assert bad.returncode == 2 and "stages.overrides.align" in bad.stderr and "select_metric" in bad.stderr
-
-
-def test_finding_head_on_the_compressed_tokens(run):
-    """model.finding_loss_weight: a head on the compressed tokens learns the 18 findings beside the
-    LM (from the cached tokens in align as from the volumes in finetune), is saved with the model,
-    and eval says what it reads."""
-    work, common, _ = run
-    out = work / "findings"
-    r = cli("train", "--task", "ct-report", *common, f"output_dir={out}", "model.finding_loss_weight=0.5", cwd=work)
-    assert r.returncode == 0, r.stderr
+    # the finding head
     assert "finding_head " in r.stdout  # a trainable part in align and finetune
     assert "finding_head_micro_f1=" in r.stdout and "finding_head_auc=" in r.stdout
     saved = json.loads((out / "final" / "val_metrics.json").read_text())["metrics"]
     assert 0.0 <= saved["finding_head_micro_f1"] <= 1.0
+    from medvtc.medical.ct_report.evaluation import ReportCollator
     from medvtc.medical.ct_report.pipeline import CTReportGenerator
+    from medvtc.medical.ct_report.task import CTReportTask
 
     gen = CTReportGenerator.from_pretrained(out / "final")
     assert gen.model.finding_head is not None and gen.model.config.finding_loss_weight == 0.5
     w = gen.model.finding_pos_weight
     assert w.shape == (18,) and not torch.equal(w, torch.ones(18))  # set from the training prevalence, saved
     # the head's loss is in the training loss (not in the validation loss, which stays the LM's)
-    from medvtc.medical.ct_report.evaluation import ReportCollator
-    from medvtc.medical.ct_report.task import CTReportTask
-
     task = CTReportTask()
     sets = task.datasets(task.load_config(None, [f"data.root={work / 'data'}", *TINY]), ("val",))
     items = [sets["val"][i] for i in range(2)]
@@ -374,3 +363,8 @@ def test_finding_head_on_the_compressed_tokens(run):
     gen.model.eval()
     with torch.no_grad():
         assert float(gen.model(**both).loss) > float(gen.model(**plain).loss)
+
+    bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={vison: {eval_every: 1}}", cwd=work)
+    assert bad.returncode == 2 and "unknown stage 'vison'" in bad.stderr and not (work / "bad").exists()
+    bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={align: {plateau_window: 0.5}}", cwd=work)
+    assert bad.returncode == 2 and "stages.overrides.align" in bad.stderr and "select_metric" in bad.stderr
