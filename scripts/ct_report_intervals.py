@@ -1,0 +1,52 @@
+"""Test-split clinical micro / macro F1 of ct-report runs with 95 % bootstrap intervals, and each
+run's paired difference to the first, scored exactly as `medvtc bench --task ct-report` scores
+its variants (`report_cases` and the bench's case statistics; 2,000 resamples over volumes):
+
+    OMP_NUM_THREADS=1 python scripts/ct_report_intervals.py RUN_DIR [RUN_DIR ...] [-o FILE] [--overrides key=value ...]
+
+For runs trained by hand with `medvtc train` (the bench does this itself); the test split is the
+one the config names (`data.*` keys in --overrides). Prints a JSON object, which `-o` also writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from medvtc.common.intervals import as_columns, bootstrap_interval, paired_difference_interval
+from medvtc.common.io import atomic_write_json
+from medvtc.medical.ct_report.bench import case_statistics
+from medvtc.medical.ct_report.evaluation import generate_reports, report_cases
+from medvtc.medical.ct_report.pipeline import CTReportGenerator
+from medvtc.tasks import get_task
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders (each with final/); the first is the reference")
+    parser.add_argument("-o", "--output", help="also write the JSON here")
+    parser.add_argument("--overrides", nargs="*", default=[], help="config overrides, key=value")
+    args = parser.parse_args()
+    task = get_task("ct-report")
+    cfg = task.load_config(None, args.overrides)
+    test = task.datasets(cfg, ("test",))["test"]
+    stats = case_statistics()
+    cases = {}
+    for run in args.runs:
+        gen = CTReportGenerator.from_pretrained(f"{run}/final", device="cpu")
+        predictions = generate_reports(gen.model, gen.tokenizer, test, torch.device("cpu"), cfg.generation)
+        cases[run] = as_columns(report_cases(predictions, test))
+    out: dict[str, dict] = {}
+    ref = args.runs[0]
+    for run, c in cases.items():
+        out[run] = {"volumes": len(test)}
+        for metric in ("clinical_micro_f1", "clinical_macro_f1"):
+            stat = stats[metric].statistic
+            out[run][metric] = float(stat(c))
+            out[run][f"{metric}_ci"] = [float(v) for v in bootstrap_interval(stat, c)]
+            if run != ref:
+                out[run][f"{metric}_diff"] = float(stat(c) - stat(cases[ref]))
+                out[run][f"{metric}_diff_ci"] = [float(v) for v in paired_difference_interval(stat, c, cases[ref])]
+    print(json.dumps(out, indent=1))
+    if args.output:
+        atomic_write_json(args.output, out)
