@@ -126,7 +126,7 @@ def test_python_api_path_and_array(run):
     from_array = generator(np.asarray(img.dataobj), spacing=img.header.get_zooms()[:3])
     assert isinstance(from_path, str) and from_path
     assert from_path == from_array  # same volume, same preprocessing, greedy decoding
-    assert generator.preprocess(volume).shape == (10, 16, 16, 8)
+    assert generator.preprocess(volume).shape == (11, 16, 16, 8)  # the window + 10 HU intervals
     # a model saved before data.hu_bins existed has no such key: its input is the window alone
     del generator.preprocessing["hu_bins"]
     assert generator.preprocess(volume).shape == (1, 16, 16, 8)
