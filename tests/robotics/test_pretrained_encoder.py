@@ -133,10 +133,12 @@ def test_frozen_and_always_in_eval_mode():
 @needs_weights
 def test_imagenet_normalisation_is_inside():
     enc = MobileNetV2ImageNetEncoder(1)
-    x = torch.rand(1, 3, 32, 32)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     mean = torch.tensor(pe.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(pe.IMAGENET_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(enc(x), enc.net((x - mean) / std))
+    # the same arithmetic up to float32 rounding (the encoder may fold the normalisation or order
+    # it differently): an unseeded input once differed by 1.1e-5, past assert_close's 1e-5
+    torch.testing.assert_close(enc(x), enc.net((x - mean) / std), rtol=1e-4, atol=1e-4)
     assert "mean" not in enc.state_dict()  # constants, not checkpoint entries
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         enc(torch.rand(1, 1, 32, 32))
