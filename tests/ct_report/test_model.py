@@ -526,3 +526,86 @@ def test_float16_pixel_values_reach_the_vit_as_they_are(tok, monkeypatch):
     hook.remove()
     torch.testing.assert_close(loss16, loss32)
     torch.testing.assert_close(logits16, logits32)
+
+
+# -- finding tokens (classification-guided writing) ------------------------------------------------
+
+FINDING_STATES = torch.tensor([[0, 1, 0], [1, 0, 1]])  # the two reports' findings (3 labels)
+
+
+def finding_config(tok, **kw) -> CTReportConfig:
+    return tiny_config(tok, num_finding_labels=3, finding_loss_weight=1.0, finding_tokens=True, **kw)
+
+
+def test_finding_tokens_enter_the_sequence_and_teacher_force(tok):
+    torch.manual_seed(0)
+    model = CTReportModel(finding_config(tok)).eval()
+    enc = encode_reports(tok, REPORTS)
+    x = volumes()
+    with torch.no_grad():
+        out = model(pixel_values=x, **enc, finding_labels=FINDING_STATES.float())
+        flipped = model(pixel_values=x, **enc, finding_labels=1 - FINDING_STATES.float())
+    k, p, t = 8, len(model.config.prompt_token_ids), enc["input_ids"].shape[1]
+    assert out.logits.shape[1] == k + 3 + p + t
+    # the report's logits depend on the stated findings (teacher forcing uses the given labels)
+    assert not torch.allclose(out.logits[:, -t:], flipped.logits[:, -t:])
+    # without given labels the head decides, at config.finding_threshold
+    _, info = model.encode_images(x)
+    decided = torch.sigmoid(model.finding_logits(info)) >= model.config.finding_threshold
+    model.finding_token_embeds(info)
+    assert torch.equal(info["finding_states"], decided.long())
+    with pytest.raises(ValueError, match="finding_states"):
+        model.finding_token_embeds(info, torch.zeros(2, 4))
+    # stage 1 trains the finding embeddings with the compressor, projector and head
+    counts = model.freeze_for_stage(1)
+    assert counts["finding_embedding"] == 2 * 3 * 32 and model.finding_embedding.weight.requires_grad
+
+
+def test_reports_follow_the_finding_tokens(tok, tmp_path):
+    """One volume, two reports told apart only by the finding tokens: after teacher-forced
+    training, generate() writes the report of whatever findings it is given, and without them the
+    report of the head's decision, which the finding loss taught to tell the two volumes apart.
+    The reloaded model writes the same."""
+    torch.manual_seed(0)
+    cfg = finding_config(tok, text_config=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64
+    ))
+    model = CTReportModel(cfg)
+    model.freeze_for_stage(2)
+    x = volumes()
+    same = x[:1].expand(2, -1, -1, -1, -1)
+    enc = encode_reports(tok, REPORTS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    max_new = enc["input_ids"].shape[1] + 2
+    for step in range(400):
+        model.train()
+        # the same volume with either finding set teaches the LM to write from the tokens; the
+        # two volumes with their own findings teach the head
+        a = model(pixel_values=same, **enc, finding_labels=FINDING_STATES.float()).loss
+        b = model(pixel_values=x, **enc, finding_labels=FINDING_STATES.float()).loss
+        opt.zero_grad()
+        (a + b).backward()
+        opt.step()
+        if step % 50 == 49:
+            model.eval()
+            told = tok.batch_decode(model.generate(same, max_new_tokens=max_new, finding_states=FINDING_STATES),
+                                    skip_special_tokens=True)
+            decided = tok.batch_decode(model.generate(x, max_new_tokens=max_new), skip_special_tokens=True)
+            if told == REPORTS and decided == REPORTS:
+                break
+    assert told == REPORTS and decided == REPORTS, (told, decided)
+    swapped = model.generate(same, max_new_tokens=max_new, finding_states=FINDING_STATES.flip(0))
+    assert tok.batch_decode(swapped, skip_special_tokens=True) == REPORTS[::-1]
+    model.save_pretrained(tmp_path)
+    loaded = CTReportModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.finding_tokens and torch.equal(loaded.finding_embedding.weight, model.finding_embedding.weight)
+    assert torch.equal(loaded.generate(x, max_new_tokens=max_new), model.eval().generate(x, max_new_tokens=max_new))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(num_finding_labels=3, finding_tokens=True), "finding_tokens"),
+    (dict(num_finding_labels=3, finding_loss_weight=1.0, finding_threshold=1.0), "finding_threshold"),
+])
+def test_invalid_finding_settings_name_the_field(tok, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(tok, **kwargs)

@@ -368,3 +368,31 @@ def test_stages_select_and_stop_by_their_own_rules_and_the_finding_head(run):
     assert bad.returncode == 2 and "unknown stage 'vison'" in bad.stderr and not (work / "bad").exists()
     bad = cli("train", "--task", "ct-report", *common, f"output_dir={work / 'bad'}", "stages.overrides={align: {plateau_window: 0.5}}", cwd=work)
     assert bad.returncode == 2 and "stages.overrides.align" in bad.stderr and "select_metric" in bad.stderr
+
+
+def test_finding_tokens_train_evaluate_and_write_through_the_cli(run, tmp_path):
+    """model.finding_tokens: the LM reads one present/absent token per finding, teacher-forced in
+    align and finetune (from the cached tokens and from the volumes), the head's decisions when
+    eval and report write; the setting travels with the saved model. Without the head it is a
+    one-line error before anything is written."""
+    work, common, _ = run
+    out = work / "finding_tokens"
+    tokens = ["model.finding_loss_weight=0.5", "model.finding_tokens=true", "model.finding_threshold=0.4"]
+    r = cli("train", "--task", "ct-report", *common, f"stages.shared_dir={work / 'shared'}", f"output_dir={out}", *tokens, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "finding_embedding " in r.stdout  # trains in align and finetune
+    assert "token cache" in r.stdout  # align read the cached ViT tokens
+    from medvtc.medical.ct_report.pipeline import CTReportGenerator
+
+    gen = CTReportGenerator.from_pretrained(out / "final")
+    assert gen.model.config.finding_tokens and gen.model.config.finding_threshold == 0.4
+    assert gen.model.finding_embedding.weight.shape == (36, 32)
+    r = cli("eval", "--task", "ct-report", *common, "--checkpoint", str(out / "final"), cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "finding_head_micro_f1=" in r.stdout and "clinical_micro_f1" in r.stdout
+    texts = [gen(v) for v in _test_volumes(work)[:2]]
+    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+
+    bad = cli("train", "--task", "ct-report", *common, f"output_dir={tmp_path / 'bad'}", "model.finding_tokens=true", cwd=work)
+    assert bad.returncode == 2 and "model.finding_loss_weight" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -109,6 +109,17 @@ class CTReportConfig(PretrainedConfig):
                         linear layer but the output head. A name that matches no module of the
                         LM is an error when the model is built.
 
+    Findings (the 18 labels of the report's scoring):
+      num_finding_labels  L, the labels the finding head predicts (0: no head)
+      finding_loss_weight > 0: a head on the compressed tokens predicts the L findings, its BCE
+                        added to the LM's loss with this weight (`CTReportModel.finding_logits`)
+      finding_tokens    the LM also reads L finding tokens, one per label, each a learned
+                        embedding of "present" or "absent": the true findings while training
+                        (teacher forcing), the head's prediction when writing. The report is
+                        then written from what the head decided (classification-guided
+                        generation, PromptMRG, Jin et al., AAAI 2024). Needs the head.
+      finding_threshold the head's probability at or above which a finding's token says "present"
+
     Text:
       prompt            text placed between the visual tokens and the report; it is also the
                         instruction given to instruction-guided compressors and the generation
@@ -116,7 +127,7 @@ class CTReportConfig(PretrainedConfig):
       prompt_token_ids  the prompt under the report tokenizer; filled by `from_tokenizer`
       bos_token_id, eos_token_id, pad_token_id  (also copied into text_config)
 
-    Sequence the LM sees: [K visual tokens][prompt tokens][report tokens][eos].
+    Sequence the LM sees: [K visual tokens][L finding tokens, with finding_tokens][prompt tokens][report tokens][eos].
     """
 
     model_type = "medvtc_ct_report"
@@ -151,6 +162,8 @@ class CTReportConfig(PretrainedConfig):
         prompt_token_ids: Sequence[int] | None = None,
         num_finding_labels: int = 0,
         finding_loss_weight: float = 0.0,
+        finding_tokens: bool = False,
+        finding_threshold: float = 0.5,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
@@ -201,6 +214,14 @@ class CTReportConfig(PretrainedConfig):
             raise ValueError("finding_loss_weight > 0 needs num_finding_labels > 0 (the labels the head predicts)")
         self.num_finding_labels = num_finding_labels
         self.finding_loss_weight = float(w)
+        if finding_tokens and w == 0:
+            raise ValueError("finding_tokens=True needs the finding head (finding_loss_weight > 0): it predicts the "
+                             "findings the tokens state")
+        t = finding_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
+            raise ValueError(f"finding_threshold must be a probability in (0, 1), got {t!r}")
+        self.finding_tokens = bool(finding_tokens)
+        self.finding_threshold = float(t)
 
         self.language_model_path = None if language_model_path is None else str(language_model_path)
         if isinstance(text_config, dict):

@@ -98,6 +98,9 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
 
     generate(pixel_values, max_new_tokens, num_beams, ...) -> LongTensor [B, <= max_new_tokens]
         the generated report ids only (greedy by default, beam search with num_beams > 1).
+
+    Finding tokens (config.finding_tokens): L = num_finding_labels more LM inputs after the
+    visual ones, each "present" or "absent" for one label (see `finding_token_embeds`).
     """
 
     config_class = CTReportConfig
@@ -156,6 +159,14 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             self.register_buffer("finding_pos_weight", torch.ones(n_find))
         else:
             self.finding_head = None
+        # Finding tokens (config.finding_tokens): for each label l, embedding 2 l + 1 says "present"
+        # and 2 l "absent"; the LM reads one per label after the visual tokens. Teacher-forced
+        # with the true findings in training, the head's decisions when writing, so each report
+        # states what the head predicted instead of greedy decoding's most frequent negation.
+        self.finding_embedding = (
+            nn.Embedding(2 * n_find, lm_dim) if self.finding_head is not None and getattr(config, "finding_tokens", False)
+            else None
+        )
         if config.prompt and config.prompt_token_ids is None:
             raise ValueError(
                 "prompt_token_ids: the prompt's token ids are missing; build the config with "
@@ -242,6 +253,8 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             module.queries.data.normal_(0.0, 0.02)
         elif isinstance(module, TokenStandardizer):
             module.reset()
+        elif module is getattr(self, "finding_embedding", None):
+            module.weight.data.normal_(0.0, float(getattr(self.config.text_config, "initializer_range", 0.02)))
         elif isinstance(module, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.BatchNorm3d)):
             module.reset_parameters()
 
@@ -286,7 +299,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         parts = {
             "lm": [self.language_model],
             "vision": [self.vision_encoder],
-            "1": [self.compressor, self.projector, self.text_projector, self.finding_head],
+            "1": [self.compressor, self.projector, self.text_projector, self.finding_head, self.finding_embedding],
             "2": [self],
         }
         if key not in parts:
@@ -305,7 +318,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             name: sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
             for name in ("vision_encoder", "compressor", "projector", "language_model")
         }
-        for name in ("text_projector", "finding_head"):
+        for name in ("text_projector", "finding_head", "finding_embedding"):
             if getattr(self, name) is not None:
                 counts[name] = sum(p.numel() for p in getattr(self, name).parameters() if p.requires_grad)
         return counts
@@ -395,9 +408,12 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None,
         batch_size: int | None = None,
         vision_tokens: torch.Tensor | None = None,
+        finding_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
-        """[visual][prompt][input_ids] as inputs_embeds [B, L, H], attention_mask [B, L] and
-        labels [B, L] (-100 before the report; None without labels)."""
+        """[visual][findings][prompt][input_ids] as inputs_embeds [B, L, H], attention_mask [B, L]
+        and labels [B, L] (-100 before the report; None without labels). The finding tokens
+        (config.finding_tokens, with an image only) state `finding_states` [B, L] in {0, 1}, or
+        the head's decisions when it is None; info["finding_states"] holds the ones used."""
         embed = self.get_input_embeddings()
         if pixel_values is not None and vision_tokens is not None:
             raise ValueError("give pixel_values or vision_tokens, not both")
@@ -417,6 +433,11 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             vis_mask = info["mask"]
             masks.append(vis_mask.long() if vis_mask is not None else torch.ones(vis.shape[:2], dtype=torch.long, device=device))
             labs.append(torch.full(vis.shape[:2], IGNORE_INDEX, dtype=torch.long, device=device))
+            if self.finding_embedding is not None:
+                find = self.finding_token_embeds(info, finding_states)
+                embeds.append(find)
+                masks.append(torch.ones(find.shape[:2], dtype=torch.long, device=device))
+                labs.append(torch.full(find.shape[:2], IGNORE_INDEX, dtype=torch.long, device=device))
         prompt = self.prompt_ids(b, device)
         if prompt.shape[1]:
             embeds.append(embed(prompt))
@@ -448,6 +469,21 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             pooled = torch.cat([mean, tokens.masked_fill(~keep, float("-inf")).amax(1)], dim=-1)
         return self.finding_head(pooled.to(self.finding_head.weight.dtype))
 
+    def finding_token_embeds(self, info: dict[str, Any], finding_states: torch.Tensor | None = None) -> torch.Tensor:
+        """The finding tokens [B, L, H]: `finding_states` [B, L] (1 present, 0 absent), or the
+        head's decisions (probability >= config.finding_threshold, no gradient) when None. Sets
+        info["finding_states"]."""
+        n = self.finding_embedding.num_embeddings // 2
+        if finding_states is None:
+            with torch.no_grad():
+                finding_states = torch.sigmoid(self.finding_logits(info)) >= self.config.finding_threshold
+        if finding_states.ndim != 2 or finding_states.shape[1] != n:
+            raise ValueError(f"finding_states {tuple(finding_states.shape)}: expected [B, {n}] (one 0/1 per label)")
+        states = (finding_states > 0.5).long()
+        info["finding_states"] = states
+        index = 2 * torch.arange(n, device=states.device) + states  # [B, L]
+        return self.finding_embedding(index)
+
     @torch.no_grad()
     def predict_findings(self, pixel_values: torch.Tensor | None = None,
                          vision_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -470,13 +506,15 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """See the class docstring. Extra kwargs (output_hidden_states, logits_to_keep, ...) go
         to the language model. `finding_labels` [B, num_finding_labels] in {0, 1}: with the
-        finding head, its weighted binary cross-entropy is added to the loss."""
+        finding head, its weighted binary cross-entropy is added to the loss; with finding tokens,
+        the tokens state them (teacher forcing), and the head's decisions when they are None."""
         if labels is not None and input_ids is None:
             raise ValueError("labels need input_ids (the report tokens they label)")
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+        # teacher forcing: the finding tokens state the true findings wherever they are given
         inputs_embeds, mask, full_labels, info = self._sequence(pixel_values, input_ids, attention_mask, labels,
-                                                                vision_tokens=vision_tokens)
+                                                                vision_tokens=vision_tokens, finding_states=finding_labels)
         out = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, labels=full_labels, return_dict=True, **kwargs
         )
@@ -507,6 +545,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         num_beams: int = 1,
         do_sample: bool = False,
         batch_size: int | None = None,
+        finding_states: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         """Write reports: [B, <= max_new_tokens] generated token ids (prefix not included).
@@ -515,10 +554,12 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
         LM's own `generate`; for a decoder-only LM given inputs_embeds without input_ids,
         transformers returns only the new tokens. Finished sequences are padded with
         pad_token_id. pixel_values=None writes from the prompt alone (`batch_size` reports),
-        to check the "lm" stage. Other kwargs (length_penalty, early_stopping,
+        to check the "lm" stage. With finding tokens, `finding_states` [B, L] (0/1) makes the
+        report state those findings instead of the head's (to write from known labels). Other kwargs (length_penalty, early_stopping,
         num_return_sequences, return_dict_in_generate, ...) go to the LM's `generate`.
         """
-        inputs_embeds, mask, _, _ = self._sequence(pixel_values, None, None, None, batch_size=batch_size)
+        inputs_embeds, mask, _, _ = self._sequence(pixel_values, None, None, None, batch_size=batch_size,
+                                                   finding_states=finding_states)
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(self.config, key) is not None:
                 kwargs.setdefault(key, getattr(self.config, key))

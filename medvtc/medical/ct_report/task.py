@@ -150,8 +150,16 @@ class CTReportModelConfig:
     # binary cross-entropy (weighted by the training prevalence) added to the LM's loss with this
     # weight, so the kept tokens must carry the findings (modeling_ct_report, finding_head); 0: off
     finding_loss_weight: float = 0.0
+    # the LM also reads one "present"/"absent" token per finding: the true ones in training, the
+    # head's decisions (probability >= finding_threshold) when writing; needs finding_loss_weight > 0
+    finding_tokens: bool = False
+    finding_threshold: float = 0.5
 
     def validate(self) -> None:
+        if self.finding_tokens and self.finding_loss_weight <= 0:
+            raise ValueError("finding_tokens=true needs the finding head that decides them: set model.finding_loss_weight > 0")
+        if not 0.0 < self.finding_threshold < 1.0:
+            raise ValueError(f"finding_threshold must be a probability in (0, 1), got {self.finding_threshold}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
         if self.lora_rank and not self.language_model_path:
@@ -264,7 +272,7 @@ def _stage_weights(stage_dir: Path, tcfg: TrainConfig) -> Path:
 @torch.no_grad()
 def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[str, float]:
     """What the compressed tokens carry of the findings, read by the finding head alone (no
-    report): micro F1 at probability 0.5 and macro ROC-AUC (MONAI) over the labels with both
+    report): micro F1 at the model's finding_threshold and macro ROC-AUC (MONAI) over the labels with both
     classes in the split. Against the reports' label_micro_f1 it says whether findings are lost
     in the tokens or in the writing."""
     from monai.metrics import compute_roc_auc
@@ -280,7 +288,7 @@ def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[s
         truth.append(batch["labels"].float())
     model.train(was)
     p, t = torch.cat(probs), torch.cat(truth)
-    pred = p >= 0.5
+    pred = p >= float(getattr(model.config, "finding_threshold", 0.5))
     tp, fp, fn = float((pred & (t > 0)).sum()), float((pred & (t == 0)).sum()), float((~pred & (t > 0)).sum())
     both = [j for j in range(t.shape[1]) if 0 < t[:, j].sum() < len(t)]
     return {"finding_head_micro_f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
@@ -414,6 +422,7 @@ class CTReportTask(Task):
                 lora_target_modules=list(m.lora_target_modules),
                 num_finding_labels=len(CT_RATE_LABELS) if m.finding_loss_weight > 0 else 0,
                 finding_loss_weight=m.finding_loss_weight,
+                finding_tokens=m.finding_tokens, finding_threshold=m.finding_threshold,
             )
             model = CTReportModel(config)  # a lora_target_modules name that matches no LM module is a ValueError
         except ValueError as e:
