@@ -313,13 +313,13 @@ def test_stages_select_and_stop_by_their_own_rules_and_the_finding_head(run):
     """train.*'s convergence budget is the end-to-end stage's; a stage before it evaluates,
     selects and stops only by its stages.overrides entry (the vision stage by default keeps its
     best validation AUC, logged per label too). The same run has the finding head
-    (model.finding_loss_weight): a head on the compressed tokens learns the 18 findings beside the
+    (model.finding_loss_weight; its tokens off, so the LM's input is the volume's alone): a head on the compressed tokens learns the 18 findings beside the
     LM (from the cached tokens in align, from the volumes in finetune), is saved with the model,
     and eval says what it reads."""
     work, common, _ = run
     out = work / "converged"
     rule = ["train.eval_every=1", "train.select_metric=loss", "train.select_mode=min", "train.plateau_window=0.5",
-            "train.max_steps=6", "stages.vision_steps=3", "model.finding_loss_weight=0.5",
+            "train.max_steps=6", "stages.vision_steps=3", "model.finding_loss_weight=0.5", "model.finding_tokens=false",
             "stages.overrides={vision: {eval_every: 1, select_metric: auc, plateau_window: 0.5, plateau_min_steps: 2}}"]
     r = cli("train", "--task", "ct-report", *common, f"output_dir={out}", *rule, cwd=work)
     assert r.returncode == 0, r.stderr
@@ -373,8 +373,8 @@ def test_stages_select_and_stop_by_their_own_rules_and_the_finding_head(run):
 def test_finding_tokens_train_evaluate_and_write_through_the_cli(run, tmp_path):
     """model.finding_tokens: the LM reads one present/absent token per finding, teacher-forced in
     align and finetune (from the cached tokens and from the volumes), the head's decisions when
-    eval and report write; the setting travels with the saved model. Without the head it is a
-    one-line error before anything is written."""
+    eval and report write (the default); the setting travels with the saved model. Without the
+    head it is a one-line error before anything is written."""
     work, common, _ = run
     out = work / "finding_tokens"
     tokens = ["model.finding_loss_weight=0.5", "model.finding_tokens=true", "model.finding_threshold=0.4"]
@@ -393,6 +393,6 @@ def test_finding_tokens_train_evaluate_and_write_through_the_cli(run, tmp_path):
     texts = [gen(v) for v in _test_volumes(work)[:2]]
     assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
 
-    bad = cli("train", "--task", "ct-report", *common, f"output_dir={tmp_path / 'bad'}", "model.finding_tokens=true", cwd=work)
+    bad = cli("train", "--task", "ct-report", *common, f"output_dir={tmp_path / 'bad'}", "model.finding_loss_weight=0", cwd=work)
     assert bad.returncode == 2 and "model.finding_loss_weight" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()

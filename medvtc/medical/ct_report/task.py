@@ -149,15 +149,16 @@ class CTReportModelConfig:
     # > 0: a head on the compressed tokens predicts the 18 findings in align and finetune, its
     # binary cross-entropy (weighted by the training prevalence) added to the LM's loss with this
     # weight, so the kept tokens must carry the findings (modeling_ct_report, finding_head); 0: off
-    finding_loss_weight: float = 0.0
+    finding_loss_weight: float = 1.0
     # the LM also reads one "present"/"absent" token per finding: the true ones in training, the
     # head's decisions (probability >= finding_threshold) when writing; needs finding_loss_weight > 0
-    finding_tokens: bool = False
+    finding_tokens: bool = True
     finding_threshold: float = 0.5
 
     def validate(self) -> None:
         if self.finding_tokens and self.finding_loss_weight <= 0:
-            raise ValueError("finding_tokens=true needs the finding head that decides them: set model.finding_loss_weight > 0")
+            raise ValueError("finding_tokens=true needs the finding head that decides them: set model.finding_loss_weight > 0, "
+                             "or model.finding_tokens=false")
         if not 0.0 < self.finding_threshold < 1.0:
             raise ValueError(f"finding_threshold must be a probability in (0, 1), got {self.finding_threshold}")
         if self.lora_rank < 0:
