@@ -4,16 +4,21 @@ its variants (`report_cases` and the bench's case statistics; 2,000 resamples ov
 
     OMP_NUM_THREADS=1 python scripts/ct_report_intervals.py RUN_DIR [RUN_DIR ...] [-o FILE] [--overrides key=value ...]
 
-For runs trained by hand with `medvtc train` (the bench does this itself); the test split is the
-one the config names (`data.*` keys in --overrides). Prints a JSON object, which `-o` also writes."""
+For runs trained by hand with `medvtc train` (the bench does this itself). Each run reads the test
+split under its own saved data settings (`RUN_DIR/config.yaml`'s `data`: input size, channels,
+dtype; the defaults for a folder without one), with --overrides applied to every run; the runs must name the same
+test volumes in the same order (checked), so the differences are paired by volume. Prints a JSON
+object, which `-o` also writes."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
+from medvtc.common.config import read_yaml
 from medvtc.common.intervals import as_columns, bootstrap_interval, paired_difference_interval
 from medvtc.common.io import atomic_write_json
 from medvtc.medical.ct_report.bench import case_statistics
@@ -28,11 +33,19 @@ if __name__ == "__main__":
     parser.add_argument("--overrides", nargs="*", default=[], help="config overrides, key=value")
     args = parser.parse_args()
     task = get_task("ct-report")
-    cfg = task.load_config(None, args.overrides)
-    test = task.datasets(cfg, ("test",))["test"]
     stats = case_statistics()
-    cases = {}
+    cases, volumes = {}, {}
     for run in args.runs:
+        saved = Path(run) / "config.yaml"
+        # only the run's data settings: its model settings are in final/ (and an older run's yaml
+        # may not validate under today's defaults)
+        data = read_yaml(saved).get("data", {}) if saved.is_file() else {}
+        cfg = task.load_config(None, [*(f"data.{k}={json.dumps(v)}" for k, v in data.items()), *args.overrides])
+        test = task.datasets(cfg, ("test",))["test"]
+        volumes[run] = [Path(r.path).name for r in test.records]
+        if volumes[run] != volumes[args.runs[0]]:
+            raise SystemExit(f"{run}: its test split ({len(volumes[run])} volumes under {cfg.data.root}) is not the same "
+                             f"volumes as {args.runs[0]}'s: the differences would not be paired")
         gen = CTReportGenerator.from_pretrained(f"{run}/final", device="cpu")
         predictions = generate_reports(gen.model, gen.tokenizer, test, torch.device("cpu"), cfg.generation)
         cases[run] = as_columns(report_cases(predictions, test))
