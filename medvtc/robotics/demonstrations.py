@@ -53,6 +53,7 @@ unless `overwrite=True`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -133,9 +134,11 @@ def observation_to_batch(obs: Mapping[str, np.ndarray] | Sequence[Mapping[str, n
     return batch
 
 
-def attempt_seed(seed: int, task_id: int, attempt: int) -> int:
-    """The reset seed of attempt `attempt` of task `task_id` (independent streams per task)."""
-    return int(np.random.SeedSequence([int(seed), int(task_id), int(attempt)]).generate_state(1)[0])
+def attempt_seed(seed: int, task_id: int, attempt: int, tag: int | None = None) -> int:
+    """The reset seed of attempt `attempt` of task `task_id` (independent streams per task; a `tag`
+    opens another stream, e.g. the on-policy episodes of `medvtc.robotics.dagger`)."""
+    entropy = [int(seed), int(task_id), int(attempt)] + ([] if tag is None else [int(tag)])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 @dataclass
@@ -148,6 +151,7 @@ class TaskRecording:
     frames: int = 0
     failed_seeds: list[int] = field(default_factory=list)  # reset seeds (random) or init-state ids (official)
     kept_seeds: list[int] = field(default_factory=list)
+    kept_failures: int = 0  # failed episodes kept (on-policy recording: every visited state has an expert label)
 
     @property
     def failures(self) -> int:
@@ -173,10 +177,13 @@ class RecordingSummary:
     action_noise: float = 0.0
     image_stats: str = "uint8"  # how LeRobot computed the image statistics ("float": under image_stats.float_image_stats)
     expert_clip: str = "axis"  # the scripted expert's velocity limit (ExpertConfig.clip)
+    # on-policy recording (DAgger): {"policy": checkpoint, "policy_share": p}; None: the expert drove
+    driver: dict[str, Any] | None = None
+    dagger: dict[str, Any] | None = None  # an aggregated dataset: what `medvtc.robotics.dagger` added to which base
 
     @property
     def episodes(self) -> int:
-        return sum(t.successes for t in self.tasks)
+        return sum(t.successes + t.kept_failures for t in self.tasks)
 
     @property
     def attempts(self) -> int:
@@ -204,6 +211,8 @@ class RecordingSummary:
         return d
 
     def describe(self) -> str:
+        if self.driver is not None:
+            return self._describe_on_policy()
         lines = [
             f"{self.episodes} successful episodes ({self.frames} frames) of {self.suite} at {self.fps} fps in "
             f"{self.root}; the expert failed {self.failures} of {self.attempts} attempts "
@@ -215,6 +224,19 @@ class RecordingSummary:
             short = "" if t.successes >= self.episodes_per_task else f"  (wanted {self.episodes_per_task})"
             lines.append(f"  task {t.task_id}: {t.successes}/{t.attempts} attempts succeeded, {t.frames} frames"
                          f" - {t.instruction!r}{short}")
+        if self.seconds:
+            lines.append(f"  recorded in {self.seconds:.0f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)")
+        return "\n".join(lines)
+
+    def _describe_on_policy(self) -> str:
+        lines = [
+            f"{self.episodes} on-policy episodes ({self.frames} frames) of {self.suite} in {self.root}, driven by "
+            f"{self.driver['policy']} (its action executed at {self.driver['policy_share']:.0%} of the steps, the "
+            f"expert's otherwise) and labelled by the scripted expert; the task succeeded in {self.attempts - self.failures} "
+            f"({(self.attempts - self.failures) / max(self.attempts, 1):.1%}; random scenes, seed {self.seed}, robot init noise {self.robot_init_noise:g} rad)",
+        ]
+        for t in self.tasks:
+            lines.append(f"  task {t.task_id}: {t.successes}/{t.attempts} succeeded, {t.frames} frames - {t.instruction!r}")
         if self.seconds:
             lines.append(f"  recorded in {self.seconds:.0f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)")
         return "\n".join(lines)
@@ -284,6 +306,10 @@ def record_demonstrations(
     env_kwargs: Mapping[str, Any] | None = None,
     robot_init_noise: float = 0.0,
     action_noise: float = 0.0,
+    driver: tuple[Any, Any, Any] | None = None,
+    driver_name: str | None = None,
+    policy_share: float = 1.0,
+    seed_tag: int | None = None,
 ) -> RecordingSummary:
     """Roll the scripted expert out and keep its successful episodes as a LeRobotDataset at `root`.
 
@@ -306,6 +332,13 @@ def record_demonstrations(
             LIBERO's ControlEnv; 0.02: robosuite's default, as LIBERO's own demonstrations).
         action_noise: DART noise: standard deviation added to the executed arm actions while the
             clean expert action is recorded (0: off).
+        driver: on-policy recording (DAgger, Ross et al. 2011): a trained policy's (policy,
+            preprocessor, postprocessor) drives the arm, the expert (in its recovery mode) labels
+            every visited state, and every episode is kept, failed or not (`episodes_per_task`
+            episodes per task, `driver_name` saved as the policy's name).
+        policy_share: with a driver, the probability that a step executes the policy's action
+            rather than the expert's (DAgger's 1 - beta).
+        seed_tag: draw the reset seeds from another stream (`attempt_seed`'s tag).
 
     Returns the `RecordingSummary` (also saved as meta/medvtc_recording.json).
     """
@@ -320,6 +353,13 @@ def record_demonstrations(
     root = Path(root)
     task_ids = [int(t) for t in task_ids]
     _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task, robot_init_noise, action_noise)
+    if not 0.0 <= policy_share <= 1.0:
+        raise ConfigError(f"policy_share must lie in [0, 1], got {policy_share}")
+    if driver is not None:
+        import torch
+
+        expert_config = dataclasses.replace(expert_config or ExpertConfig(), recover=True)
+        policy, pre, post = driver
     if root.exists() and not overwrite:
         raise UserError(f"{root} already exists; pass --overwrite (overwrite=True) to replace it or choose another data.root")
     n_tasks = load_suite(suite).get_num_tasks()  # raises for an unknown suite, listing the valid ones
@@ -337,6 +377,7 @@ def record_demonstrations(
         episodes_per_task=int(episodes_per_task), tasks=[], robot_init_noise=float(robot_init_noise),
         action_noise=float(action_noise), image_stats=FLOAT_MARK,
         expert_clip=(expert_config or ExpertConfig()).clip,
+        driver=None if driver is None else {"policy": str(driver_name), "policy_share": float(policy_share)},
     )
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
                disable=not progress, dynamic_ncols=True)
@@ -358,34 +399,48 @@ def record_demonstrations(
                         if robot_init_noise > 0:
                             set_robot_init_noise(env, robot_init_noise)
                         for attempt in range(max_attempts):
-                            if rec.successes >= episodes_per_task:
+                            if (rec.attempts if driver is not None else rec.successes) >= episodes_per_task:
                                 break
                             if init == "random":
-                                ident = attempt_seed(seed, task_id, attempt)
+                                ident = attempt_seed(seed, task_id, attempt, seed_tag)
                                 obs, _ = env.reset(seed=ident, options={"init_state": "random"})
                             else:
                                 ident = attempt % env.num_init_states
                                 obs, _ = env.reset(options={"init_state_id": ident})
                             expert.reset()
                             noise_rng = np.random.default_rng([int(seed), task_id, attempt, 1])
+                            mix_rng = np.random.default_rng([int(seed), task_id, attempt, 2])
+                            if driver is not None:
+                                policy.reset()
+                                torch.manual_seed(ident % 2**31)
                             frames, success = [], False
                             while True:
                                 action = expert.act()  # the clean label
+                                if driver is not None and expert.phase == "done":
+                                    break  # released without success: the expert has nothing left to teach here
                                 frames.append(observation_to_frame(obs, action, env.instruction))
                                 executed = dart_action(action, noise_rng, action_noise)
+                                if driver is not None:
+                                    with torch.inference_mode():  # the policy reads every step to keep its chunk queue in time
+                                        proposed = post(policy.select_action(pre(observation_to_batch(obs, env.instruction))))
+                                    if mix_rng.random() < policy_share:
+                                        executed = np.asarray(proposed, dtype=np.float32).reshape(-1)
                                 obs, _, terminated, truncated, info = env.step(executed)
                                 if terminated or truncated:
                                     success = bool(info["is_success"])
                                     break
                             rec.attempts += 1
-                            if not success:
+                            if driver is not None and frames and not success:
+                                rec.kept_failures += 1  # DAgger keeps the states of a failed episode too
+                                rec.failed_seeds.append(int(ident))
+                            elif not success:
                                 rec.failed_seeds.append(int(ident))
                                 bar.set_postfix(failed=summary.failures)
                                 continue
                             for frame in frames:
                                 ds.add_frame(frame)
                             ds.save_episode()
-                            rec.successes += 1
+                            rec.successes += int(success)
                             rec.frames += len(frames)
                             rec.kept_seeds.append(int(ident))
                             bar.update(1)
@@ -561,6 +616,10 @@ def describe_dataset(root: str | Path) -> str:
             f"{rec['init']} initial states, robot init noise {rec.get('robot_init_noise', 0.0):g} rad, "
             f"DART action noise {rec.get('action_noise', 0.0):g}, expert velocity clipped per {rec.get('expert_clip', 'axis')}"
         )
+        for i, r in enumerate((rec.get("dagger") or {}).get("rounds", []), 1):
+            won = sum(s for s, _ in r["policy_success"].values())
+            lines.append(f"  DAgger round {i}: {r['episodes']} on-policy episodes ({r['frames']} frames) driven by "
+                         f"{r['policy']} (policy share {r['policy_share']:g}; it succeeded in {won}), labelled by the expert")
     return "\n".join(lines)
 
 

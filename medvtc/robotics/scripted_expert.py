@@ -77,6 +77,11 @@ class ExpertConfig:
     # imitate); "norm" scales the whole translation so its length is at most the speed (a straight
     # line to the goal, every axis corrected in proportion over the whole move).
     clip: str = "axis"
+    # Recovery for states the expert did not drive itself (DAgger labelling, `medvtc.robotics.dagger`):
+    # a descent that drifted sideways goes back up to re-align, a grasp that failed is retried
+    # without limit, and an object dropped on the way is grasped again. Off for the expert's own
+    # recordings, which it drives itself.
+    recover: bool = False
 
     def __post_init__(self) -> None:
         if self.clip not in ("axis", "norm"):
@@ -268,6 +273,13 @@ class ScriptedExpert:
         a[3:6] = np.clip(self.cfg.rot_gain * _axis_angle_error(target, rot) / ROT_SCALE, -1.0, 1.0)
         return a
 
+    def _dropped(self, grip_pos: np.ndarray) -> bool:
+        """Whether the carried object is no longer where the grasp holds it (more than 3 cm off the
+        grip site sideways, or hanging 3 cm lower than it was grasped)."""
+        fp = self._footprint(self.object_name)
+        off = np.linalg.norm(fp["centre"] - (grip_pos[:2] + self.obj_offset_xy))
+        return bool(off > 0.03 or fp["bottom"] < grip_pos[2] - self.grip_above_bottom - 0.03)
+
     def _next(self, phase: str) -> None:
         self.phase = phase
         self._phase_steps = 0
@@ -288,7 +300,9 @@ class ScriptedExpert:
         elif self.phase == "descend":
             goal = np.array([*self.grasp_xy, self.grasp_z])
             a = self._move(goal, speed=0.6)
-            if abs(goal[2] - pos[2]) < 0.006 or timed_out:
+            if cfg.recover and np.linalg.norm(goal[:2] - pos[:2]) > 3 * cfg.xy_tol:
+                self._next("approach")  # drifted sideways while going down: back up and re-align
+            elif abs(goal[2] - pos[2]) < 0.006 or timed_out:
                 self._next("close")
         elif self.phase == "close":
             a = self._move(np.array([*self.grasp_xy, self.grasp_z]), speed=0.3)
@@ -303,12 +317,17 @@ class ScriptedExpert:
                 lifted = self._footprint(self.object_name)["bottom"] > self.obj_bottom0 + 0.03
                 if lifted:
                     self._next("transport")
-                elif self.attempt < cfg.max_attempts:
+                elif self.attempt < cfg.max_attempts or cfg.recover:
                     self.attempt += 1
                     self._plan_grasp()
                     self._next("approach")
                 else:
                     self._next("done")
+        elif cfg.recover and self.phase in ("transport", "lower") and self._dropped(pos):
+            self.attempt += 1  # the object fell out of the gripper: grasp it again from where it lies
+            self._plan_grasp()
+            self._next("approach")
+            a = self._move(np.array([*self.grasp_xy, self.hover_z]))
         elif self.phase == "transport":
             goal = np.array([*self.place_xy, self.carry_z])
             a = self._move(goal)

@@ -67,8 +67,19 @@ class LiberoDataConfig:
     # where policy.cache_tokens keeps its stores (one folder per backbone x dataset x views);
     # null: token_cache/ beside data.root (data/libero_object_demos -> data/token_cache)
     cache_dir: str | None = None
+    # DAgger (medvtc.robotics.dagger): `medvtc data` lets the trained policy `dagger_policy` drive
+    # episodes_per_task random scenes per task, labels every visited state with the scripted expert,
+    # and writes root = dagger_base's episodes + these
+    dagger_policy: str | None = None
+    dagger_base: str | None = None
+    policy_share: float = 1.0  # DAgger: probability a step executes the policy's action (else the expert's)
 
     def validate(self) -> None:
+        if (self.dagger_policy is None) != (self.dagger_base is None):
+            raise ValueError("dagger_policy and dagger_base go together: the policy that drives and the dataset "
+                             "its labelled episodes are added to")
+        if not 0.0 <= self.policy_share <= 1.0:
+            raise ValueError(f"policy_share must lie in [0, 1], got {self.policy_share}")
         if self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.camera_size < 8:
@@ -120,6 +131,9 @@ class LiberoPolicyConfig:
     # shifted by up to image_shift pixels, one drawn per sample (1: no augmentation; with
     # image_shift 0 one view is cached)
     cache_views: int = 4
+    # a trained policy (a run or its final/ folder, same architecture) whose weights start training:
+    # fine-tuning, e.g. the next DAgger round from the policy that drove it (null: fresh weights)
+    init_from: str | None = None
 
     def validate(self) -> None:
         if self.image_size is not None and self.name == "act":
@@ -261,6 +275,24 @@ def check_recording_matches(d: LiberoDataConfig) -> None:
                             f"record it again (`medvtc data --task libero --overwrite`) or point data.root elsewhere")
 
 
+def _init_weights(policy, init_from: str | None) -> None:
+    """Load the weights of the trained policy at `init_from` (policy.init_from) into `policy`."""
+    if init_from is None:
+        return
+    from safetensors.torch import load_file
+
+    from medvtc.robotics.rollout import resolve_checkpoint
+
+    path = resolve_checkpoint(init_from) / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"policy.init_from: {path} is missing (expected a policy folder written by medvtc train --task libero)")
+    try:
+        policy.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ConfigError(f"policy.init_from: {path} does not fit this policy's architecture ({first})") from None
+
+
 class LiberoTask(Task):
     name = "libero"
     description = "Compressor-VLA robot policy on LIBERO: scripted demos, LeRobot policy, simulator rollouts"
@@ -272,7 +304,16 @@ class LiberoTask(Task):
         from medvtc.robotics.demonstrations import describe_dataset, record_demonstrations
         from medvtc.robotics.scripted_expert import ExpertConfig
 
-        if not inspect:
+        if not inspect and cfg.data.dagger_policy is not None:
+            from medvtc.robotics.dagger import record_dagger
+
+            d = cfg.data
+            record_dagger(
+                d.root, d.dagger_base, d.dagger_policy, suite=d.suite, task_ids=d.tasks, episodes_per_task=d.episodes_per_task,
+                seed=d.seed, policy_share=d.policy_share, robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
+                expert_config=ExpertConfig(clip=d.expert_clip), env_kwargs={"fast_render": d.fast_render}, overwrite=overwrite,
+            )
+        elif not inspect:
             d = cfg.data
             summary = record_demonstrations(
                 d.root, suite=d.suite, task_ids=d.tasks, episodes_per_task=d.episodes_per_task, seed=d.seed,
@@ -329,12 +370,14 @@ class LiberoTask(Task):
             from lerobot.policies.act.processor_act import make_act_pre_post_processors
 
             policy = ACTPolicy(pcfg)
+            _init_weights(policy, cfg.policy.init_from)
             pre, post = make_act_pre_post_processors(pcfg, stats)
             return policy, pre, post, dataset
         try:
             policy = CompressorVLAPolicy(pcfg)
         except ValueError as e:
             raise ConfigError(f"policy: {e}") from None
+        _init_weights(policy, cfg.policy.init_from)
         pre, post = make_compressor_vla_pre_post_processors(pcfg, stats)
         if cfg.policy.cache_tokens:  # compressor_vla only (ACT returned above)
             dataset = self._token_dataset(cfg, policy, pre, dataset, device, dist_info)

@@ -1,0 +1,124 @@
+"""DAgger: on-policy episodes labelled by the expert, aggregated with a base dataset; the expert's
+recovery mode; fine-tuning from a trained policy's weights (policy.init_from)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medvtc.common.errors import ConfigError, UserError
+from tests.robotics.conftest import DEMO_ENV_KWARGS, DEMO_SUITE, DEMO_TASK
+
+
+def test_on_policy_episodes_are_labelled_by_the_expert_and_added_to_the_base(recorded_demos, trained_run, tmp_path):
+    """The aggregated dataset holds the base's episode unchanged plus one on-policy episode whose
+    actions are the expert's labels of the states the (barely trained) policy visited; the
+    recording summary keeps the new scene apart from validation and says what was added."""
+    from medvtc.robotics import demonstrations as demos
+    from medvtc.robotics.dagger import DAGGER_TAG, record_dagger
+    from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.rollout import load_policy
+    from medvtc.robotics.scripted_expert import ExpertConfig, ScriptedExpert
+
+    base, base_summary = recorded_demos
+    root = tmp_path / "dagger"
+    merged = record_dagger(root, base, trained_run, suite=DEMO_SUITE, task_ids=[DEMO_TASK], episodes_per_task=1,
+                           max_episode_steps=12, env_kwargs=DEMO_ENV_KWARGS, progress=False)
+    ds = demos.load_demonstrations(root)
+    assert ds.num_episodes == 2
+    base_ds = demos.load_demonstrations(base)
+    n_base = len(base_ds)
+    assert len(ds) == n_base + 12  # the 12 steps the episode was allowed
+    np.testing.assert_array_equal(ds[n_base - 1][demos.ACTION_KEY].numpy(), base_ds[n_base - 1][demos.ACTION_KEY].numpy())
+    seed = demos.attempt_seed(0, DEMO_TASK, 0, DAGGER_TAG)
+    saved = json.loads((root / demos.RECORDING_FILE).read_text())
+    assert saved == merged
+    task = saved["tasks"][0]
+    assert task["kept_seeds"] == base_summary.tasks[0].kept_seeds + [seed]
+    assert task["frames"] == n_base + 12 and task["on_policy_episodes"] == 1
+    (round1,) = saved["dagger"]["rounds"]
+    assert (round1["episodes"], round1["frames"], round1["policy_share"]) == (1, 12, 1.0)
+    assert round1["policy_success"] == {str(DEMO_TASK): [0, 1]}
+    assert "DAgger round 1: 1 on-policy episodes (12 frames)" in demos.describe_dataset(root)
+
+    # replay: the policy's own actions drive the scene, the dataset holds the expert's labels of it
+    policy, pre, post = load_policy(trained_run, device="cpu")
+    env = LiberoEnv(DEMO_SUITE, DEMO_TASK, camera_size=32, cameras=("agentview", "wrist"), **DEMO_ENV_KWARGS)
+    try:
+        obs, _ = env.reset(seed=seed, options={"init_state": "random"})
+        expert = ScriptedExpert(env, ExpertConfig(recover=True))
+        expert.reset()
+        policy.reset()
+        torch.manual_seed(seed % 2**31)
+        for t in range(12):
+            label = expert.act()
+            np.testing.assert_allclose(ds[n_base + t][demos.ACTION_KEY].numpy(), label, atol=1e-6)
+            np.testing.assert_allclose(ds[n_base + t][demos.STATE_KEY].numpy(), obs["state"], atol=1e-5)
+            with torch.inference_mode():
+                action = post(policy.select_action(pre(demos.observation_to_batch(obs, env.instruction))))
+            obs, *_ = env.step(np.asarray(action, dtype=np.float32).reshape(-1))
+        assert not np.allclose(ds[n_base][demos.ACTION_KEY].numpy(), np.asarray(action).reshape(-1))
+    finally:
+        env.close()
+
+
+def test_dagger_refuses_bad_inputs(recorded_demos, trained_run, tmp_path):
+    from medvtc.robotics.dagger import record_dagger
+
+    base, _ = recorded_demos
+    kw = dict(suite=DEMO_SUITE, task_ids=[DEMO_TASK], episodes_per_task=1, progress=False)
+    with pytest.raises(ConfigError, match="is data.dagger_base"):
+        record_dagger(base, base, trained_run, **kw)
+    with pytest.raises(UserError, match="already exists"):
+        record_dagger(base.parent, base, trained_run, **kw)
+    with pytest.raises(ConfigError, match="tasks \\[0\\]; asked for libero_object tasks \\[3\\]"):
+        record_dagger(tmp_path / "x", base, trained_run, **{**kw, "task_ids": [3]})
+    with pytest.raises(ConfigError, match="policy_share must lie in"):
+        record_dagger(tmp_path / "y", base, trained_run, **{**kw, "policy_share": 1.5})
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_dagger_settings_go_together():
+    from medvtc.robotics.task import LiberoTask
+
+    with pytest.raises(Exception, match="dagger_policy and dagger_base go together"):
+        LiberoTask().load_config(None, ["data.dagger_policy=runs/x"])
+
+
+@pytest.mark.parametrize("recover, phase", [(False, "descend"), (True, "approach")])
+def test_a_drifted_descent_goes_back_up_only_in_recovery_mode(recover, phase):
+    from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.scripted_expert import ExpertConfig, ScriptedExpert
+
+    env = LiberoEnv(DEMO_SUITE, DEMO_TASK, cameras=())
+    try:
+        env.reset(seed=0, options={"init_state": "random"})
+        expert = ScriptedExpert(env, ExpertConfig(recover=recover))
+        expert.reset()
+        expert.phase = "descend"
+        expert.grasp_xy = expert.grasp_xy + np.array([0.05, 0.0])  # the arm is 5 cm beside its descent
+        expert.act()
+        assert expert.phase == phase
+    finally:
+        env.close()
+
+
+def test_init_from_starts_training_from_the_saved_weights(recorded_demos, trained_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from medvtc.robotics.task import LiberoTask
+    from tests.robotics.test_rollout_bench import overrides
+
+    root, _ = recorded_demos
+    task = LiberoTask()
+    cfg = task.load_config(None, overrides(root, tmp_path / "ft", f"policy.init_from={trained_run}"))
+    policy, *_ = task.build(cfg, "cpu")
+    saved = load_file(str(trained_run / "final" / "model.safetensors"))
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    bad = task.load_config(None, overrides(root, tmp_path / "ft2", f"policy.init_from={trained_run}", "policy.dim_model=16"))
+    with pytest.raises(ConfigError, match="does not fit this policy's architecture"):
+        task.build(bad, "cpu")
