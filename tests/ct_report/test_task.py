@@ -396,3 +396,24 @@ def test_finding_tokens_train_evaluate_and_write_through_the_cli(run, tmp_path):
     bad = cli("train", "--task", "ct-report", *common, f"output_dir={tmp_path / 'bad'}", "model.finding_loss_weight=0", cwd=work)
     assert bad.returncode == 2 and "model.finding_loss_weight" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_standardized_vision_input_is_fitted_before_the_vision_stage_and_saved(run, tmp_path):
+    """model.standardize_vision_input: the input channels' statistics are fitted on the training
+    volumes once, before the vision stage, travel with the saved model and its shared vision stage
+    (whose fingerprint names the setting: a shared folder trained without it is refused)."""
+    from safetensors.torch import load_file
+
+    work, common, _ = run
+    out = tmp_path / "std_input"
+    shared = f"stages.shared_dir={tmp_path / 'shared'}"
+    r = cli("train", "--task", "ct-report", *common, shared, f"output_dir={out}", "model.standardize_vision_input=true", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("input channel statistics fitted on 10 training volumes") == 1
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    assert bool(weights["vision_encoder.input_standardizer.fitted"])
+    std = weights["vision_encoder.input_standardizer.std"]
+    assert std.shape == (11,) and float(std.min()) == pytest.approx(0.01) and float(std.max()) < 1.0
+    assert json.loads((out / "final" / "config.json").read_text())["standardize_vision_input"] is True
+    r = cli("train", "--task", "ct-report", *common, shared, f"output_dir={tmp_path / 'plain'}", cwd=work)
+    assert r.returncode == 2 and "standardize_vision_input" in r.stderr

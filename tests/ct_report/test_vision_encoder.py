@@ -139,3 +139,40 @@ def test_other_dtypes_are_cast_whole_and_shapes_still_checked():
         torch.testing.assert_close(enc(x.double()), enc(x.float()))
     with pytest.raises(ValueError, match=r"expects \[B, 10, 48, 16, 8\]"):
         enc(x[:, :, :16])
+
+
+def test_channel_standardizer_fits_each_channel_over_every_voxel():
+    from medvtc.medical.ct_report.channel_standardizer import ChannelStandardizer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 4, 5, 2, generator=g) * torch.tensor([1.0, 10.0, 0.001]).view(1, 3, 1, 1, 1)
+    std = ChannelStandardizer(3)
+    torch.testing.assert_close(std(x), x)  # the identity until fitted
+    std.fit([x[:4], x[4:]])
+    per_channel = x.transpose(0, 1).reshape(3, -1).double()
+    torch.testing.assert_close(std.mean, per_channel.mean(1).float())
+    assert std.std[0] == pytest.approx(float(per_channel[0].std()), rel=1e-5)
+    assert std.std[2] == pytest.approx(0.01)  # the floor: a near-constant channel is not blown up
+    y = std(x)
+    assert abs(float(y[:, 1].mean())) < 1e-5 and float(y[:, 1].std()) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError, match=r"expects \[B, 3, ...\]"):
+        std(x[:, :2])
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_standardized_input_is_the_encoders_input_in_every_path(stem, monkeypatch):
+    """With a fitted input standardizer the encoder gives the tokens of the plain encoder on the
+    standardised input: float32 whole, and float16 slab by slab."""
+    enc, x = _encoder(stem), _channels()
+    torch.manual_seed(0)
+    std_enc = CTViTEncoder(in_channels=C, img_size=IMG, patch_size=PATCH, hidden_size=32, num_layers=1, num_heads=2,
+                           mlp_dim=64, stem=stem, standardize_input=True).eval()
+    std_enc.load_state_dict(enc.state_dict(), strict=False)
+    std_enc.input_standardizer.fit([x.float()])
+    assert set(std_enc.state_dict()) - set(enc.state_dict()) == {
+        "input_standardizer.mean", "input_standardizer.std", "input_standardizer.fitted"}
+    with torch.no_grad():
+        reference = enc(std_enc.input_standardizer(x.float()))
+        torch.testing.assert_close(std_enc(x.float()), reference, rtol=1e-5, atol=1e-5)
+        monkeypatch.setattr(vision_encoder, "_SLAB_ELEMENTS", 1)
+        torch.testing.assert_close(std_enc(x), reference, rtol=1e-4, atol=1e-4)

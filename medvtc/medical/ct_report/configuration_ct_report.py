@@ -75,6 +75,9 @@ class CTReportConfig(PretrainedConfig):
                         named with the vision_ prefix because `PretrainedConfig` treats a plain
                         `gradient_checkpointing` kwarg as deprecated. `model.gradient_checkpointing_enable()`
                         switches it on for the ViT and the LM together.
+      standardize_vision_input
+                        standardise each input channel by its training-set mean and std before
+                        the ViT (`channel_standardizer`; fitted before the vision stage)
       standardize_visual_tokens
                         standardise each ViT token by its position's mean and std over the
                         training set before the compressor (`token_standardizer`; fitted by
@@ -147,6 +150,7 @@ class CTReportConfig(PretrainedConfig):
         vision_stem: str = "patch",
         vision_gradient_checkpointing: bool = False,
         standardize_visual_tokens: bool = True,
+        standardize_vision_input: bool = False,
         compressor: str = "pixel_shuffle",
         compressor_budget: int | float = 64,
         compressor_args: dict[str, Any] | None = None,
@@ -195,6 +199,7 @@ class CTReportConfig(PretrainedConfig):
         self.vision_stem = vision_stem
         self.vision_gradient_checkpointing = bool(vision_gradient_checkpointing)
         self.standardize_visual_tokens = bool(standardize_visual_tokens)
+        self.standardize_vision_input = bool(standardize_vision_input)
 
         self.compressor = str(compressor)
         self.compressor_budget = compressor_budget

@@ -126,6 +126,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             dropout_rate=config.vision_dropout,
             qkv_bias=config.vision_qkv_bias,
             stem=getattr(config, "vision_stem", "patch"),
+            standardize_input=getattr(config, "standardize_vision_input", False),
             gradient_checkpointing=config.vision_gradient_checkpointing,
         )
         # fitted on the training set after the vision warm-up (see token_standardizer.py)

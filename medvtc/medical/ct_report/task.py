@@ -138,6 +138,9 @@ class CTReportModelConfig:
     # activation checkpointing, through transformers' gradient_checkpointing_enable)
     gradient_checkpointing: bool = False
     standardize_visual_tokens: bool = True  # per-position standardisation of the ViT tokens (token_standardizer.py)
+    # per-channel standardisation of the input before the ViT, fitted on training volumes before
+    # the vision stage (channel_standardizer.py: makes the sparse calcium channel visible)
+    standardize_vision_input: bool = False
     # LoRA adapters (peft) on the pretrained LM of language_model_path: 0 trains the LM's own
     # weights; > 0 trains only adapters of this rank wherever a stage trains the LM
     lora_rank: int = 0
@@ -416,7 +419,7 @@ class CTReportTask(Task):
                 patch_size=tuple(m.patch_size),
                 vision_hidden_size=m.vision_hidden_size, vision_layers=m.vision_layers, vision_heads=m.vision_heads,
                 vision_mlp_dim=m.vision_mlp_dim, vision_stem=m.vision_stem, vision_gradient_checkpointing=m.gradient_checkpointing,
-                standardize_visual_tokens=m.standardize_visual_tokens,
+                standardize_visual_tokens=m.standardize_visual_tokens, standardize_vision_input=m.standardize_vision_input,
                 compressor=m.compressor, compressor_budget=m.budget, compressor_args=dict(m.compressor_args),
                 text_config=text_config, language_model_path=m.language_model_path or None, prompt=m.prompt,
                 lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
@@ -459,6 +462,25 @@ class CTReportTask(Task):
                 raise UserError(f"stages.overrides.{stage}: {problem.replace('train.', '')}")
         return stages
 
+    INPUT_STATISTICS_VOLUMES = 256  # training volumes the input channels' statistics are fitted on
+
+    def _fit_input_standardizer(self, model, train_set, verbose: bool) -> None:
+        """Fit the ViT's input standardizer (model.standardize_vision_input) on the first
+        `INPUT_STATISTICS_VOLUMES` training volumes (plenty for C means and stds; reading all of
+        CT-RATE's would take hours), before the vision stage; a resumed or finished stage loads
+        the fitted statistics with its weights."""
+        from medvtc.medical.ct_report.pretraining import label_collate
+
+        standardizer = model.vision_encoder.input_standardizer
+        if standardizer is None or standardizer.is_fitted:
+            return
+        n = min(len(train_set), self.INPUT_STATISTICS_VOLUMES)
+        standardizer.fit(label_collate([train_set[i] for i in range(s, min(n, s + 16))])["pixel_values"]
+                         for s in range(0, n, 16))
+        if verbose:
+            print(f"medvtc: input channel statistics fitted on {n} training volumes (std per channel: "
+                  + ", ".join(f"{v:.3g}" for v in standardizer.std.tolist()) + ")")
+
     def _fingerprint(self, cfg: CTReportTaskConfig, stage: str) -> dict[str, Any]:
         """What a shared stage's weights depend on: reusing them under other settings is an error."""
         m, d, s = cfg.model, cfg.data, cfg.stages
@@ -470,6 +492,8 @@ class CTReportTask(Task):
             keys = ("patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "vision_mlp_dim", "vision_stem")
             fp.update({k: getattr(m, k) for k in keys}, preprocessing=d.preprocessing(), steps=s.vision_steps,
                       lr=s.vision_lr, batch_size=s.vision_batch_size)
+            if m.standardize_vision_input:  # only when on, so the fingerprints made before stay valid
+                fp["standardize_vision_input"] = True
         if (s.overrides or {}).get(stage):  # selection and early stopping change the weights
             fp["overrides"] = dict(sorted(s.overrides[stage].items()))
         return json.loads(json.dumps(fp))  # tuples -> lists, as read back from done.json
@@ -545,6 +569,8 @@ class CTReportTask(Task):
             fingerprint = self._fingerprint(cfg, stage) if stage in SHARED_STAGES else None
             module = self._stage_module(stage, model, train_set)
             done = stage_dir / "done.json"
+            if stage == "vision" and not done.is_file():
+                self._fit_input_standardizer(model, train_set, dist_info.is_main)
             if done.is_file():
                 if fingerprint is not None:
                     self._check_fingerprint(done, fingerprint, stage)

@@ -12,6 +12,8 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from medvtc.medical.ct_report.channel_standardizer import ChannelStandardizer
+
 # Input elements (batch x channels x voxels) per slab when a compact (float16) input is embedded
 # slab by slab: 4 Mi float32 elements = 16 MiB (a 10 x 64 x 64 x 32 volume, the training size, is 2.5 Mi).
 _SLAB_ELEMENTS = 1 << 22
@@ -69,6 +71,9 @@ class CTViTEncoder(nn.Module):
             the einsum path would need 4 bytes * heads * N^2 = 4 GiB per sample and layer.
         gradient_checkpointing: recompute every block in the backward pass
             (`torch.utils.checkpoint`, non-reentrant) to trade compute for activation memory.
+        standardize_input: standardise each input channel by its training-set mean and std
+            before the patch embedding (`input_standardizer`, a `ChannelStandardizer`, fitted
+            by the caller; the identity until then).
 
     Input dtype: `x` of the weights' dtype goes through as it is; a lower-precision float `x`
     (float16 channels, `datasets.ct_rate.CHANNEL_DTYPES`) is embedded slab by slab along X
@@ -97,6 +102,7 @@ class CTViTEncoder(nn.Module):
         use_sdpa: bool = True,
         gradient_checkpointing: bool = False,
         stem: str = "patch",
+        standardize_input: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -151,6 +157,12 @@ class CTViTEncoder(nn.Module):
             block.cross_attn = nn.Identity()
             block.norm_cross_attn = nn.Identity()
         self.norm = nn.LayerNorm(hidden_size)
+        self.input_standardizer = ChannelStandardizer(in_channels) if standardize_input else None
+
+    def _stem_input(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """What the patch embedding reads: `x` (or a slab of it) in the weights' dtype, standardised."""
+        x = x.to(dtype)
+        return x if self.input_standardizer is None else self.input_standardizer(x)
 
     def train(self, mode: bool = True) -> "CTViTEncoder":
         super().train(mode)
@@ -166,12 +178,10 @@ class CTViTEncoder(nn.Module):
         if x.ndim != self.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"CTViTEncoder expects [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
         weight_dtype = self.patch_embedding.position_embeddings.dtype
-        if x.dtype == weight_dtype:
-            h = self.patch_embedding(x)  # [B, N, D]; Conv3d output flattened over (X', Y', Z')
-        elif x.is_floating_point() and x.dtype.itemsize < weight_dtype.itemsize:
+        if x.is_floating_point() and x.dtype.itemsize < weight_dtype.itemsize:
             h = self.embed_patches(x)  # a compact input: slab by slab
         else:
-            h = self.patch_embedding(x.to(weight_dtype))
+            h = self.patch_embedding(self._stem_input(x, weight_dtype))  # [B, N, D]; Conv3d output flattened over (X', Y', Z')
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             h = checkpoint(block, h, use_reentrant=False) if ckpt else block(h)
@@ -212,7 +222,7 @@ class CTViTEncoder(nn.Module):
         dtype = pe.position_embeddings.dtype
         stem = pe.patch_embeddings
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in stem.modules()):
-            return pe(x.to(dtype))
+            return pe(self._stem_input(x, dtype))
         px, n_x = self.patch_size[0], x.shape[2]
         row = max(1, x[:, :, :1].numel())
         step = max(1, _SLAB_ELEMENTS // (row * px)) * px
@@ -221,7 +231,7 @@ class CTViTEncoder(nn.Module):
         for x0 in range(0, n_x, step):
             x1 = min(n_x, x0 + step)
             a, b = max(0, x0 - before), min(n_x, x1 + after)
-            y = stem(x[:, :, a:b].to(dtype))  # [B, D, (b - a) / px, Y', Z']
+            y = stem(self._stem_input(x[:, :, a:b], dtype))  # [B, D, (b - a) / px, Y', Z']
             parts.append(y[:, :, (x0 - a) // px : (x1 - a) // px])
         y = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         # the rest of MONAI's PatchEmbeddingBlock.forward (proj_type="conv")
