@@ -78,6 +78,8 @@ class CTReportConfig(PretrainedConfig):
       standardize_vision_input
                         standardise each input channel by its training-set mean and std before
                         the ViT (`channel_standardizer`; fitted before the vision stage)
+      vision_input_min_std
+                        its floor on a channel's std: at most a 1 / floor gain on a channel
       standardize_visual_tokens
                         standardise each ViT token by its position's mean and std over the
                         training set before the compressor (`token_standardizer`; fitted by
@@ -151,6 +153,7 @@ class CTReportConfig(PretrainedConfig):
         vision_gradient_checkpointing: bool = False,
         standardize_visual_tokens: bool = True,
         standardize_vision_input: bool = False,
+        vision_input_min_std: float = 0.05,
         compressor: str = "pixel_shuffle",
         compressor_budget: int | float = 64,
         compressor_args: dict[str, Any] | None = None,
@@ -200,6 +203,7 @@ class CTReportConfig(PretrainedConfig):
         self.vision_gradient_checkpointing = bool(vision_gradient_checkpointing)
         self.standardize_visual_tokens = bool(standardize_visual_tokens)
         self.standardize_vision_input = bool(standardize_vision_input)
+        self.vision_input_min_std = float(vision_input_min_std)
 
         self.compressor = str(compressor)
         self.compressor_budget = compressor_budget

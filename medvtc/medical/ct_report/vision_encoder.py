@@ -74,6 +74,7 @@ class CTViTEncoder(nn.Module):
         standardize_input: standardise each input channel by its training-set mean and std
             before the patch embedding (`input_standardizer`, a `ChannelStandardizer`, fitted
             by the caller; the identity until then).
+        input_min_std: the standardizer's floor on a channel's std (the largest gain it gives).
 
     Input dtype: `x` of the weights' dtype goes through as it is; a lower-precision float `x`
     (float16 channels, `datasets.ct_rate.CHANNEL_DTYPES`) is embedded slab by slab along X
@@ -103,6 +104,7 @@ class CTViTEncoder(nn.Module):
         gradient_checkpointing: bool = False,
         stem: str = "patch",
         standardize_input: bool = False,
+        input_min_std: float = 0.05,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -157,7 +159,7 @@ class CTViTEncoder(nn.Module):
             block.cross_attn = nn.Identity()
             block.norm_cross_attn = nn.Identity()
         self.norm = nn.LayerNorm(hidden_size)
-        self.input_standardizer = ChannelStandardizer(in_channels) if standardize_input else None
+        self.input_standardizer = ChannelStandardizer(in_channels, input_min_std) if standardize_input else None
 
     def _stem_input(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """What the patch embedding reads: `x` (or a slab of it) in the weights' dtype, standardised."""
