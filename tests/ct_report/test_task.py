@@ -413,7 +413,7 @@ def test_standardized_vision_input_is_fitted_before_the_vision_stage_and_saved(r
     weights = load_file(str(out / "final" / "model.safetensors"))
     assert bool(weights["vision_encoder.input_standardizer.fitted"])
     std = weights["vision_encoder.input_standardizer.std"]
-    assert std.shape == (11,) and float(std.min()) == pytest.approx(0.05) and float(std.max()) < 1.0
+    assert std.shape == (11,) and float(std.min()) == pytest.approx(0.01) and float(std.max()) < 1.0
     assert json.loads((out / "final" / "config.json").read_text())["standardize_vision_input"] is True
     r = cli("train", "--task", "ct-report", *common, shared, f"output_dir={tmp_path / 'plain'}", cwd=work)
     assert r.returncode == 2 and "standardize_vision_input" in r.stderr

@@ -37,7 +37,7 @@ class ChannelStandardizer(nn.Module):
         (float64 sums).
     """
 
-    def __init__(self, num_channels: int, min_std: float = 0.05) -> None:
+    def __init__(self, num_channels: int, min_std: float = 0.01) -> None:
         super().__init__()
         self.min_std = float(min_std)
         self.register_buffer("mean", torch.zeros(num_channels))

@@ -153,7 +153,7 @@ class CTReportConfig(PretrainedConfig):
         vision_gradient_checkpointing: bool = False,
         standardize_visual_tokens: bool = True,
         standardize_vision_input: bool = False,
-        vision_input_min_std: float = 0.05,
+        vision_input_min_std: float = 0.01,
         compressor: str = "pixel_shuffle",
         compressor_budget: int | float = 64,
         compressor_args: dict[str, Any] | None = None,

@@ -127,7 +127,7 @@ class CTReportModel(PreTrainedModel, GenerationMixin):
             qkv_bias=config.vision_qkv_bias,
             stem=getattr(config, "vision_stem", "patch"),
             standardize_input=getattr(config, "standardize_vision_input", False),
-            input_min_std=getattr(config, "vision_input_min_std", 0.05),
+            input_min_std=getattr(config, "vision_input_min_std", 0.01),
             gradient_checkpointing=config.vision_gradient_checkpointing,
         )
         # fitted on the training set after the vision warm-up (see token_standardizer.py)

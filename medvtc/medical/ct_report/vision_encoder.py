@@ -104,7 +104,7 @@ class CTViTEncoder(nn.Module):
         gradient_checkpointing: bool = False,
         stem: str = "patch",
         standardize_input: bool = False,
-        input_min_std: float = 0.05,
+        input_min_std: float = 0.01,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
