@@ -415,5 +415,6 @@ def test_standardized_vision_input_is_fitted_before_the_vision_stage_and_saved(r
     std = weights["vision_encoder.input_standardizer.std"]
     assert std.shape == (11,) and float(std.min()) == pytest.approx(0.01) and float(std.max()) < 1.0
     assert json.loads((out / "final" / "config.json").read_text())["standardize_vision_input"] is True
-    r = cli("train", "--task", "ct-report", *common, shared, f"output_dir={tmp_path / 'plain'}", cwd=work)
+    r = cli("train", "--task", "ct-report", *common, shared, f"output_dir={tmp_path / 'plain'}",
+            "model.standardize_vision_input=false", cwd=work)
     assert r.returncode == 2 and "standardize_vision_input" in r.stderr

@@ -139,8 +139,9 @@ class CTReportModelConfig:
     gradient_checkpointing: bool = False
     standardize_visual_tokens: bool = True  # per-position standardisation of the ViT tokens (token_standardizer.py)
     # per-channel standardisation of the input before the ViT, fitted on training volumes before
-    # the vision stage (channel_standardizer.py: makes the sparse calcium channel visible)
-    standardize_vision_input: bool = False
+    # the vision stage (channel_standardizer.py: makes the sparse calcium channel visible; test
+    # clinical micro F1 +8.0 points at 1200 volumes, +9.2 at 3600, paired)
+    standardize_vision_input: bool = True
     # its floor on a channel's std, i.e. the largest gain (1 / floor) on a channel. 1200 volumes,
     # probe val AUC of the calcifications at step 1400: 0.94 / 0.95 with 0.01, 0.60 / 0.54 with
     # 0.05 (not learnt), but emphysema 0.91 with 0.01 against 1.00 with 0.05 and without
