@@ -22,6 +22,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from medvtc.medical.ct_report.token_standardizer import mean_and_std
+
 
 class ChannelStandardizer(nn.Module):
     """(x - mean[c]) / std[c] per input channel c, with statistics over every voxel of the training set.
@@ -57,22 +59,11 @@ class ChannelStandardizer(nn.Module):
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> "ChannelStandardizer":
         c = self.mean.numel()
-        total = torch.zeros(c, dtype=torch.float64)
-        total_sq = torch.zeros(c, dtype=torch.float64)
-        count = 0
-        for x in batches:
-            v = x.detach().to(torch.float64).transpose(0, 1).reshape(c, -1)
-            total += v.sum(1)
-            total_sq += (v * v).sum(1)
-            count += v.shape[1]
-        if count < 2:
-            raise ValueError(f"ChannelStandardizer.fit needs at least 2 voxels, got {count}")
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0) * count / (count - 1)
+        voxels = (x.transpose(0, 1).reshape(c, -1).T for x in batches)  # [voxels, C] per batch
+        mean, std = mean_and_std(voxels, self.min_std, "ChannelStandardizer.fit", "voxels")
         self.mean.copy_(mean.to(self.mean.dtype))
-        self.std.copy_(var.sqrt().clamp_min(self.min_std).to(self.std.dtype))
+        self.std.copy_(std.to(self.std.dtype))
         self.fitted.fill_(True)
         return self
-
 
 __all__ = ["ChannelStandardizer"]

@@ -59,21 +59,29 @@ class TokenStandardizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> "TokenStandardizer":
-        total = total_sq = None
-        count = 0
-        for tokens in batches:
-            t = tokens.detach().to(torch.float64)
-            total = t.sum(0) if total is None else total + t.sum(0)
-            total_sq = (t * t).sum(0) if total_sq is None else total_sq + (t * t).sum(0)
-            count += t.shape[0]
-        if count < 2:
-            raise ValueError(f"TokenStandardizer.fit needs at least 2 samples, got {count}")
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0) * count / (count - 1)
+        mean, std = mean_and_std(batches, self.min_std, "TokenStandardizer.fit", "samples")
         self.mean.copy_(mean.to(self.mean.dtype))
-        self.std.copy_(var.sqrt().clamp_min(self.min_std).to(self.std.dtype))
+        self.std.copy_(std.to(self.std.dtype))
         self.fitted.fill_(True)
         return self
 
 
-__all__ = ["TokenStandardizer"]
+@torch.no_grad()
+def mean_and_std(batches: Iterable[torch.Tensor], min_std: float, who: str, unit: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased standard deviation (floored at `min_std`) over dim 0 of all `batches`
+    together, from float64 running sums (the batches are never held at once). `who` / `unit`
+    name the caller and what dim 0 counts in the error for fewer than 2 of them."""
+    total = total_sq = None
+    count = 0
+    for batch in batches:
+        t = batch.detach().to(torch.float64)
+        total = t.sum(0) if total is None else total + t.sum(0)
+        total_sq = (t * t).sum(0) if total_sq is None else total_sq + (t * t).sum(0)
+        count += t.shape[0]
+    if count < 2:
+        raise ValueError(f"{who} needs at least 2 {unit}, got {count}")
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0) * count / (count - 1)
+    return mean, var.sqrt().clamp_min(min_std)
+
+__all__ = ["TokenStandardizer", "mean_and_std"]
