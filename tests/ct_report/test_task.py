@@ -385,13 +385,25 @@ def test_finding_tokens_train_evaluate_and_write_through_the_cli(run, tmp_path):
     from medvtc.medical.ct_report.pipeline import CTReportGenerator
 
     gen = CTReportGenerator.from_pretrained(out / "final")
-    assert gen.model.config.finding_tokens and gen.model.config.finding_threshold == 0.4
+    # the threshold the model writes with was chosen on the val split (calibrate_finding_threshold, default on)
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["configured_threshold"] == 0.4 and calibration["val_volumes"] == 2
+    assert gen.model.config.finding_tokens and gen.model.config.finding_threshold == calibration["finding_threshold"]
+    assert calibration["val_best_micro_f1"] == max(calibration["curve"].values())
+    assert calibration["val_head_micro_f1"] >= calibration["val_best_micro_f1"] - calibration["bootstrap_se"] - 1e-9
+    assert f"finding threshold {calibration['finding_threshold']:g}, chosen on the 2 val volumes" in r.stdout
     assert gen.model.finding_embedding.weight.shape == (36, 32)
     r = cli("eval", "--task", "ct-report", *common, "--checkpoint", str(out / "final"), cwd=work)
     assert r.returncode == 0, r.stderr
     assert "finding_head_micro_f1=" in r.stdout and "clinical_micro_f1" in r.stdout
     texts = [gen(v) for v in _test_volumes(work)[:2]]
     assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+    # resuming the finished run without calibration re-saves it with the configured threshold
+    r = cli("train", "--task", "ct-report", "--resume", *common, f"stages.shared_dir={work / 'shared'}", f"output_dir={out}", *tokens,
+            "model.calibrate_finding_threshold=false", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "finding threshold" not in r.stdout
+    assert CTReportGenerator.from_pretrained(out / "final").model.config.finding_threshold == 0.4
 
     bad = cli("train", "--task", "ct-report", *common, f"output_dir={tmp_path / 'bad'}", "model.finding_loss_weight=0", cwd=work)
     assert bad.returncode == 2 and "model.finding_loss_weight" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -162,6 +162,10 @@ class CTReportModelConfig:
     # head's decisions (probability >= finding_threshold) when writing; needs finding_loss_weight > 0
     finding_tokens: bool = True
     finding_threshold: float = 0.5
+    # after training, replace finding_threshold by one global threshold chosen on the val split by
+    # the head's micro F1 (finding_threshold.py: the prevalence-weighted loss makes the head
+    # over-call at 0.5); the saved model carries it, calibration.json the curve
+    calibrate_finding_threshold: bool = True
 
     def validate(self) -> None:
         if self.finding_tokens and self.finding_loss_weight <= 0:
@@ -279,13 +283,8 @@ def _stage_weights(stage_dir: Path, tcfg: TrainConfig) -> Path:
 
 
 @torch.no_grad()
-def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[str, float]:
-    """What the compressed tokens carry of the findings, read by the finding head alone (no
-    report): micro F1 at the model's finding_threshold and macro ROC-AUC (MONAI) over the labels with both
-    classes in the split. Against the reports' label_micro_f1 it says whether findings are lost
-    in the tokens or in the writing."""
-    from monai.metrics import compute_roc_auc
-
+def finding_head_probabilities(model, dataset, device, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The finding head's probabilities on every volume of `dataset` and their labels, both (N, 18)."""
     from medvtc.medical.ct_report.pretraining import label_collate
 
     was = model.training
@@ -296,7 +295,17 @@ def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[s
         probs.append(model.predict_findings(batch["pixel_values"].to(device)).float().cpu())
         truth.append(batch["labels"].float())
     model.train(was)
-    p, t = torch.cat(probs), torch.cat(truth)
+    return torch.cat(probs), torch.cat(truth)
+
+
+def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[str, float]:
+    """What the compressed tokens carry of the findings, read by the finding head alone (no
+    report): micro F1 at the model's finding_threshold and macro ROC-AUC (MONAI) over the labels with both
+    classes in the split. Against the reports' label_micro_f1 it says whether findings are lost
+    in the tokens or in the writing."""
+    from monai.metrics import compute_roc_auc
+
+    p, t = finding_head_probabilities(model, dataset, device, batch_size)
     pred = p >= float(getattr(model.config, "finding_threshold", 0.5))
     tp, fp, fn = float((pred & (t > 0)).sum()), float((pred & (t == 0)).sum()), float((~pred & (t > 0)).sum())
     both = [j for j in range(t.shape[1]) if 0 < t[:, j].sum() < len(t)]
@@ -640,11 +649,39 @@ class CTReportTask(Task):
             barrier(dist_info)
         model.requires_grad_(True)
         if dist_info.is_main:
+            if findings and cfg.model.calibrate_finding_threshold:
+                self._calibrate_finding_threshold(cfg, model, val_set, out)
             self._save_final(cfg, model, tokenizer, out / "final")
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; model in {out / 'final'}")
             self._report_split(cfg, model, tokenizer, val_set, "val", out / "final" / "val_metrics.json")
         cleanup(dist_info)
         return 0
+
+    CALIBRATION_FILE = "calibration.json"
+
+    def _calibrate_finding_threshold(self, cfg: CTReportTaskConfig, model, val_set, out: Path) -> None:
+        """Set the model's finding_threshold to the global one chosen on the val split by the
+        head's micro F1 (model.calibrate_finding_threshold; finding_threshold.py: the
+        one-standard-error rule, and why), and record the curve in `out/calibration.json`."""
+        from medvtc.medical.ct_report.finding_threshold import choose_finding_threshold
+
+        if not len(val_set) or val_set.records[0].labels is None:
+            print("medvtc: finding threshold kept at "
+                  f"{model.config.finding_threshold:g}: the val split has no labels to calibrate it on")
+            return
+        device = next(model.parameters()).device
+        probs, truth = finding_head_probabilities(model, val_set, device)
+        threshold, curve, se = choose_finding_threshold(probs.numpy(), truth.numpy(), default=cfg.model.finding_threshold)
+        at_default = curve.get(float(cfg.model.finding_threshold))
+        model.config.finding_threshold = threshold
+        atomic_write_json(out / self.CALIBRATION_FILE, {
+            "finding_threshold": threshold, "rule": "one standard error", "val_volumes": len(val_set),
+            "val_head_micro_f1": curve[threshold], "val_best_micro_f1": max(curve.values()), "bootstrap_se": se,
+            "configured_threshold": cfg.model.finding_threshold, "val_head_micro_f1_at_configured": at_default,
+            "curve": {f"{t:.2f}": round(f, 6) for t, f in curve.items()}})
+        print(f"medvtc: finding threshold {threshold:g}, chosen on the {len(val_set)} val volumes (head micro F1 "
+              f"{curve[threshold]:.4f}" + (f"; {at_default:.4f} at the configured {cfg.model.finding_threshold:g})"
+                                           if at_default is not None else ")"))
 
     def token_cache(self, cfg: CTReportTaskConfig, model, dataset, shared: Path, dist_info=None):
         """The frozen ViT's tokens of every volume of `dataset`, encoded once into
