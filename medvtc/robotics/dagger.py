@@ -136,6 +136,7 @@ def _merged_summary(base: dict[str, Any], added: dict[str, Any], root: Path, bas
         "episodes": int(added["episodes"]), "frames": int(added["frames"]),
         "policy_success": {str(t["task_id"]): [int(t["successes"]), int(t["attempts"])] for t in added["tasks"]},
         "seconds": float(added["seconds"]),
+        "expert_hand_clearance": bool(added.get("expert_hand_clearance", False)),  # the labelling expert's grasp plan
     })
     merged["dagger"] = {"rounds": rounds}
     return merged

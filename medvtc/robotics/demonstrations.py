@@ -177,6 +177,7 @@ class RecordingSummary:
     action_noise: float = 0.0
     image_stats: str = "uint8"  # how LeRobot computed the image statistics ("float": under image_stats.float_image_stats)
     expert_clip: str = "axis"  # the scripted expert's velocity limit (ExpertConfig.clip)
+    expert_hand_clearance: bool = False  # the expert's palm-clearing grasp plan (ExpertConfig.hand_clearance); older recordings: without
     # on-policy recording (DAgger): {"policy": checkpoint, "policy_share": p}; None: the expert drove
     driver: dict[str, Any] | None = None
     dagger: dict[str, Any] | None = None  # an aggregated dataset: what `medvtc.robotics.dagger` added to which base
@@ -218,7 +219,8 @@ class RecordingSummary:
             f"{self.root}; the expert failed {self.failures} of {self.attempts} attempts "
             f"(success rate {self.expert_success_rate:.1%}, {self.init} initial states, seed {self.seed}, "
             f"robot init noise {self.robot_init_noise:g} rad, DART action noise {self.action_noise:g}, "
-            f"expert velocity clipped per {self.expert_clip})",
+            f"expert velocity clipped per {self.expert_clip}, "
+            f"{'palm-clearing' if self.expert_hand_clearance else 'plain'} grasp plan)",
         ]
         for t in self.tasks:
             short = "" if t.successes >= self.episodes_per_task else f"  (wanted {self.episodes_per_task})"
@@ -377,6 +379,7 @@ def record_demonstrations(
         episodes_per_task=int(episodes_per_task), tasks=[], robot_init_noise=float(robot_init_noise),
         action_noise=float(action_noise), image_stats=FLOAT_MARK,
         expert_clip=(expert_config or ExpertConfig()).clip,
+        expert_hand_clearance=(expert_config or ExpertConfig()).hand_clearance,
         driver=None if driver is None else {"policy": str(driver_name), "policy_share": float(policy_share)},
     )
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
@@ -614,7 +617,8 @@ def describe_dataset(root: str | Path) -> str:
             f"  scripted expert: {rec['episodes']} kept of {rec['attempts']} attempts "
             f"({rec['failures']} failed, success rate {rec['expert_success_rate']:.1%}), seed {rec['seed']}, "
             f"{rec['init']} initial states, robot init noise {rec.get('robot_init_noise', 0.0):g} rad, "
-            f"DART action noise {rec.get('action_noise', 0.0):g}, expert velocity clipped per {rec.get('expert_clip', 'axis')}"
+            f"DART action noise {rec.get('action_noise', 0.0):g}, expert velocity clipped per {rec.get('expert_clip', 'axis')}, "
+            f"{'palm-clearing' if rec.get('expert_hand_clearance', False) else 'plain'} grasp plan"
         )
         for i, r in enumerate((rec.get("dagger") or {}).get("rounds", []), 1):
             won = sum(s for s, _ in r["policy_success"].values())

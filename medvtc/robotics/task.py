@@ -64,6 +64,9 @@ class LiberoDataConfig:
     # the scripted expert's velocity limit: "axis" clips each axis (short full-speed bursts on a small
     # axis), "norm" the translation's length (straight, proportional moves; see ExpertConfig.clip)
     expert_clip: Literal["axis", "norm"] = "axis"
+    # the expert plans its grasp so the palm clears what lies under it (ExpertConfig.hand_clearance:
+    # without it, descents onto a tall object or beside a tall neighbour stall until a timer ends them)
+    expert_hand_clearance: bool = True
     # where policy.cache_tokens keeps its stores (one folder per backbone x dataset x views);
     # null: token_cache/ beside data.root (data/libero_object_demos -> data/token_cache)
     cache_dir: str | None = None
@@ -265,10 +268,11 @@ def check_recording_matches(d: LiberoDataConfig) -> None:
     recorded = {"suite": rec.get("suite"), "tasks": [t["task_id"] for t in rec.get("tasks", [])],
                 "episodes_per_task": rec.get("episodes_per_task"), "seed": rec.get("seed"), "init": rec.get("init"),
                 "camera_size": list(rec.get("camera_size", [])), "robot_init_noise": rec.get("robot_init_noise", 0.0),
-                "action_noise": rec.get("action_noise", 0.0), "expert_clip": rec.get("expert_clip", "axis")}
+                "action_noise": rec.get("action_noise", 0.0), "expert_clip": rec.get("expert_clip", "axis"),
+                "expert_hand_clearance": rec.get("expert_hand_clearance", False)}
     wanted = {"suite": d.suite, "tasks": list(d.tasks), "episodes_per_task": d.episodes_per_task, "seed": d.seed,
               "init": d.init, "camera_size": [d.camera_size, d.camera_size], "robot_init_noise": d.robot_init_noise,
-              "action_noise": d.action_noise, "expert_clip": d.expert_clip}
+              "action_noise": d.action_noise, "expert_clip": d.expert_clip, "expert_hand_clearance": d.expert_hand_clearance}
     for key, value in wanted.items():
         if recorded[key] != value:
             raise UserError(f"{d.root} was recorded with data.{key}={recorded[key]!r}, but the config says {value!r}: "
@@ -311,7 +315,7 @@ class LiberoTask(Task):
             record_dagger(
                 d.root, d.dagger_base, d.dagger_policy, suite=d.suite, task_ids=d.tasks, episodes_per_task=d.episodes_per_task,
                 seed=d.seed, policy_share=d.policy_share, robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
-                expert_config=ExpertConfig(clip=d.expert_clip), env_kwargs={"fast_render": d.fast_render}, overwrite=overwrite,
+                expert_config=ExpertConfig(clip=d.expert_clip, hand_clearance=d.expert_hand_clearance), env_kwargs={"fast_render": d.fast_render}, overwrite=overwrite,
             )
         elif not inspect:
             d = cfg.data
@@ -320,7 +324,7 @@ class LiberoTask(Task):
                 camera_size=d.camera_size, init=d.init, max_attempts_per_task=d.max_attempts_per_task,
                 video=d.video, overwrite=overwrite, env_kwargs={"fast_render": d.fast_render},
                 robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
-                expert_config=ExpertConfig(clip=d.expert_clip),
+                expert_config=ExpertConfig(clip=d.expert_clip, hand_clearance=d.expert_hand_clearance),
             )
             print(summary.describe())
         print(describe_dataset(cfg.data.root))

@@ -127,8 +127,9 @@ def test_recording_with_noise_keeps_the_clean_expert_actions(tmp_path):
                                     robot_init_noise=0.02, action_noise=0.3, expert_config=ExpertConfig(clip="norm"))
     assert (summary.robot_init_noise, summary.action_noise, summary.expert_clip) == (0.02, 0.3, "norm")
     assert "robot init noise 0.02 rad, DART action noise 0.3, expert velocity clipped per norm" in summary.describe()
+    assert "palm-clearing grasp plan" in summary.describe()  # ExpertConfig.hand_clearance, the default
     recorded = json.loads((root / demos.RECORDING_FILE).read_text())
-    assert (recorded["action_noise"], recorded["expert_clip"]) == (0.3, "norm")
+    assert (recorded["action_noise"], recorded["expert_clip"], recorded["expert_hand_clearance"]) == (0.3, "norm", True)
     attempt = len(summary.tasks[0].failed_seeds)  # the kept episode's attempt index
     ds = load_demonstrations(root)
     states = [ds[t][STATE_KEY].numpy() for t in range(9)]

@@ -43,10 +43,15 @@ def test_the_default_recording_must_match_the_data_settings(tmp_path, monkeypatc
                "seed": 0, "init": "random", "camera_size": [128, 128], "robot_init_noise": 0.02, "action_noise": 0.0}
     (root / RECORDING_FILE).write_text(json.dumps(summary))
     monkeypatch.setattr(task_module, "DEFAULT_ROOT", str(root))
-    cfg = LiberoTask().load_config(None, [f"data.root={root}"])
+    old_expert = "data.expert_hand_clearance=false"
+    cfg = LiberoTask().load_config(None, [f"data.root={root}", old_expert])
     task_module.check_recording_matches(cfg.data)  # no expert_clip recorded: per axis, the default
-    cfg = LiberoTask().load_config(None, [f"data.root={root}", "data.expert_clip=norm"])
+    cfg = LiberoTask().load_config(None, [f"data.root={root}", old_expert, "data.expert_clip=norm"])
     with pytest.raises(UserError, match=r"recorded with data.expert_clip='axis', but the config says 'norm'"):
+        task_module.check_recording_matches(cfg.data)
+    # a recording from before the palm-clearing grasp plan (no key: without it) against today's default
+    cfg = LiberoTask().load_config(None, [f"data.root={root}"])
+    with pytest.raises(UserError, match=r"recorded with data.expert_hand_clearance=False, but the config says True"):
         task_module.check_recording_matches(cfg.data)
 
 
