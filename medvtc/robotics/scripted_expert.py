@@ -81,9 +81,10 @@ class ExpertConfig:
     open_steps: int = 10
     phase_budget: int = 60  # steps before a phase gives up and moves on
     max_attempts: int = 3
-    # Plan the grasp height (and, if a neighbour is in the way, slide the grasp along the object's
-    # long axis) so the hand's palm clears everything under it by `palm_margin` (module docstring);
-    # false: the plain depth rule (recordings made before it).
+    # Plan a pinch grasp's height (and, if a neighbour is in the way, slide the grasp along the
+    # object's long axis) so the hand's palm clears every object geom under it by `palm_margin`
+    # (module docstring; the fingers are not checked, rim grasps keep their plan); false: the
+    # plain depth rule (recordings made before it).
     hand_clearance: bool = True
     palm_margin: float = 0.005
     min_finger_overlap: float = 0.012  # a grasp must reach at least this far below the object's top
@@ -239,6 +240,9 @@ class ScriptedExpert:
         grip site's frame, (8, 3): rigid, so valid at any pose."""
         model = self._sim.model._model
         hand = [g for g in range(model.ngeom) if model.geom(g).name.endswith("hand_collision")]
+        if not hand:
+            raise ConfigError("hand_clearance needs the gripper's 'hand_collision' geom (robosuite's Panda hand); "
+                              "this robot has none: set ExpertConfig.hand_clearance=False (data.expert_hand_clearance=false)")
         pos, rot = self._eef()
         return (_collision_corners(self._sim, hand) - pos) @ rot
 

@@ -402,7 +402,7 @@ def test_finding_tokens_train_evaluate_and_write_through_the_cli(run, tmp_path):
     r = cli("train", "--task", "ct-report", "--resume", *common, f"stages.shared_dir={work / 'shared'}", f"output_dir={out}", *tokens,
             "model.calibrate_finding_threshold=false", cwd=work)
     assert r.returncode == 0, r.stderr
-    assert "finding threshold" not in r.stdout
+    assert "finding threshold" not in r.stdout and not (out / "calibration.json").exists()
     assert CTReportGenerator.from_pretrained(out / "final").model.config.finding_threshold == 0.4
 
     bad = cli("train", "--task", "ct-report", *common, f"output_dir={tmp_path / 'bad'}", "model.finding_loss_weight=0", cwd=work)

@@ -651,6 +651,8 @@ class CTReportTask(Task):
         if dist_info.is_main:
             if findings and cfg.model.calibrate_finding_threshold:
                 self._calibrate_finding_threshold(cfg, model, val_set, out)
+            else:  # a resumed run saved without calibration: no stale curve beside it
+                (out / self.CALIBRATION_FILE).unlink(missing_ok=True)
             self._save_final(cfg, model, tokenizer, out / "final")
             print(f"medvtc: trained in {time.perf_counter() - t0:.0f} s; model in {out / 'final'}")
             self._report_split(cfg, model, tokenizer, val_set, "val", out / "final" / "val_metrics.json")
@@ -668,6 +670,7 @@ class CTReportTask(Task):
         if not len(val_set) or val_set.records[0].labels is None:
             print("medvtc: finding threshold kept at "
                   f"{model.config.finding_threshold:g}: the val split has no labels to calibrate it on")
+            (out / self.CALIBRATION_FILE).unlink(missing_ok=True)
             return
         device = next(model.parameters()).device
         probs, truth = finding_head_probabilities(model, val_set, device)
