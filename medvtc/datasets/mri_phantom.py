@@ -23,6 +23,14 @@ ellipsoid) and 1-3 lesions (label 2) mostly inside the organ, each one of:
 - infiltrative: a sphere whose surface is displaced by a smooth random field (irregular margin),
   larger ones with a necrotic core (dark T1w, bright T2w).
 
+`lesions="subtle"` (tokenseg's `data.dataset=phantom_subtle`) draws the same cases with lesions
+made to tell token selections apart: radii (and spikes) scaled by `SUBTLE_LESION_SCALE` (0.45:
+about 3-7 mm across instead of 8-15, a few voxels at 1.5 mm) and the lesion's signal moved
+towards the organ's, keeping `SUBTLE_LESION_CONTRAST` (40 %) of their difference in each
+modality. At the standard size and contrast every selection rule found the lesions equally well
+(TokenSeg's boundary-aware selection, pooling and DivPrune within 0.1 Dice point); a lesion a
+few voxels across with a faint edge is where keeping the tokens at a boundary should matter.
+
 Partial-volume edges: every structure is a soft occupancy exp-sigmoid of a signed distance
 (about a third of a voxel wide), intensities mix the tissues by occupancy, and labels are the
 occupancy > 0.5. On top: per-tissue texture, a smooth multiplicative bias field (2nd-order
@@ -61,6 +69,9 @@ from medvtc.datasets.parallel import map_in_order, resolve_workers
 MODALITIES = ("T1w", "T2w")
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
 LESION_KINDS = ("lobulated", "spiculated", "infiltrative")
+LESION_STYLES = ("standard", "subtle")
+SUBTLE_LESION_SCALE = 0.45  # subtle lesions' size relative to the standard draw
+SUBTLE_LESION_CONTRAST = 0.4  # share of the lesion-organ signal difference a subtle lesion keeps
 DEFAULT_SHAPE = (64, 64, 64)
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -140,13 +151,16 @@ def _occupancy(sdf: np.ndarray, width_mm: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # One case
 # ------------------------------------------------------------------------------------------------
-def sample_case(rng: np.random.Generator, fov_mm: Sequence[float]) -> dict[str, Any]:
-    """Random parameters of one phantom in a field of view `fov_mm` (centred on 0)."""
+def sample_case(rng: np.random.Generator, fov_mm: Sequence[float], lesions: str = "standard") -> dict[str, Any]:
+    """Random parameters of one phantom in a field of view `fov_mm` (centred on 0); `lesions`
+    "subtle" makes the same draw's lesions smaller and fainter (module docstring)."""
+    if lesions not in LESION_STYLES:
+        raise UserError(f"phantom lesions {lesions!r}: expected one of {', '.join(LESION_STYLES)}")
     half = np.asarray(fov_mm, dtype=float) / 2
     body_radii = half * rng.uniform(0.78, 0.92, size=3)
     organ_radii = half * rng.uniform(0.28, 0.42, size=3)
     organ_centre = rng.uniform(-0.25, 0.25, size=3) * half
-    lesions = []
+    drawn = []
     for _ in range(int(rng.integers(1, 4))):
         kind = LESION_KINDS[int(rng.integers(len(LESION_KINDS)))]
         radius = float(rng.uniform(0.08, 0.16) * half.min())
@@ -164,7 +178,7 @@ def sample_case(rng: np.random.Generator, fov_mm: Sequence[float]) -> dict[str, 
         else:
             lesion["roughness"] = float(rng.uniform(0.15, 0.35))
             lesion["necrotic"] = bool(radius > 0.12 * half.min() and rng.random() < 0.6)
-        lesions.append(lesion)
+        drawn.append(lesion)
     fluids = []
     for _ in range(int(rng.integers(1, 3))):
         # tubes and cysts away from the organ: opposite side of the body
@@ -174,6 +188,14 @@ def sample_case(rng: np.random.Generator, fov_mm: Sequence[float]) -> dict[str, 
         radii[int(rng.integers(3))] *= rng.uniform(1.5, 3.5)  # elongated: vessel-like
         fluids.append({"centre": centre.tolist(), "radii": radii.tolist(), "rot": _random_rotation(rng).tolist()})
     contrast = {t: [float(v * rng.uniform(0.88, 1.12)) for v in vals] for t, vals in TISSUES.items()}
+    if lesions == "subtle":  # after every draw, so a subtle case is its standard twin made harder
+        k = SUBTLE_LESION_SCALE
+        for les in drawn:
+            les["radius"] *= k
+            if "spikes" in les:
+                les["spikes"] = [(d, length * k, base * k) for d, length, base in les["spikes"]]
+        for tissue in ("lesion", "necrosis"):
+            contrast[tissue] = [o + SUBTLE_LESION_CONTRAST * (v - o) for v, o in zip(contrast[tissue], contrast["organ"])]
     return {
         "body_radii": body_radii.tolist(),
         "body_rot": _random_rotation(rng).tolist(),
@@ -182,7 +204,7 @@ def sample_case(rng: np.random.Generator, fov_mm: Sequence[float]) -> dict[str, 
         "organ_radii": organ_radii.tolist(),
         "organ_rot": _random_rotation(rng).tolist(),
         "organ_lobes": [(_unit(rng.normal(size=3)).tolist(), float(rng.uniform(0.05, 0.15)), 0.4) for _ in range(3)],
-        "lesions": lesions,
+        "lesions": drawn,
         "fluids": fluids,
         "contrast": contrast,
         "bias": rng.normal(scale=0.12, size=10).tolist(),
@@ -296,13 +318,13 @@ def _dataset_json(name: str, description: str, modalities: Sequence[str], labels
 
 
 def _write_case(root: Path, seed: int, shape: tuple[int, ...], spacing: tuple[float, ...], num_modalities: int,
-                job: tuple[str, int, int]) -> None:
+                lesions: str, job: tuple[str, int, int]) -> None:
     """Draw case `index` of split `split_id` and write its image and label `name` under `root`.
     One job of `generate_mri_phantom`, run in this process or a worker."""
     name, split_id, index = job
     fov = np.asarray(shape) * np.asarray(spacing)
     affine = centred_affine(shape, spacing)
-    case = sample_case(np.random.default_rng([seed, split_id, index, 0]), fov)
+    case = sample_case(np.random.default_rng([seed, split_id, index, 0]), fov, lesions)
     image, label = render_case(case, np.random.default_rng([seed, split_id, index, 1]), shape, spacing, num_modalities)
     save_nifti(root / "imagesTr" / f"{name}.nii.gz", image if image.shape[-1] > 1 else image[..., 0], affine)
     save_nifti(root / "labelsTr" / f"{name}.nii.gz", label, affine)
@@ -320,8 +342,10 @@ def generate_mri_phantom(
     overwrite: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    lesions: str = "standard",
 ) -> Path:
-    """Write the synthetic MRI set in MSD layout under `root` (see the module docstring).
+    """Write the synthetic MRI set in MSD layout under `root` (see the module docstring; `lesions`:
+    "standard" or "subtle").
     `workers` processes render and write the cases (None, the default: one per core this process
     may use; 1: all in this process); the files are the same bytes with any number."""
     from tqdm import tqdm
@@ -342,6 +366,8 @@ def generate_mri_phantom(
         raise UserError(f"phantom spacing {spacing}: expected three positive voxel sizes in mm")
     if not 1 <= int(num_modalities) <= 4:
         raise UserError(f"num_modalities={num_modalities}: expected 1 to 4")
+    if lesions not in LESION_STYLES:
+        raise UserError(f"phantom lesions {lesions!r}: expected one of {', '.join(LESION_STYLES)}")
     modalities = [*MODALITIES, "FLAIR", "T1gd"][: int(num_modalities)]
     plan = [(s, i) for s, n in (("train", num_train), ("val", num_val), ("test", num_test)) for i in range(n)]
     jobs = [(f"phantom_{number:03d}", SPLIT_IDS[split], index) for number, (split, index) in enumerate(plan, start=1)]
@@ -349,7 +375,7 @@ def generate_mri_phantom(
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     cases = [name for name, _, _ in jobs]
     with atomic_directory(root, overwrite=overwrite) as tmp:
-        write = partial(_write_case, tmp, int(seed), shape, spacing, int(num_modalities))
+        write = partial(_write_case, tmp, int(seed), shape, spacing, int(num_modalities), lesions)
         with tqdm(total=len(jobs), desc="MRI phantom", unit="vol", disable=not progress) as bar:
             map_in_order(write, jobs, workers, bar.update)
         for (split, _), name in zip(plan, cases):
@@ -362,7 +388,7 @@ def generate_mri_phantom(
         (tmp / "medvtc_splits.json").write_text(json.dumps(splits, indent=2) + "\n")
         settings = {"generator": "medvtc.datasets.mri_phantom", "seed": int(seed), "shape": list(shape),
                     "spacing": list(spacing), "num_modalities": int(num_modalities),
-                    "num_train": num_train, "num_val": num_val, "num_test": num_test}
+                    "num_train": num_train, "num_val": num_val, "num_test": num_test, "lesions": lesions}
         (tmp / "medvtc_phantom.json").write_text(json.dumps(settings, indent=2) + "\n")
     return root
 

@@ -255,3 +255,45 @@ def test_mni152_builds_offline_and_loads_through_the_task(mni152_root):
     assert len(MNI152_BLOCKS) == 4
     with pytest.raises(UserError, match="already exists"):
         generate_mni152(mni152_root)
+
+
+def test_subtle_lesions_are_the_same_cases_smaller_and_fainter():
+    """lesions="subtle" (data.dataset=phantom_subtle): every other parameter of the draw is the
+    standard case's; the lesions are SUBTLE_LESION_SCALE their size and keep SUBTLE_LESION_CONTRAST
+    of their signal difference to the organ, so they cover fewer voxels and stand out less."""
+    from medvtc.datasets.mri_phantom import SUBTLE_LESION_CONTRAST, SUBTLE_LESION_SCALE, render_case, sample_case
+
+    fov = (96.0, 96.0, 96.0)
+    standard = sample_case(np.random.default_rng([0, 0, 1, 0]), fov)
+    subtle = sample_case(np.random.default_rng([0, 0, 1, 0]), fov, lesions="subtle")
+    assert {k: v for k, v in subtle.items() if k not in ("lesions", "contrast")} == \
+        {k: v for k, v in standard.items() if k not in ("lesions", "contrast")}
+    for a, b in zip(standard["lesions"], subtle["lesions"]):
+        assert (a["kind"], a["centre"]) == (b["kind"], b["centre"])
+        assert b["radius"] == pytest.approx(SUBTLE_LESION_SCALE * a["radius"])
+    organ = np.asarray(standard["contrast"]["organ"])
+    np.testing.assert_allclose(np.asarray(subtle["contrast"]["lesion"]) - organ,
+                               SUBTLE_LESION_CONTRAST * (np.asarray(standard["contrast"]["lesion"]) - organ))
+    img_a, lab_a = render_case(standard, np.random.default_rng(1), (48, 48, 48), (2.0, 2.0, 2.0))
+    img_b, lab_b = render_case(subtle, np.random.default_rng(1), (48, 48, 48), (2.0, 2.0, 2.0))
+    assert 0 < (lab_b == 2).sum() < 0.3 * (lab_a == 2).sum()
+
+    def lesion_contrast(img, lab):  # T2w lesion minus organ
+        return img[..., 1][lab == 2].mean() - img[..., 1][lab == 1].mean()
+
+    assert 0 < lesion_contrast(img_b, lab_b) < 0.6 * lesion_contrast(img_a, lab_a)
+    with pytest.raises(UserError, match="phantom lesions 'tiny'"):
+        sample_case(np.random.default_rng(0), fov, lesions="tiny")
+
+
+def test_the_task_writes_the_subtle_set_under_its_own_root(tmp_path, monkeypatch):
+    from medvtc.medical.tokenseg.config import DEFAULT_ROOTS
+    from medvtc.medical.tokenseg.task import TokenSegTask
+
+    monkeypatch.chdir(tmp_path)
+    task = TokenSegTask()
+    cfg = task.load_config(None, ["data.dataset=phantom_subtle", "data.num_train=1", "data.num_val=1", "data.num_test=1",
+                                  "data.phantom_shape=[16,16,16]", "data.phantom_spacing=[6.0,6.0,6.0]"])
+    assert cfg.data.resolved_root == DEFAULT_ROOTS["phantom_subtle"] == "data/tokenseg_phantom_subtle"
+    root = task._generate(cfg, overwrite=False)
+    assert json.loads((root / "medvtc_phantom.json").read_text())["lesions"] == "subtle"

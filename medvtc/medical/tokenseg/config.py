@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from medvtc.common.trainer import TrainConfig
 
-DEFAULT_ROOTS = {"phantom": "data/tokenseg_phantom", "mni152": "data/tokenseg_mni152"}
+DEFAULT_ROOTS = {"phantom": "data/tokenseg_phantom", "phantom_subtle": "data/tokenseg_phantom_subtle",
+                 "mni152": "data/tokenseg_mni152"}
 
 
 @dataclass
@@ -20,7 +21,9 @@ class TokenSegDataConfig:
     generators' settings (used only when `root` is missing)."""
 
     root: str | None = None  # an MSD task folder; null: data/tokenseg_<dataset>
-    dataset: Literal["phantom", "mni152"] = "phantom"  # which embedded set `medvtc data` writes
+    # which embedded set `medvtc data` writes: phantom, phantom_subtle (the same cases with small,
+    # faint lesions: mri_phantom.py) or mni152
+    dataset: Literal["phantom", "phantom_subtle", "mni152"] = "phantom"
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)  # mm after Spacingd; null keeps the scan's
     intensity: Literal["zscore", "percentile", "none"] = "zscore"
     samples_per_volume: int = 1  # RandCropByPosNegLabeld crops per volume and step

@@ -95,6 +95,7 @@ class TokenSegTask(Task):
         return generate_mri_phantom(
             d.resolved_root, num_train=d.num_train, num_val=d.num_val, num_test=d.num_test, seed=d.seed,
             shape=d.phantom_shape, spacing=d.phantom_spacing, num_modalities=d.num_modalities, overwrite=overwrite,
+            lesions="subtle" if d.dataset == "phantom_subtle" else "standard",
         )
 
     def _ensure_data(self, cfg: TokenSegTaskConfig) -> None:
