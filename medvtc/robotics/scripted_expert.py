@@ -246,16 +246,15 @@ class ScriptedExpert:
         pos, rot = self._eef()
         return (_collision_corners(self._sim, hand) - pos) @ rot
 
-    def _palm_limit(self, grasp_xy: np.ndarray, rot: np.ndarray) -> float:
+    def _palm_limit(self, grasp_xy: np.ndarray, rot: np.ndarray, obstacles: list[np.ndarray]) -> float:
         """The lowest grip-site height at `grasp_xy` with orientation `rot` at which the palm stays
-        `palm_margin` above every collision geom of the scene's objects under it."""
+        `palm_margin` above every box of `obstacles` (world corners, (8, 3) each) under it."""
         offsets = self._hand_in_site @ rot.T  # palm corners relative to the site, world axes
         u, v = rot[:2, 0] / max(np.linalg.norm(rot[:2, 0]), 1e-9), rot[:2, 1] / max(np.linalg.norm(rot[:2, 1]), 1e-9)
         hu, hv = offsets[:, :2] @ u, offsets[:, :2] @ v
         palm_above_site = float(offsets[:, 2].min())  # the palm's lowest point, above the grip site
         limit = -math.inf
-        for g in self._obstacle_geoms:
-            pts = _collision_corners(self._sim, [g])
+        for pts in obstacles:
             rel = pts[:, :2] - grasp_xy
             gu, gv = rel @ u, rel @ v
             if gu.max() < hu.min() or gu.min() > hu.max() or gv.max() < hv.min() or gv.min() > hv.max():
@@ -322,10 +321,11 @@ class ScriptedExpert:
         reach = max(fp["length"] / 2 - 0.012, 0.0)  # keep the pads 1.2 cm inside the object's ends
         shifts = sorted({0.0, *np.round(np.arange(0.005, reach + 1e-9, 0.005), 4),
                          *np.round(-np.arange(0.005, reach + 1e-9, 0.005), 4)}, key=lambda d: (abs(d), d))
+        obstacles = [_collision_corners(self._sim, [g]) for g in self._obstacle_geoms]  # the scene does not move while planning
         deepest = None
         for d in shifts:
             xy = grasp_xy + d * long_axis
-            z = max(grasp_z, self._palm_limit(xy, rot))
+            z = max(grasp_z, self._palm_limit(xy, rot, obstacles))
             if z <= grasp_z + 1e-9:
                 return xy, grasp_z
             if z <= fp["top"] - cfg.min_finger_overlap and (deepest is None or z < deepest[1] - 1e-9):

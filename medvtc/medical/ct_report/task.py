@@ -305,11 +305,12 @@ def finding_head_metrics(model, dataset, device, batch_size: int = 16) -> dict[s
     in the tokens or in the writing."""
     from monai.metrics import compute_roc_auc
 
+    from medvtc.medical.ct_report.finding_threshold import micro_f1_at
+
     p, t = finding_head_probabilities(model, dataset, device, batch_size)
-    pred = p >= float(getattr(model.config, "finding_threshold", 0.5))
-    tp, fp, fn = float((pred & (t > 0)).sum()), float((pred & (t == 0)).sum()), float((~pred & (t > 0)).sum())
+    threshold = float(getattr(model.config, "finding_threshold", 0.5))
     both = [j for j in range(t.shape[1]) if 0 < t[:, j].sum() < len(t)]
-    return {"finding_head_micro_f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
+    return {"finding_head_micro_f1": micro_f1_at(p.numpy(), t.numpy(), threshold),
             "finding_head_auc": float(compute_roc_auc(p[:, both], t[:, both], average="macro")) if both else float("nan")}
 
 
