@@ -21,7 +21,6 @@ to each task's seeds (validation rollouts never reuse them) and a `dagger` secti
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -63,15 +62,15 @@ def record_dagger(
         robot_init_noise, action_noise, max_episode_steps, expert_config, env_kwargs: as in
             `record_demonstrations` (DART noise applies to the expert's executed steps only).
     """
-    from lerobot.datasets.aggregate import aggregate_datasets
-
     from medvtc.common.io import atomic_directory, atomic_write_json
     from medvtc.robotics.demonstrations import (
         RECORDING_FILE,
         REPO_PREFIX,
+        join_parts,
         read_info,
         read_recording_summary,
         record_demonstrations,
+        recording_parts_dir,
     )
     from medvtc.robotics.rollout import load_policy
 
@@ -92,7 +91,6 @@ def record_dagger(
     camera = base_info["features"]["observation.images.image"]["shape"]
     camera_size = (int(camera[0]), int(camera[1]))
     policy, pre, post = load_policy(checkpoint, device="cpu")
-    t0 = time.perf_counter()
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{root.name}.on_policy.", dir=root.parent) as staging:
         on_policy = Path(staging) / "on_policy"
@@ -102,17 +100,16 @@ def record_dagger(
             max_episode_steps=max_episode_steps, progress=progress, expert_config=expert_config,
             env_kwargs=env_kwargs, robot_init_noise=robot_init_noise, action_noise=action_noise,
             driver=(policy, pre, post), driver_name=str(checkpoint), policy_share=policy_share, seed_tag=DAGGER_TAG,
+            parts_dir=recording_parts_dir(root.parent / f"{root.name}.on_policy"),  # a stable place: a stopped round resumes
         )
         if progress:
             print(summary.describe())
+        t_join = time.perf_counter()
         with atomic_directory(root, overwrite=overwrite) as tmp:
-            tmp.rmdir()  # LeRobot creates the aggregated dataset's folder itself
-            aggregate_datasets([f"{REPO_PREFIX}/{base.name}", f"{REPO_PREFIX}/{root.name}.on_policy"],
-                               f"{REPO_PREFIX}/{root.name}", roots=[base, on_policy], aggr_root=tmp)
+            join_parts(tmp, [base, on_policy], repo_id=f"{REPO_PREFIX}/{root.name}")
             merged = _merged_summary(base_summary, summary.to_dict(), root, base, checkpoint, policy_share)
-            merged["seconds"] = float(base_summary.get("seconds", 0.0)) + (time.perf_counter() - t0)
+            merged["seconds"] = float(base_summary.get("seconds", 0.0)) + summary.seconds + (time.perf_counter() - t_join)
             atomic_write_json(tmp / RECORDING_FILE, merged)
-            shutil.rmtree(tmp / "images", ignore_errors=True)
     return merged
 
 

@@ -46,9 +46,12 @@ to near-identical trajectories never learns to correct its own drift. Two knobs 
   while the dataset records the expert's *clean* action as the label. The expert is closed loop on
   the privileged state, so the labels at the perturbed states are corrective actions.
 
-The dataset is built in a temporary folder beside `root` and renamed into place when complete, so
-an interrupted recording leaves nothing half-written, and an existing dataset is never replaced
-unless `overwrite=True`.
+Each task is recorded as its own LeRobotDataset in a hidden folder beside `root`
+(`recording_parts_dir`, `RecordingParts`); when every task is done they are joined with LeRobot's
+`aggregate_datasets` in a temporary folder that is renamed onto `root`. So an interrupted recording
+leaves no half-written dataset, the same call resumes after the last finished task (an hour-long
+recording loses at most the task it was in), and an existing dataset is never replaced unless
+`overwrite=True`.
 """
 
 from __future__ import annotations
@@ -289,6 +292,71 @@ def dart_action(clean: np.ndarray, rng: np.random.Generator, std: float) -> np.n
     return np.clip(executed, -1.0, 1.0)
 
 
+def recording_parts_dir(root: str | Path) -> Path:
+    """Where a recording into `root` keeps its finished tasks until the whole recording is written
+    (a hidden folder beside `root`; removed once `root` is complete)."""
+    root = Path(root)
+    return root.parent / f".{root.name}.parts"
+
+
+class RecordingParts:
+    """The finished tasks of an interrupted recording, one LeRobotDataset per task, so that running
+    the same recording again resumes after the last finished task instead of starting over.
+
+    `folder/settings.json` holds the recording's settings; parts recorded under other settings are
+    discarded when the folder is opened (the recording is deterministic from its settings, so a
+    part recorded under the same ones is what recording it again would give). Each task's part is
+    `folder/task_<id>/` (the dataset, written atomically, plus `PART_FILE` with its `TaskRecording`).
+    """
+
+    PART_FILE = "medvtc_part.json"
+
+    def __init__(self, folder: str | Path, settings: Mapping[str, Any]):
+        from medvtc.common.io import atomic_write_json
+
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(dict(settings), default=str))  # as it reads back from the file
+        settings_file = self.folder / "settings.json"
+        if self.folder.exists():
+            try:
+                stored = json.loads(settings_file.read_text())
+            except (OSError, ValueError):
+                stored = None
+            if stored != self.settings:
+                if self.finished():
+                    print(f"medvtc: discarding the recorded tasks in {self.folder}: they were recorded under other settings")
+                shutil.rmtree(self.folder)
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True)
+            atomic_write_json(settings_file, self.settings)
+
+    def path(self, task_id: int) -> Path:
+        return self.folder / f"task_{int(task_id)}"
+
+    def finished(self) -> list[int]:
+        """Task ids whose part is complete."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(p.name.split("_", 1)[1]) for p in self.folder.glob("task_*") if (p / self.PART_FILE).is_file())
+
+    def load(self, task_id: int) -> tuple[TaskRecording, float] | None:
+        """(the task's recording, the seconds it took) if its part is complete, else None."""
+        f = self.path(task_id) / self.PART_FILE
+        if not f.is_file():
+            return None
+        d = json.loads(f.read_text())
+        return TaskRecording(**d["task"]), float(d["seconds"])
+
+    def write_record(self, tmp: Path, rec: TaskRecording, seconds: float) -> None:
+        """Mark a part (being built in `tmp`, renamed onto `path(task_id)` by the caller) complete."""
+        from medvtc.common.io import atomic_write_json
+
+        atomic_write_json(tmp / self.PART_FILE, {"task": asdict(rec), "seconds": float(seconds)})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def record_demonstrations(
     root: str | Path,
     suite: str = "libero_object",
@@ -312,6 +380,7 @@ def record_demonstrations(
     driver_name: str | None = None,
     policy_share: float = 1.0,
     seed_tag: int | None = None,
+    parts_dir: str | Path | None = None,
 ) -> RecordingSummary:
     """Roll the scripted expert out and keep its successful episodes as a LeRobotDataset at `root`.
 
@@ -341,16 +410,18 @@ def record_demonstrations(
         policy_share: with a driver, the probability that a step executes the policy's action
             rather than the expert's (DAgger's 1 - beta).
         seed_tag: draw the reset seeds from another stream (`attempt_seed`'s tag).
+        parts_dir: where finished tasks wait for the rest (`RecordingParts`; default
+            `recording_parts_dir(root)`): a recording stopped part-way resumes after its last
+            finished task when run again with the same settings.
 
     Returns the `RecordingSummary` (also saved as meta/medvtc_recording.json).
     """
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm.auto import tqdm
 
     from medvtc.common.io import atomic_directory, atomic_write_json
-    from medvtc.robotics.image_stats import FLOAT_MARK, float_image_stats
-    from medvtc.robotics.libero_env import LiberoEnv, check_gl_backend, load_suite
-    from medvtc.robotics.scripted_expert import ExpertConfig, ScriptedExpert
+    from medvtc.robotics.image_stats import FLOAT_MARK
+    from medvtc.robotics.libero_env import check_gl_backend, load_suite
+    from medvtc.robotics.scripted_expert import ExpertConfig
 
     root = Path(root)
     task_ids = [int(t) for t in task_ids]
@@ -358,10 +429,8 @@ def record_demonstrations(
     if not 0.0 <= policy_share <= 1.0:
         raise ConfigError(f"policy_share must lie in [0, 1], got {policy_share}")
     if driver is not None:
-        import torch
-
         expert_config = dataclasses.replace(expert_config or ExpertConfig(), recover=True)
-        policy, pre, post = driver
+    expert_config = expert_config or ExpertConfig()
     if root.exists() and not overwrite:
         raise UserError(f"{root} already exists; pass --overwrite (overwrite=True) to replace it or choose another data.root")
     n_tasks = load_suite(suite).get_num_tasks()  # raises for an unknown suite, listing the valid ones
@@ -372,99 +441,168 @@ def record_demonstrations(
     max_attempts = max_attempts_per_task or 2 * episodes_per_task + 5
     if isinstance(camera_size, (int, np.integer)):
         camera_size = (int(camera_size), int(camera_size))
-    cams = ("agentview", "wrist")
-    t_start = time.perf_counter()
     summary = RecordingSummary(
         root=str(root), suite=suite, seed=int(seed), init=init, camera_size=tuple(camera_size), fps=int(fps),
         episodes_per_task=int(episodes_per_task), tasks=[], robot_init_noise=float(robot_init_noise),
-        action_noise=float(action_noise), image_stats=FLOAT_MARK,
-        expert_clip=(expert_config or ExpertConfig()).clip,
-        expert_hand_clearance=(expert_config or ExpertConfig()).hand_clearance,
+        action_noise=float(action_noise), image_stats=FLOAT_MARK, expert_clip=expert_config.clip,
+        expert_hand_clearance=expert_config.hand_clearance,
         driver=None if driver is None else {"policy": str(driver_name), "policy_share": float(policy_share)},
     )
+    # everything that decides what is recorded: a part recorded under these settings is reused as it is
+    settings = {
+        "suite": suite, "episodes_per_task": int(episodes_per_task), "seed": int(seed), "camera_size": list(camera_size),
+        "init": init, "max_attempts": int(max_attempts), "max_episode_steps": max_episode_steps, "fps": int(fps),
+        "video": bool(video), "expert": asdict(expert_config), "env_kwargs": dict(env_kwargs or {}),
+        "robot_init_noise": float(robot_init_noise), "action_noise": float(action_noise), "seed_tag": seed_tag,
+        "driver": None if driver is None else {"name": str(driver_name), "policy_share": float(policy_share),
+                                                "weights": _module_fingerprint(driver[0])},
+    }
+    parts = RecordingParts(parts_dir if parts_dir is not None else recording_parts_dir(root), settings)
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
                disable=not progress, dynamic_ncols=True)
     try:
-        with atomic_directory(root, overwrite=overwrite) as tmp, float_image_stats():
-            tmp.rmdir()  # LeRobotDataset.create insists on making the folder itself
-            ds = LeRobotDataset.create(
-                repo_id=f"{REPO_PREFIX}/{root.name}", fps=int(fps), root=tmp, robot_type="panda",
-                features=libero_features(camera_size, cams, video=video), use_videos=video,
+        seconds = 0.0
+        for task_id in task_ids:
+            done = parts.load(task_id)
+            if done is None:
+                t_task = time.perf_counter()
+                with atomic_directory(parts.path(task_id), overwrite=True) as tmp:
+                    rec = _record_task(tmp, task_id, summary, max_attempts, max_episode_steps, video, expert_config,
+                                       env_kwargs, driver, policy_share, seed_tag, bar)
+                    done = rec, time.perf_counter() - t_task
+                    parts.write_record(tmp, *done)
+            else:
+                bar.update(min(done[0].attempts if driver is not None else done[0].successes, episodes_per_task))
+            summary.tasks.append(done[0])
+            seconds += done[1]
+        if summary.episodes == 0:
+            parts.remove()
+            raise UserError(
+                f"the scripted expert succeeded in none of {summary.attempts} attempts on {suite} tasks "
+                f"{task_ids}; nothing to record (it handles single (In ...)/(On ...) pick-and-place goals, "
+                "e.g. libero_object and libero_spatial)"
             )
-            try:
-                for task_id in task_ids:
-                    env = LiberoEnv(suite, task_id, camera_size=camera_size, cameras=cams,
-                                    max_episode_steps=max_episode_steps, **dict(env_kwargs or {}))
-                    try:
-                        rec = TaskRecording(task_id=task_id, task=env.task_name, instruction=env.instruction)
-                        summary.tasks.append(rec)
-                        expert = ScriptedExpert(env, expert_config)
-                        if robot_init_noise > 0:
-                            set_robot_init_noise(env, robot_init_noise)
-                        for attempt in range(max_attempts):
-                            if (rec.attempts if driver is not None else rec.successes) >= episodes_per_task:
-                                break
-                            if init == "random":
-                                ident = attempt_seed(seed, task_id, attempt, seed_tag)
-                                obs, _ = env.reset(seed=ident, options={"init_state": "random"})
-                            else:
-                                ident = attempt % env.num_init_states
-                                obs, _ = env.reset(options={"init_state_id": ident})
-                            expert.reset()
-                            noise_rng = np.random.default_rng([int(seed), task_id, attempt, 1])
-                            mix_rng = np.random.default_rng([int(seed), task_id, attempt, 2])
-                            if driver is not None:
-                                policy.reset()
-                                torch.manual_seed(ident % 2**31)
-                            frames, success = [], False
-                            while True:
-                                action = expert.act()  # the clean label
-                                if driver is not None and expert.phase == "done":
-                                    break  # released without success: the expert has nothing left to teach here
-                                frames.append(observation_to_frame(obs, action, env.instruction))
-                                executed = dart_action(action, noise_rng, action_noise)
-                                if driver is not None:
-                                    with torch.inference_mode():  # the policy reads every step to keep its chunk queue in time
-                                        proposed = post(policy.select_action(pre(observation_to_batch(obs, env.instruction))))
-                                    if mix_rng.random() < policy_share:
-                                        executed = np.asarray(proposed, dtype=np.float32).reshape(-1)
-                                obs, _, terminated, truncated, info = env.step(executed)
-                                if terminated or truncated:
-                                    success = bool(info["is_success"])
-                                    break
-                            rec.attempts += 1
-                            if driver is not None and frames and not success:
-                                rec.kept_failures += 1  # DAgger keeps the states of a failed episode too
-                                rec.failed_seeds.append(int(ident))
-                            elif not success:
-                                rec.failed_seeds.append(int(ident))
-                                bar.set_postfix(failed=summary.failures)
-                                continue
-                            for frame in frames:
-                                ds.add_frame(frame)
-                            ds.save_episode()
-                            rec.successes += int(success)
-                            rec.frames += len(frames)
-                            rec.kept_seeds.append(int(ident))
-                            bar.update(1)
-                    finally:
-                        env.close()
-            finally:
-                ds.finalize()
-            if summary.episodes == 0:
-                raise UserError(
-                    f"the scripted expert succeeded in none of {summary.attempts} attempts on {suite} tasks "
-                    f"{task_ids}; nothing to record (it handles single (In ...)/(On ...) pick-and-place goals, "
-                    "e.g. libero_object and libero_spatial)"
-                )
-            staging = tmp / "images"  # LeRobot's per-frame PNG staging area, empty once episodes are saved
-            if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
-                shutil.rmtree(staging)
-            summary.seconds = time.perf_counter() - t_start
+        t_join = time.perf_counter()
+        with atomic_directory(root, overwrite=overwrite) as tmp:
+            join_parts(tmp, [parts.path(t.task_id) for t in summary.tasks if t.successes + t.kept_failures],
+                       repo_id=f"{REPO_PREFIX}/{root.name}")
+            summary.seconds = seconds + (time.perf_counter() - t_join)
             atomic_write_json(tmp / RECORDING_FILE, summary.to_dict())
+        parts.remove()
+    except BaseException:
+        kept = parts.finished()
+        if kept:
+            print(f"medvtc: the recording stopped; the {len(kept)} finished task(s) {kept} are kept in {parts.folder}: "
+                  "the same command resumes after them")
+        else:
+            parts.remove()
+        raise
     finally:
         bar.close()
     return summary
+
+
+def join_parts(dest: Path, sources: Sequence[Path], repo_id: str) -> None:
+    """Write the LeRobotDatasets `sources` (in order) as one dataset at `dest`, a folder that exists
+    and is empty (LeRobot's `aggregate_datasets`: episodes renumbered, tasks unified, statistics
+    combined)."""
+    from lerobot.datasets.aggregate import aggregate_datasets
+
+    dest.rmdir()  # LeRobot creates the aggregated dataset's folder itself
+    aggregate_datasets([f"{REPO_PREFIX}/{p.name}" for p in sources], repo_id, roots=list(sources), aggr_root=dest)
+    shutil.rmtree(dest / "images", ignore_errors=True)  # LeRobot's PNG staging area, empty
+
+
+def _module_fingerprint(module: Any) -> str:
+    from medvtc.common.token_cache import module_fingerprint
+
+    return module_fingerprint(module)
+
+
+def _record_task(tmp: Path, task_id: int, summary: RecordingSummary, max_attempts: int, max_episode_steps: int | None,
+                 video: bool, expert_config: Any, env_kwargs: Mapping[str, Any] | None, driver, policy_share: float,
+                 seed_tag: int | None, bar) -> TaskRecording:
+    """Record one task's episodes (`record_demonstrations`' settings in `summary`) as a LeRobotDataset
+    in the empty folder `tmp`; returns its `TaskRecording`."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from medvtc.robotics.image_stats import float_image_stats
+    from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.scripted_expert import ScriptedExpert
+
+    if driver is not None:
+        import torch
+
+        policy, pre, post = driver
+    seed, init, episodes_per_task, cams = summary.seed, summary.init, summary.episodes_per_task, ("agentview", "wrist")
+    with float_image_stats():
+        tmp.rmdir()  # LeRobotDataset.create insists on making the folder itself
+        ds = LeRobotDataset.create(
+            repo_id=f"{REPO_PREFIX}/{tmp.name}", fps=summary.fps, root=tmp, robot_type="panda",
+            features=libero_features(summary.camera_size, cams, video=video), use_videos=video,
+        )
+        try:
+            env = LiberoEnv(summary.suite, task_id, camera_size=summary.camera_size, cameras=cams,
+                            max_episode_steps=max_episode_steps, **dict(env_kwargs or {}))
+            try:
+                rec = TaskRecording(task_id=task_id, task=env.task_name, instruction=env.instruction)
+                expert = ScriptedExpert(env, expert_config)
+                if summary.robot_init_noise > 0:
+                    set_robot_init_noise(env, summary.robot_init_noise)
+                for attempt in range(max_attempts):
+                    if (rec.attempts if driver is not None else rec.successes) >= episodes_per_task:
+                        break
+                    if init == "random":
+                        ident = attempt_seed(seed, task_id, attempt, seed_tag)
+                        obs, _ = env.reset(seed=ident, options={"init_state": "random"})
+                    else:
+                        ident = attempt % env.num_init_states
+                        obs, _ = env.reset(options={"init_state_id": ident})
+                    expert.reset()
+                    noise_rng = np.random.default_rng([int(seed), task_id, attempt, 1])
+                    mix_rng = np.random.default_rng([int(seed), task_id, attempt, 2])
+                    if driver is not None:
+                        policy.reset()
+                        torch.manual_seed(ident % 2**31)
+                    frames, success = [], False
+                    while True:
+                        action = expert.act()  # the clean label
+                        if driver is not None and expert.phase == "done":
+                            break  # released without success: the expert has nothing left to teach here
+                        frames.append(observation_to_frame(obs, action, env.instruction))
+                        executed = dart_action(action, noise_rng, summary.action_noise)
+                        if driver is not None:
+                            with torch.inference_mode():  # the policy reads every step to keep its chunk queue in time
+                                proposed = post(policy.select_action(pre(observation_to_batch(obs, env.instruction))))
+                            if mix_rng.random() < policy_share:
+                                executed = np.asarray(proposed, dtype=np.float32).reshape(-1)
+                        obs, _, terminated, truncated, info = env.step(executed)
+                        if terminated or truncated:
+                            success = bool(info["is_success"])
+                            break
+                    rec.attempts += 1
+                    if driver is not None and frames and not success:
+                        rec.kept_failures += 1  # DAgger keeps the states of a failed episode too
+                        rec.failed_seeds.append(int(ident))
+                    elif not success:
+                        rec.failed_seeds.append(int(ident))
+                        bar.set_postfix(failed=sum(t.failures for t in summary.tasks) + rec.failures)
+                        continue
+                    for frame in frames:
+                        ds.add_frame(frame)
+                    ds.save_episode()
+                    rec.successes += int(success)
+                    rec.frames += len(frames)
+                    rec.kept_seeds.append(int(ident))
+                    bar.update(1)
+            finally:
+                env.close()
+        finally:
+            ds.finalize()
+    staging = tmp / "images"  # LeRobot's per-frame PNG staging area, empty once episodes are saved
+    if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
+        shutil.rmtree(staging)
+    return rec
 
 
 # --------------------------------------------------------------------------------------- loading

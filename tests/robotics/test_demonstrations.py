@@ -181,6 +181,65 @@ def test_interrupted_recording_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary build folder
 
 
+def test_a_stopped_recording_resumes_after_its_finished_tasks(tmp_path, monkeypatch, capsys):
+    """A recording stopped in its second task keeps the first one's episodes (not the dataset: that
+    is written only when complete); the same call then records only the second task and joins both."""
+    from medvtc.robotics import libero_env
+
+    real_step, real_reset = libero_env.LiberoEnv.step, libero_env.LiberoEnv.reset
+
+    def step_crashing_in_task_1(self, action):
+        if self.task_id == 1:
+            raise RuntimeError("simulated crash")
+        return real_step(self, action)
+
+    root = tmp_path / "demos"
+    kw = dict(suite=DEMO_SUITE, task_ids=[0, 1], episodes_per_task=1, camera_size=16, progress=False,
+              env_kwargs=DEMO_ENV_KWARGS)
+    monkeypatch.setattr(libero_env.LiberoEnv, "step", step_crashing_in_task_1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        record_demonstrations(root, **kw)
+    parts = demos.recording_parts_dir(root)
+    assert not root.exists()
+    assert (parts / "task_0" / demos.RecordingParts.PART_FILE).is_file() and not (parts / "task_1").exists()
+    assert "finished task(s) [0] are kept" in capsys.readouterr().out
+    reset_tasks = []
+
+    def counting_reset(self, *args, **kwargs):
+        reset_tasks.append(self.task_id)
+        return real_reset(self, *args, **kwargs)
+
+    monkeypatch.setattr(libero_env.LiberoEnv, "step", real_step)
+    monkeypatch.setattr(libero_env.LiberoEnv, "reset", counting_reset)
+    summary = record_demonstrations(root, **kw)
+    assert set(reset_tasks) == {1}  # task 0 came from its part
+    assert [t.task_id for t in summary.tasks] == [0, 1] and summary.episodes == 2
+    assert not parts.exists()
+    ds = load_demonstrations(root)
+    assert ds.num_episodes == 2 and ds.num_frames == summary.frames
+    starts = [0, summary.tasks[0].frames]
+    assert [ds[i]["task"] for i in starts] == [t.instruction for t in summary.tasks]
+    recorded = json.loads((root / demos.RECORDING_FILE).read_text())
+    assert [t["kept_seeds"] for t in recorded["tasks"]] == [t.kept_seeds for t in summary.tasks]
+
+
+def test_recording_parts_are_kept_only_under_the_same_settings(tmp_path, capsys):
+    from medvtc.robotics.demonstrations import RecordingParts, TaskRecording
+
+    folder = tmp_path / ".demos.parts"
+    parts = RecordingParts(folder, {"seed": 0, "camera_size": (16, 16)})
+    assert parts.finished() == [] and parts.load(0) is None
+    rec = TaskRecording(task_id=0, task="t", instruction="pick", attempts=3, successes=2, frames=50, kept_seeds=[4, 7])
+    parts.path(0).mkdir()
+    parts.write_record(parts.path(0), rec, 12.5)
+    (folder / "task_1").mkdir()  # a part still being written: not finished
+    again = RecordingParts(folder, {"seed": 0, "camera_size": [16, 16]})  # the same settings, as read back
+    assert again.finished() == [0] and again.load(0) == (rec, 12.5) and again.load(1) is None
+    other = RecordingParts(folder, {"seed": 1, "camera_size": [16, 16]})
+    assert other.finished() == [] and not parts.path(0).exists()
+    assert "discarding the recorded tasks" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
