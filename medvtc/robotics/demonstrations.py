@@ -419,6 +419,7 @@ def record_demonstrations(
     from tqdm.auto import tqdm
 
     from medvtc.common.io import atomic_directory, atomic_write_json
+    from medvtc.common.token_cache import module_fingerprint
     from medvtc.robotics.image_stats import FLOAT_MARK
     from medvtc.robotics.libero_env import check_gl_backend, load_suite
     from medvtc.robotics.scripted_expert import ExpertConfig
@@ -455,7 +456,7 @@ def record_demonstrations(
         "video": bool(video), "expert": asdict(expert_config), "env_kwargs": dict(env_kwargs or {}),
         "robot_init_noise": float(robot_init_noise), "action_noise": float(action_noise), "seed_tag": seed_tag,
         "driver": None if driver is None else {"name": str(driver_name), "policy_share": float(policy_share),
-                                                "weights": _module_fingerprint(driver[0])},
+                                                "weights": module_fingerprint(driver[0])},
     }
     parts = RecordingParts(parts_dir if parts_dir is not None else recording_parts_dir(root), settings)
     bar = tqdm(total=episodes_per_task * len(task_ids), desc=f"record {suite}", unit="episode",
@@ -511,12 +512,6 @@ def join_parts(dest: Path, sources: Sequence[Path], repo_id: str) -> None:
     dest.rmdir()  # LeRobot creates the aggregated dataset's folder itself
     aggregate_datasets([f"{REPO_PREFIX}/{p.name}" for p in sources], repo_id, roots=list(sources), aggr_root=dest)
     shutil.rmtree(dest / "images", ignore_errors=True)  # LeRobot's PNG staging area, empty
-
-
-def _module_fingerprint(module: Any) -> str:
-    from medvtc.common.token_cache import module_fingerprint
-
-    return module_fingerprint(module)
 
 
 def _record_task(tmp: Path, task_id: int, summary: RecordingSummary, max_attempts: int, max_episode_steps: int | None,
