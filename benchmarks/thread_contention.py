@@ -89,6 +89,15 @@ def _ratio_ci(alone: np.ndarray, contended: np.ndarray) -> list[float]:
     return [round(float(res.confidence_interval.low), 2), round(float(res.confidence_interval.high), 2)]
 
 
+
+def contention_row(threads: int, policy: str | None, figures: dict, alone: np.ndarray, contended: np.ndarray) -> dict:
+    """One setting as a row of the project's benchmark json (DESIGN.md): the figures and their
+    intervals under `metrics`, every step time under `cases`; `latency_ms` is the median step alone."""
+    return {"method": f"threads={threads} wait_policy={policy or '(default)'}", "threads": threads,
+            "wait_policy": policy or "(default)", "latency_ms": round(1000 * figures["alone_s"], 1), "metrics": figures,
+            "cases": {"alone_times_s": np.asarray(alone).round(4).tolist(),
+                      "contended_times_s": np.asarray(contended).round(4).tolist()}}
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8)
@@ -101,19 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         alone = run(threads, policy, False, args.steps, args.warmup)
         busy = run(threads, policy, True, args.steps, args.warmup)
         a, b = np.asarray(alone["times_s"]), np.asarray(busy["times_s"])
-        rows.append({"threads": threads, "wait_policy": policy or "(default)",
-                     "alone_s": round(alone["median_s"], 3), "alone_s_ci": _median_ci(a),
-                     "contended_s": round(busy["median_s"], 3), "contended_s_ci": _median_ci(b),
-                     "slowdown": round(busy["median_s"] / alone["median_s"], 2), "slowdown_ci": _ratio_ci(a, b),
-                     "alone_times_s": a.round(4).tolist(), "contended_times_s": b.round(4).tolist()})
-        r = rows[-1]
-        print(f"threads {r['threads']}, OMP_WAIT_POLICY {r['wait_policy']:>9}: alone {r['alone_s']:.3f} {r['alone_s_ci']} s/step, "
-              f"with one busy process {r['contended_s']:.3f} {r['contended_s_ci']} s/step "
-              f"({r['slowdown']:.2f}x {r['slowdown_ci']})", flush=True)
+        figures = {"alone_s": round(alone["median_s"], 3), "alone_s_ci": _median_ci(a),
+                   "contended_s": round(busy["median_s"], 3), "contended_s_ci": _median_ci(b),
+                   "slowdown": round(busy["median_s"] / alone["median_s"], 2), "slowdown_ci": _ratio_ci(a, b)}
+        rows.append(contention_row(threads, policy, figures, a, b))
+        print(f"threads {threads}, OMP_WAIT_POLICY {policy or '(default)':>9}: alone {figures['alone_s']:.3f} "
+              f"{figures['alone_s_ci']} s/step, with one busy process {figures['contended_s']:.3f} "
+              f"{figures['contended_s_ci']} s/step ({figures['slowdown']:.2f}x {figures['slowdown_ci']})", flush=True)
     if args.json:
+        from medvtc.common.accounting import machine_info
         from medvtc.common.io import atomic_write_json
 
-        atomic_write_json(args.json, {"cores": cores, "rows": rows})
+        atomic_write_json(args.json, {"task": "thread_contention", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                      "machine": machine_info(), "config": {"cores": cores, "steps": args.steps,
+                                                                            "warmup": args.warmup},
+                                      "rows": rows})
     return 0
 
 
