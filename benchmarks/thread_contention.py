@@ -89,7 +89,6 @@ def _ratio_ci(alone: np.ndarray, contended: np.ndarray) -> list[float]:
     return [round(float(res.confidence_interval.low), 2), round(float(res.confidence_interval.high), 2)]
 
 
-
 def contention_row(threads: int, policy: str | None, figures: dict, alone: np.ndarray, contended: np.ndarray) -> dict:
     """One setting as a row of the project's benchmark json (DESIGN.md): the figures and their
     intervals under `metrics`, every step time under `cases`; `latency_ms` is the median step alone."""
@@ -97,6 +96,7 @@ def contention_row(threads: int, policy: str | None, figures: dict, alone: np.nd
             "wait_policy": policy or "(default)", "latency_ms": round(1000 * figures["alone_s"], 1), "metrics": figures,
             "cases": {"alone_times_s": np.asarray(alone).round(4).tolist(),
                       "contended_times_s": np.asarray(contended).round(4).tolist()}}
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
