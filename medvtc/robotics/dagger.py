@@ -49,6 +49,7 @@ def record_dagger(
     env_kwargs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Record `episodes_per_task` on-policy episodes of `checkpoint` per task and write `root` =
     `base`'s episodes + them. Returns the saved recording summary (a dict).
@@ -61,6 +62,7 @@ def record_dagger(
             (1 - DAgger's beta; 1: the policy alone, as in DAgger's later rounds).
         robot_init_noise, action_noise, max_episode_steps, expert_config, env_kwargs: as in
             `record_demonstrations` (DART noise applies to the expert's executed steps only).
+        workers: tasks recorded at once, each in its own process (`record_demonstrations`).
     """
     from medvtc.common.io import atomic_directory, atomic_write_json
     from medvtc.robotics.demonstrations import (
@@ -101,6 +103,7 @@ def record_dagger(
             env_kwargs=env_kwargs, robot_init_noise=robot_init_noise, action_noise=action_noise,
             driver=(policy, pre, post), driver_name=str(checkpoint), policy_share=policy_share, seed_tag=DAGGER_TAG,
             parts_dir=recording_parts_dir(root.parent / f"{root.name}.on_policy"),  # a stable place: a stopped round resumes
+            workers=workers, driver_checkpoint=checkpoint,
         )
         if progress:
             print(summary.describe())

@@ -347,11 +347,12 @@ class RecordingParts:
         d = json.loads(f.read_text())
         return TaskRecording(**d["task"]), float(d["seconds"])
 
-    def write_record(self, tmp: Path, rec: TaskRecording, seconds: float) -> None:
+    @classmethod
+    def write_record(cls, tmp: Path, rec: TaskRecording, seconds: float) -> None:
         """Mark a part (being built in `tmp`, renamed onto `path(task_id)` by the caller) complete."""
         from medvtc.common.io import atomic_write_json
 
-        atomic_write_json(tmp / self.PART_FILE, {"task": asdict(rec), "seconds": float(seconds)})
+        atomic_write_json(tmp / cls.PART_FILE, {"task": asdict(rec), "seconds": float(seconds)})
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -381,6 +382,8 @@ def record_demonstrations(
     policy_share: float = 1.0,
     seed_tag: int | None = None,
     parts_dir: str | Path | None = None,
+    workers: int = 1,
+    driver_checkpoint: str | Path | None = None,
 ) -> RecordingSummary:
     """Roll the scripted expert out and keep its successful episodes as a LeRobotDataset at `root`.
 
@@ -413,6 +416,11 @@ def record_demonstrations(
         parts_dir: where finished tasks wait for the rest (`RecordingParts`; default
             `recording_parts_dir(root)`): a recording stopped part-way resumes after its last
             finished task when run again with the same settings.
+        workers: record up to this many tasks at once, each in its own process with one torch
+            thread (the recording is the same as with 1: a task's seeds depend only on seed, task
+            and attempt); each process writes its task's part, and this one joins them.
+        driver_checkpoint: with a driver and workers > 1, the folder it was loaded from (each
+            process loads its own copy; a policy object is not shared across processes).
 
     Returns the `RecordingSummary` (also saved as meta/medvtc_recording.json).
     """
@@ -429,6 +437,11 @@ def record_demonstrations(
     _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_per_task, robot_init_noise, action_noise)
     if not 0.0 <= policy_share <= 1.0:
         raise ConfigError(f"policy_share must lie in [0, 1], got {policy_share}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive int (processes recording tasks at once), got {workers!r}")
+    if driver is not None and workers > 1 and driver_checkpoint is None:
+        raise ConfigError("recording with a driving policy in several processes needs driver_checkpoint "
+                          "(the folder each process loads the policy from)")
     if driver is not None:
         expert_config = dataclasses.replace(expert_config or ExpertConfig(), recover=True)
     expert_config = expert_config or ExpertConfig()
@@ -463,6 +476,12 @@ def record_demonstrations(
                disable=not progress, dynamic_ncols=True)
     try:
         seconds = 0.0
+        pending = [t for t in task_ids if parts.load(t) is None]
+        in_processes = set(pending) if workers > 1 and len(pending) > 1 else set()
+        if in_processes:
+            _record_parts_in_processes(parts, pending, min(workers, len(pending)), summary, max_attempts,
+                                       max_episode_steps, video, expert_config, env_kwargs, driver_checkpoint,
+                                       policy_share, seed_tag, bar)
         for task_id in task_ids:
             done = parts.load(task_id)
             if done is None:
@@ -472,7 +491,7 @@ def record_demonstrations(
                                        env_kwargs, driver, policy_share, seed_tag, bar)
                     done = rec, time.perf_counter() - t_task
                     parts.write_record(tmp, *done)
-            else:
+            elif task_id not in in_processes:  # those were counted as their processes finished
                 bar.update(min(done[0].attempts if driver is not None else done[0].successes, episodes_per_task))
             summary.tasks.append(done[0])
             seconds += done[1]
@@ -512,6 +531,57 @@ def join_parts(dest: Path, sources: Sequence[Path], repo_id: str) -> None:
     dest.rmdir()  # LeRobot creates the aggregated dataset's folder itself
     aggregate_datasets([f"{REPO_PREFIX}/{p.name}" for p in sources], repo_id, roots=list(sources), aggr_root=dest)
     shutil.rmtree(dest / "images", ignore_errors=True)  # LeRobot's PNG staging area, empty
+
+
+def _record_parts_in_processes(parts: RecordingParts, task_ids: Sequence[int], processes: int,
+                               summary: RecordingSummary, max_attempts: int, max_episode_steps: int | None,
+                               video: bool, expert_config: Any, env_kwargs: Mapping[str, Any] | None,
+                               driver_checkpoint: str | Path | None, policy_share: float, seed_tag: int | None,
+                               bar) -> None:
+    """Record `task_ids` as `parts`' parts in `processes` worker processes (spawned: MuJoCo's GL
+    context and torch's thread pool do not survive a fork). A failing task stops the others; the
+    parts finished until then are kept, as when one process stops."""
+    import multiprocessing
+
+    args = [(str(parts.path(t)), t, summary, max_attempts, max_episode_steps, video, expert_config,
+             dict(env_kwargs or {}), None if driver_checkpoint is None else str(driver_checkpoint),
+             policy_share, seed_tag) for t in task_ids]
+    pool = multiprocessing.get_context("spawn").Pool(processes, maxtasksperchild=1)
+    try:
+        for count in pool.imap_unordered(_record_part_worker, args):
+            bar.update(count)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # a part being written is left in its temporary folder, never as finished
+        raise
+    finally:
+        pool.join()
+
+
+def _record_part_worker(args: tuple) -> int:
+    """One task of `_record_parts_in_processes`, in its own process: records the task's part at
+    `part` (atomically, with its `TaskRecording`); returns the number of episodes it ran."""
+    import torch
+
+    from medvtc.common.io import atomic_directory
+
+    (part, task_id, summary, max_attempts, max_episode_steps, video, expert_config, env_kwargs,
+     driver_checkpoint, policy_share, seed_tag) = args
+    torch.set_num_threads(1)  # one process per core
+    driver = None
+    if driver_checkpoint is not None:
+        from medvtc.robotics.rollout import load_policy
+
+        driver = load_policy(driver_checkpoint, device="cpu")
+
+    from tqdm.auto import tqdm
+
+    t_task = time.perf_counter()
+    with atomic_directory(Path(part), overwrite=True) as tmp:
+        rec = _record_task(tmp, task_id, summary, max_attempts, max_episode_steps, video, expert_config, env_kwargs,
+                           driver, policy_share, seed_tag, tqdm(disable=True))  # the parent counts tasks
+        RecordingParts.write_record(tmp, rec, time.perf_counter() - t_task)
+    return min(rec.attempts if driver is not None else rec.successes, summary.episodes_per_task)
 
 
 def _record_task(tmp: Path, task_id: int, summary: RecordingSummary, max_attempts: int, max_episode_steps: int | None,

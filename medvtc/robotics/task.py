@@ -76,6 +76,9 @@ class LiberoDataConfig:
     dagger_policy: str | None = None
     dagger_base: str | None = None
     policy_share: float = 1.0  # DAgger: probability a step executes the policy's action (else the expert's)
+    # tasks recorded at once by `medvtc data`, one process (one core, one torch thread) per task;
+    # the recording does not depend on it (a task's seeds depend only on seed, task and attempt)
+    workers: int = 1
 
     def validate(self) -> None:
         if (self.dagger_policy is None) != (self.dagger_base is None):
@@ -89,6 +92,8 @@ class LiberoDataConfig:
             raise ValueError(f"camera_size must be >= 8, got {self.camera_size}")
         if not self.tasks:
             raise ValueError("tasks must list at least one task id")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1 (processes recording tasks at once), got {self.workers}")
 
 
 @dataclass
@@ -316,6 +321,7 @@ class LiberoTask(Task):
                 d.root, d.dagger_base, d.dagger_policy, suite=d.suite, task_ids=d.tasks, episodes_per_task=d.episodes_per_task,
                 seed=d.seed, policy_share=d.policy_share, robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
                 expert_config=ExpertConfig(clip=d.expert_clip, hand_clearance=d.expert_hand_clearance), env_kwargs={"fast_render": d.fast_render}, overwrite=overwrite,
+                workers=d.workers,
             )
         elif not inspect:
             d = cfg.data
@@ -325,6 +331,7 @@ class LiberoTask(Task):
                 video=d.video, overwrite=overwrite, env_kwargs={"fast_render": d.fast_render},
                 robot_init_noise=d.robot_init_noise, action_noise=d.action_noise,
                 expert_config=ExpertConfig(clip=d.expert_clip, hand_clearance=d.expert_hand_clearance),
+                workers=d.workers,
             )
             print(summary.describe())
         print(describe_dataset(cfg.data.root))

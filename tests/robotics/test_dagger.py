@@ -65,6 +65,32 @@ def test_on_policy_episodes_are_labelled_by_the_expert_and_added_to_the_base(rec
         env.close()
 
 
+def test_a_worker_process_loads_the_driving_policy_from_its_checkpoint(trained_run, tmp_path):
+    """With workers > 1 each process records its task with the policy loaded from driver_checkpoint
+    (called here in this process): the policy drives, so the failed 12-step episode is kept, as
+    on-policy episodes are, with its DAgger seed; an expert-driven part would have kept nothing."""
+    from medvtc.robotics import demonstrations as demos
+    from medvtc.robotics.dagger import DAGGER_TAG
+    from medvtc.robotics.scripted_expert import ExpertConfig
+
+    summary = demos.RecordingSummary(root=str(tmp_path / "x"), suite=DEMO_SUITE, seed=0, init="random",
+                                     camera_size=(32, 32), fps=demos.CONTROL_FPS, episodes_per_task=1, tasks=[])
+    part = tmp_path / ".parts" / f"task_{DEMO_TASK}"
+    part.parent.mkdir()
+    threads = torch.get_num_threads()
+    try:
+        count = demos._record_part_worker((str(part), DEMO_TASK, summary, 1, 12, False, ExpertConfig(recover=True),
+                                           DEMO_ENV_KWARGS, str(trained_run), 1.0, DAGGER_TAG))
+    finally:
+        torch.set_num_threads(threads)  # the worker sets one thread: its process's, here this one's
+    written = json.loads((part / demos.RecordingParts.PART_FILE).read_text())
+    rec = written["task"]
+    assert count == 1 and written["seconds"] > 0
+    assert (rec["attempts"], rec["successes"], rec["kept_failures"], rec["frames"]) == (1, 0, 1, 12)
+    assert rec["kept_seeds"] == [demos.attempt_seed(0, DEMO_TASK, 0, DAGGER_TAG)]
+    assert demos.load_demonstrations(part).num_frames == 12
+
+
 def test_dagger_refuses_bad_inputs(recorded_demos, trained_run, tmp_path):
     from medvtc.robotics.dagger import record_dagger
 

@@ -223,6 +223,26 @@ def test_a_stopped_recording_resumes_after_its_finished_tasks(tmp_path, monkeypa
     assert [t["kept_seeds"] for t in recorded["tasks"]] == [t.kept_seeds for t in summary.tasks]
 
 
+def test_tasks_recorded_in_processes_give_the_same_dataset(recorded_demos, tmp_path):
+    """workers=2 records each task in its own process and joins the parts in task order: task 0's
+    episode equals the session's one-process recording of it (a task's seeds depend only on seed,
+    task and attempt), task 1 follows with its own seeds."""
+    root, one = recorded_demos
+    two = record_demonstrations(tmp_path / "two", suite=DEMO_SUITE, task_ids=[DEMO_TASK, 1], episodes_per_task=1,
+                                seed=0, camera_size=DEMO_SIZE, progress=False, env_kwargs=DEMO_ENV_KWARGS, workers=2)
+    assert [t.task_id for t in two.tasks] == [DEMO_TASK, 1] and two.episodes == 2
+    (a,), b = one.tasks, two.tasks[0]
+    assert (a.kept_seeds, a.frames, a.attempts) == (b.kept_seeds, b.frames, b.attempts)
+    assert two.tasks[1].kept_seeds == [attempt_seed(0, 1, i) for i in range(two.tasks[1].attempts)][-1:]
+    assert not demos.recording_parts_dir(tmp_path / "two").exists()
+    da, db = load_demonstrations(root), load_demonstrations(tmp_path / "two")
+    assert db.num_frames == two.frames and db.num_episodes == 2
+    for i in (0, a.frames - 1):
+        for key in (ACTION_KEY, STATE_KEY, IMAGE_KEY):
+            assert torch.equal(da[i][key], db[i][key]), (i, key)
+    assert db[a.frames]["task"] == two.tasks[1].instruction != db[0]["task"]
+
+
 def test_recording_parts_are_kept_only_under_the_same_settings(tmp_path, capsys):
     from medvtc.robotics.demonstrations import RecordingParts, TaskRecording
 
@@ -250,6 +270,8 @@ def test_recording_parts_are_kept_only_under_the_same_settings(tmp_path, capsys)
         ({"action_noise": -0.1}, ConfigError, "action_noise must be a finite number >= 0"),
         ({"robot_init_noise": float("nan")}, ConfigError, "robot_init_noise must be a finite number >= 0"),
         ({"robot_init_noise": 0.02, "init": "official"}, ConfigError, "random initial states only"),
+        ({"workers": 0}, ConfigError, "workers must be a positive int"),
+        ({"workers": 2, "driver": (None, None, None)}, ConfigError, "needs driver_checkpoint"),
     ],
 )
 def test_bad_recording_arguments(tmp_path, kwargs, error, pattern):
