@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -94,7 +95,13 @@ def test_benchmark_writes_every_method_and_checks_references(tmp_path):
         assert row["flops"] >= 0 and row["latency_ms"] > 0 and row["tokens"] >= 1
     pooled = [r for r in doc["rows"] if r["method"] == "pooling" and r["metrics"]["grid"] == "8x8" and r["metrics"]["batch"] == 1]
     assert sorted(r["tokens"] for r in pooled) == [16, 32]
-    assert all(0.0 <= r["metrics"]["coverage"] <= 1.0 for r in pooled)
+    for r in pooled:  # per-scene means over info_batch (8) scenes with their bootstrap interval
+        m = r["metrics"]
+        assert m["info_scenes"] == 8 and len(r["cases"]["seed_0"]["coverage"]) == 8
+        assert 0.0 <= m["coverage_ci"][0] <= m["coverage"] <= m["coverage_ci"][1] <= 1.0
+        assert m["nearest_kept_ci"][0] <= m["nearest_kept"] <= m["nearest_kept_ci"][1]
+        assert m["coverage"] == pytest.approx(float(np.mean(r["cases"]["seed_0"]["coverage"])))
+    assert not any("coverage" in r["metrics"] for r in doc["rows"] if r["metrics"].get("batch") == 2)
     assert "nearest_kept" not in next(r for r in doc["rows"] if r["method"] == "stc")["metrics"]
     assert not list(tmp_path.glob("compressors.partial.*")), "a finished run removes its partial results"
     targets = doc["config"]["targets"]
@@ -112,7 +119,8 @@ def test_benchmark_methods_take_the_variant_grammar(tmp_path):
     # a pinned budget is the method's only one (its reference too); the others take bench.budgets
     assert budgets == {"pooling": [0.25], "random": [0.25, 0.5], "divprune": [8], "divprune[reference]": [8]}
     assert [r["tokens"] for r in doc["rows"] if r["method"] == "divprune"] == [8]
-    assert "ci" not in json.dumps([r["metrics"] for r in doc["rows"]])  # no per-case quality metric: no intervals
+    # intervals only on the information-kept measures (not on speed or memory)
+    assert {k for r in doc["rows"] for k in r["metrics"] if k.endswith("_ci")} == {"nearest_kept_ci", "coverage_ci"}
     for methods, message in ((["pooling2"], "unknown method 'pooling2'; valid: adaptive, compressor_vla"),
                              (["pooling@x"], "budget 'x' is not a number"),
                              (["random", "random"], "lists a method twice")):

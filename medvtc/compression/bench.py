@@ -22,9 +22,14 @@ Unknown names and repeated entries are one error before any measurement. The ben
 the shared runner (`run_bench` with `CompressorsBench`, a spec that trains nothing): each
 method is one variant that gives its own rows (one per grid, batch and budget), partial results
 (`compressors.partial.*`) are written after every method and removed once the final files are
-written, and the reference implementations and speed targets come after the last method. The
-rows have no per-case quality metric (the information-kept measures are one figure of one
-structured batch): no 95 % intervals nor paired differences here.
+written, and the reference implementations and speed targets come after the last method.
+
+The information-kept measures are per-scene means over `bench.info_batch` structured scenes
+(each scene its own draw of the generator), with a 95 % percentile-bootstrap interval over the
+scenes (`nearest_kept_ci`, `coverage_ci`); they are measured on the smallest batch's rows, with
+one more call of the method on the `info_batch` scenes (or on the row's own scenes when that call
+would exceed `max_seconds`; `info_scenes` says how many). The scenes are the same for every
+method, so two methods' per-scene values pair; the rows carry them as `cases`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from medvtc.common.compressors import COMPRESSORS, create_compressor, list_compr
 from medvtc.common.compressors.metrics import coverage, reconstruction_kept
 from medvtc.common.compressors.utils import resolve_budget
 from medvtc.common.errors import UserError
+from medvtc.common.intervals import bootstrap_interval, mean_of
 from medvtc.common.results import ResultRow
 from medvtc.compression.token_grids import TokenGridSpec, class_tables, sample_scene
 
@@ -106,8 +112,8 @@ def _budgets(v: Variant, cfg) -> list[float | int]:
 
 class CompressorsBench(BenchSpec):
     """The compressors bench as a runner spec: a variant is a method (or `method@budget`),
-    measured at every grid x batch x budget (its own rows: `Evaluation.rows`); nothing trains,
-    and the rows carry no per-case quality metric, so no intervals. The plain references are
+    measured at every grid x batch x budget (its own rows: `Evaluation.rows`); nothing trains;
+    the information-kept measures carry intervals over scenes. The plain references are
     timed after every method (`extra_rows`), then the speed targets."""
 
     task = "compressors"
@@ -189,15 +195,40 @@ class CompressorsBench(BenchSpec):
         self.history[(name, batch)] = (n, k, latency / 1e3)
         metrics: dict[str, Any] = {"N": n, "grid": "x".join(map(str, grid)), "batch": batch,
                                    "budget": budget, "kept_ratio": out.tokens.shape[1] / n}
-        if not cls.learnable and out.tokens.shape[-1] == cfg.dim:
-            metrics["nearest_kept"] = reconstruction_kept(inputs["tokens"][:1], out.tokens[:1], None if out.mask is None else out.mask[:1])
-            metrics["coverage"] = coverage(inputs["tokens"][:1], out.tokens[:1])
+        cases = None
+        if not cls.learnable and out.tokens.shape[-1] == cfg.dim and batch == min(cfg.batches):
+            info, cases = self._information_kept(comp, grid, k, inputs, out, batch, latency)
+            metrics.update(info)
         metrics["learned"] = cls.learnable
-        row = ResultRow(name, int(out.tokens.shape[1]), flops, accounting.count_params(comp), latency, peak, metrics)
+        row = ResultRow(name, int(out.tokens.shape[1]), flops, accounting.count_params(comp), latency, peak, metrics,
+                        cases=cases)
         self.log(f"{name:16s} N={n:6d} B={batch} K={k:6d} {latency:10.1f} ms {peak:8.1f} MiB {flops / 1e9:8.2f} GFLOP")
         del out, comp
         gc.collect()
         return row
+
+    def _information_kept(self, comp, grid, k, inputs, out, batch, latency_ms) -> tuple[dict[str, Any], dict[str, Any]]:
+        """nearest_kept and coverage: the mean over `info_batch` scenes with its bootstrap 95 %
+        interval (metrics), and the per-scene values (cases, under the input seed)."""
+        scenes = self.b.info_batch
+        if scenes != batch and latency_ms / 1e3 * scenes / batch <= self.b.max_seconds:
+            inputs = self.inputs(grid, scenes)
+            with torch.no_grad():
+                out = _call(comp, inputs, grid, k)()
+        else:  # the row's own scenes (a slow method at a large N: one more call would cost too much)
+            scenes = batch
+        tokens, kept, mask = inputs["tokens"], out.tokens, out.mask
+        cases: dict[str, list] = {"scene": list(range(scenes)), "nearest_kept": [], "coverage": []}
+        for i in range(scenes):
+            cases["nearest_kept"].append(reconstruction_kept(tokens[i:i + 1], kept[i:i + 1],
+                                                             None if mask is None else mask[i:i + 1]))
+            cases["coverage"].append(coverage(tokens[i:i + 1], kept[i:i + 1]))
+        metrics: dict[str, Any] = {"info_scenes": scenes}
+        for name in ("nearest_kept", "coverage"):
+            metrics[name] = float(np.mean(cases[name]))
+            if scenes > 1:
+                metrics[f"{name}_ci"] = list(bootstrap_interval(mean_of(name), {name: np.asarray(cases[name])}))
+        return metrics, {f"seed_{self.b.seed}": cases}
 
     def after_all(self, cfg, vcfgs) -> None:
         from medvtc.common.compressors import references

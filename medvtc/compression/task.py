@@ -85,7 +85,7 @@ class CompressorBenchConfig:
     repeats: int = 3
     warmup: int = 1
     max_seconds: float = 60.0
-    info_batch: int = 1
+    info_batch: int = 8  # scenes the information-kept measures average over (bootstrap interval over them)
     seed: int = 0
     references: bool = True
     target_grid: list[int] = field(default_factory=lambda: [16, 16, 16])
