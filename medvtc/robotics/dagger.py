@@ -21,6 +21,7 @@ to each task's seeds (validation rollouts never reuse them) and a `dagger` secti
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -103,7 +104,7 @@ def record_dagger(
             env_kwargs=env_kwargs, robot_init_noise=robot_init_noise, action_noise=action_noise,
             driver=(policy, pre, post), driver_name=str(checkpoint), policy_share=policy_share, seed_tag=DAGGER_TAG,
             parts_dir=recording_parts_dir(root.parent / f"{root.name}.on_policy"),  # a stable place: a stopped round resumes
-            workers=workers, driver_checkpoint=checkpoint,
+            workers=workers, driver_factory=functools.partial(load_policy, checkpoint, device="cpu"),
         )
         if progress:
             print(summary.describe())

@@ -61,7 +61,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,7 +383,7 @@ def record_demonstrations(
     seed_tag: int | None = None,
     parts_dir: str | Path | None = None,
     workers: int = 1,
-    driver_checkpoint: str | Path | None = None,
+    driver_factory: Callable[[], tuple[Any, Any, Any]] | None = None,
 ) -> RecordingSummary:
     """Roll the scripted expert out and keep its successful episodes as a LeRobotDataset at `root`.
 
@@ -419,8 +419,9 @@ def record_demonstrations(
         workers: record up to this many tasks at once, each in its own process with one torch
             thread (the recording is the same as with 1: a task's seeds depend only on seed, task
             and attempt); each process writes its task's part, and this one joins them.
-        driver_checkpoint: with a driver and workers > 1, the folder it was loaded from (each
-            process loads its own copy; a policy object is not shared across processes).
+        driver_factory: with a driver and workers > 1, a picklable callable that returns the
+            driver again (e.g. `functools.partial(rollout.load_policy, checkpoint, device="cpu")`):
+            each process builds its own copy; a policy object is not shared across processes.
 
     Returns the `RecordingSummary` (also saved as meta/medvtc_recording.json).
     """
@@ -439,9 +440,9 @@ def record_demonstrations(
         raise ConfigError(f"policy_share must lie in [0, 1], got {policy_share}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive int (processes recording tasks at once), got {workers!r}")
-    if driver is not None and workers > 1 and driver_checkpoint is None:
-        raise ConfigError("recording with a driving policy in several processes needs driver_checkpoint "
-                          "(the folder each process loads the policy from)")
+    if driver is not None and workers > 1 and driver_factory is None:
+        raise ConfigError("recording with a driving policy in several processes needs driver_factory "
+                          "(what each process builds the policy with)")
     if driver is not None:
         expert_config = dataclasses.replace(expert_config or ExpertConfig(), recover=True)
     expert_config = expert_config or ExpertConfig()
@@ -480,8 +481,8 @@ def record_demonstrations(
         in_processes = set(pending) if workers > 1 and len(pending) > 1 else set()
         if in_processes:
             _record_parts_in_processes(parts, pending, min(workers, len(pending)), summary, max_attempts,
-                                       max_episode_steps, video, expert_config, env_kwargs, driver_checkpoint,
-                                       policy_share, seed_tag, bar)
+                                       max_episode_steps, video, expert_config, env_kwargs,
+                                       driver_factory if driver is not None else None, policy_share, seed_tag, bar)
         for task_id in task_ids:
             done = parts.load(task_id)
             if done is None:
@@ -536,16 +537,15 @@ def join_parts(dest: Path, sources: Sequence[Path], repo_id: str) -> None:
 def _record_parts_in_processes(parts: RecordingParts, task_ids: Sequence[int], processes: int,
                                summary: RecordingSummary, max_attempts: int, max_episode_steps: int | None,
                                video: bool, expert_config: Any, env_kwargs: Mapping[str, Any] | None,
-                               driver_checkpoint: str | Path | None, policy_share: float, seed_tag: int | None,
-                               bar) -> None:
+                               driver_factory: Callable[[], tuple[Any, Any, Any]] | None, policy_share: float,
+                               seed_tag: int | None, bar) -> None:
     """Record `task_ids` as `parts`' parts in `processes` worker processes (spawned: MuJoCo's GL
     context and torch's thread pool do not survive a fork). A failing task stops the others; the
     parts finished until then are kept, as when one process stops."""
     import multiprocessing
 
     args = [(str(parts.path(t)), t, summary, max_attempts, max_episode_steps, video, expert_config,
-             dict(env_kwargs or {}), None if driver_checkpoint is None else str(driver_checkpoint),
-             policy_share, seed_tag) for t in task_ids]
+             dict(env_kwargs or {}), driver_factory, policy_share, seed_tag) for t in task_ids]
     pool = multiprocessing.get_context("spawn").Pool(processes, maxtasksperchild=1)
     try:
         for count in pool.imap_unordered(_record_part_worker, args):
@@ -566,13 +566,9 @@ def _record_part_worker(args: tuple) -> int:
     from medvtc.common.io import atomic_directory
 
     (part, task_id, summary, max_attempts, max_episode_steps, video, expert_config, env_kwargs,
-     driver_checkpoint, policy_share, seed_tag) = args
+     driver_factory, policy_share, seed_tag) = args
     torch.set_num_threads(1)  # one process per core
-    driver = None
-    if driver_checkpoint is not None:
-        from medvtc.robotics.rollout import load_policy
-
-        driver = load_policy(driver_checkpoint, device="cpu")
+    driver = None if driver_factory is None else driver_factory()
 
     from tqdm.auto import tqdm
 

@@ -66,11 +66,14 @@ def test_on_policy_episodes_are_labelled_by_the_expert_and_added_to_the_base(rec
 
 
 def test_a_worker_process_loads_the_driving_policy_from_its_checkpoint(trained_run, tmp_path):
-    """With workers > 1 each process records its task with the policy loaded from driver_checkpoint
-    (called here in this process): the policy drives, so the failed 12-step episode is kept, as
+    """With workers > 1 each process records its task with the policy its driver_factory builds
+    (record_dagger's: load_policy on the checkpoint; called here in this process): the policy drives, so the failed 12-step episode is kept, as
     on-policy episodes are, with its DAgger seed; an expert-driven part would have kept nothing."""
+    import functools
+
     from medvtc.robotics import demonstrations as demos
     from medvtc.robotics.dagger import DAGGER_TAG
+    from medvtc.robotics.rollout import load_policy
     from medvtc.robotics.scripted_expert import ExpertConfig
 
     summary = demos.RecordingSummary(root=str(tmp_path / "x"), suite=DEMO_SUITE, seed=0, init="random",
@@ -80,7 +83,8 @@ def test_a_worker_process_loads_the_driving_policy_from_its_checkpoint(trained_r
     threads = torch.get_num_threads()
     try:
         count = demos._record_part_worker((str(part), DEMO_TASK, summary, 1, 12, False, ExpertConfig(recover=True),
-                                           DEMO_ENV_KWARGS, str(trained_run), 1.0, DAGGER_TAG))
+                                           DEMO_ENV_KWARGS, functools.partial(load_policy, trained_run, device="cpu"),
+                                           1.0, DAGGER_TAG))
     finally:
         torch.set_num_threads(threads)  # the worker sets one thread: its process's, here this one's
     written = json.loads((part / demos.RecordingParts.PART_FILE).read_text())

@@ -271,7 +271,7 @@ def test_recording_parts_are_kept_only_under_the_same_settings(tmp_path, capsys)
         ({"robot_init_noise": float("nan")}, ConfigError, "robot_init_noise must be a finite number >= 0"),
         ({"robot_init_noise": 0.02, "init": "official"}, ConfigError, "random initial states only"),
         ({"workers": 0}, ConfigError, "workers must be a positive int"),
-        ({"workers": 2, "driver": (None, None, None)}, ConfigError, "needs driver_checkpoint"),
+        ({"workers": 2, "driver": (None, None, None)}, ConfigError, "needs driver_factory"),
     ],
 )
 def test_bad_recording_arguments(tmp_path, kwargs, error, pattern):
