@@ -13,7 +13,7 @@ dropped object.
         data.episodes_per_task=30 data.policy_share=1.0
 
 writes `data.root` = every episode of `data.dagger_base` + `episodes_per_task` on-policy episodes
-per task (random scenes from their own seed stream, failed ones kept), aggregated with LeRobot's
+per task (random scenes from their own seed stream, one per round, failed ones kept), aggregated with LeRobot's
 `aggregate_datasets`; train on it as on any dataset (`policy.init_from` starts from the driving
 policy's weights). Its `meta/medvtc_recording.json` is the base's, with the on-policy scenes added
 to each task's seeds (validation rollouts never reuse them) and a `dagger` section.
@@ -31,6 +31,13 @@ from typing import Any
 from medvtc.common.errors import ConfigError, UserError
 
 DAGGER_TAG = 0x646167  # "dag": the on-policy episodes' reset-seed stream (demonstrations.attempt_seed's tag)
+
+
+def round_seed_tag(base_summary: Mapping[str, Any]) -> int:
+    """The reset-seed stream of the round added to a dataset with this recording summary: round 1
+    draws from `DAGGER_TAG`, round k from `DAGGER_TAG + k - 1`, so a chained round rolls its policy
+    out on fresh scenes rather than on the earlier rounds' ones."""
+    return DAGGER_TAG + len((base_summary.get("dagger") or {}).get("rounds", []))
 
 
 def record_dagger(
@@ -102,7 +109,7 @@ def record_dagger(
             camera_size=camera_size, init="random", max_attempts_per_task=episodes_per_task,
             max_episode_steps=max_episode_steps, progress=progress, expert_config=expert_config,
             env_kwargs=env_kwargs, robot_init_noise=robot_init_noise, action_noise=action_noise,
-            driver=(policy, pre, post), driver_name=str(checkpoint), policy_share=policy_share, seed_tag=DAGGER_TAG,
+            driver=(policy, pre, post), driver_name=str(checkpoint), policy_share=policy_share, seed_tag=round_seed_tag(base_summary),
             parts_dir=recording_parts_dir(root.parent / f"{root.name}.on_policy"),  # a stable place: a stopped round resumes
             workers=workers, driver_factory=functools.partial(load_policy, checkpoint, device="cpu"),
         )
@@ -143,4 +150,4 @@ def _merged_summary(base: dict[str, Any], added: dict[str, Any], root: Path, bas
     return merged
 
 
-__all__ = ["DAGGER_TAG", "record_dagger"]
+__all__ = ["DAGGER_TAG", "record_dagger", "round_seed_tag"]

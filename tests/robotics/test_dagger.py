@@ -16,7 +16,8 @@ from tests.robotics.conftest import DEMO_ENV_KWARGS, DEMO_SUITE, DEMO_TASK
 def test_on_policy_episodes_are_labelled_by_the_expert_and_added_to_the_base(recorded_demos, trained_run, tmp_path):
     """The aggregated dataset holds the base's episode unchanged plus one on-policy episode whose
     actions are the expert's labels of the states the (barely trained) policy visited; the
-    recording summary keeps the new scene apart from validation and says what was added."""
+    recording summary keeps the new scene apart from validation and says what was added. A chained
+    round draws its scene from its own stream."""
     from medvtc.robotics import demonstrations as demos
     from medvtc.robotics.dagger import DAGGER_TAG, record_dagger
     from medvtc.robotics.libero_env import LiberoEnv
@@ -63,6 +64,15 @@ def test_on_policy_episodes_are_labelled_by_the_expert_and_added_to_the_base(rec
         assert not np.allclose(ds[n_base][demos.ACTION_KEY].numpy(), np.asarray(action).reshape(-1))
     finally:
         env.close()
+
+    # a second round on the aggregate rolls out on a fresh scene (its own seed stream), keeps round 1's
+    merged2 = record_dagger(tmp_path / "dagger2", root, trained_run, suite=DEMO_SUITE, task_ids=[DEMO_TASK],
+                            episodes_per_task=1, max_episode_steps=4, env_kwargs=DEMO_ENV_KWARGS, progress=False)
+    seed2 = demos.attempt_seed(0, DEMO_TASK, 0, DAGGER_TAG + 1)
+    assert seed2 != seed
+    assert merged2["tasks"][0]["kept_seeds"] == base_summary.tasks[0].kept_seeds + [seed, seed2]
+    assert [r["frames"] for r in merged2["dagger"]["rounds"]] == [12, 4]
+    assert demos.load_demonstrations(tmp_path / "dagger2").num_episodes == 3
 
 
 def test_a_worker_process_loads_the_driving_policy_from_its_checkpoint(trained_run, tmp_path):
