@@ -3,6 +3,7 @@
     python -m medvtc.robotics.policy_cost                 # all variants, 128 px, 2 cameras
     python -m medvtc.robotics.policy_cost --variants none,compressor_vla --threads 2
     python -m medvtc.robotics.policy_cost --variants none,compressor_vla vision_backbone=mobilenetv2_imagenet dim_model=128
+    python -m medvtc.robotics.policy_cost --variants none,compressor_vla --compile   # + torch.compile'd twins
 
 Untrained weights (costs do not depend on them). FLOPs come from torch's counter through
 `medvtc.common.accounting` on one `predict_action_chunk` call at batch 1 (the whole policy:
@@ -123,15 +124,24 @@ def example_observation(config, task: str = "pick up the alphabet soup and place
     return obs
 
 
+COMPILED_SUFFIX = "+compile"  # the row of a policy's torch.compile'd twin (`measure_policies(compiled=True)`)
+
+
 def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, warmup: int = 3,
-                     memory: bool = False) -> dict[str, dict[str, Any]]:
+                     memory: bool = False, compiled: bool = False) -> dict[str, dict[str, Any]]:
     """{name: (policy, preprocessor)} -> {name: tokens, FLOPs, params, chunk / step latency}.
 
     FLOPs: torch's counter on one `predict_action_chunk` at batch 1 (the whole policy); latency:
     the median over `repeats` calls after `warmup`, the policies interleaved round by round so
     load from other processes slows them all alike; per step = per chunk / n_action_steps (the
     actions executed from each chunk). `memory`: also the call's peak memory (MiB).
+    `compiled`: also time a copy of each policy whose network runs through `torch.compile`
+    (inductor, static shapes; compiled before the timing, its FLOPs the eager policy's), as
+    `<name>+compile`, interleaved with the eager ones. No stage breakdown for those (the stages
+    are separate eager calls).
     """
+    import copy
+
     import torch
 
     from medvtc.common.accounting import count_flops, count_params, measure_peak_memory
@@ -149,6 +159,14 @@ def measure_policies(policies: dict[str, tuple[Any, Any]], repeats: int = 20, wa
         built[name] = (policy, fn, flops, peak, device)
         for stage, stage_fn in _stage_fns(policy, batch).items():
             built[f"{name}\0{stage}"] = (policy, stage_fn, None, None, device)
+        if compiled:
+            twin = copy.deepcopy(policy)
+            net = twin.model
+            net.forward = torch.compile(net.forward, dynamic=False)
+            twin_fn = (lambda p=twin, b=batch: p.predict_action_chunk(b))  # noqa: E731
+            with torch.inference_mode():
+                twin_fn()  # compiles here, not in the timed calls
+            built[name + COMPILED_SUFFIX] = (twin, twin_fn, flops, None, device)
     times: dict[str, list[float]] = {name: [] for name in built}
     with torch.inference_mode():
         for i in range(warmup + repeats):
@@ -199,8 +217,10 @@ def _stage_fns(policy, batch) -> dict[str, Any]:
 
 
 def measure_variants(names: Sequence[str] = tuple(VARIANTS), image_size: int = 128, repeats: int = 20,
-                     warmup: int = 3, base_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Untrained Compressor-VLA variants at `image_size` with two cameras (see the module docstring)."""
+                     warmup: int = 3, base_overrides: dict[str, Any] | None = None,
+                     compiled: bool = False) -> list[dict[str, Any]]:
+    """Untrained Compressor-VLA variants at `image_size` with two cameras (see the module docstring);
+    `compiled`: also their torch.compile'd twins (`measure_policies`)."""
     import torch
 
     from medvtc.robotics.policies.compressor_vla import (
@@ -215,31 +235,34 @@ def measure_variants(names: Sequence[str] = tuple(VARIANTS), image_size: int = 1
     for name, cfg in variant_configs(base, names).items():
         torch.manual_seed(0)
         policies[name] = (CompressorVLAPolicy(cfg).eval(), make_compressor_vla_pre_post_processors(cfg, None)[0])
-    measured = measure_policies(policies, repeats=repeats, warmup=warmup)
+    measured = measure_policies(policies, repeats=repeats, warmup=warmup, compiled=compiled)
     rows = [{"method": name, **{k: v for k, v in m.items() if k != "peak_mem_mb"}} for name, m in measured.items()]
     add_ratios(rows)
     return rows
 
 
 def add_ratios(rows: list[dict[str, Any]], baseline: str = "none") -> None:
-    """flops / tokens / latency relative to the `baseline` row, in place (rows as dicts)."""
-    base_row = next((r for r in rows if r["method"] == baseline), None)
-    if base_row is None:
-        return
+    """flops / tokens / latency relative to the `baseline` row, in place (rows as dicts); a
+    compiled row (`<name>+compile`) relative to the compiled baseline."""
     for r in rows:
+        ref = baseline + COMPILED_SUFFIX if r["method"].endswith(COMPILED_SUFFIX) else baseline
+        base_row = next((b for b in rows if b["method"] == ref), None)
+        if base_row is None:
+            continue
         r["flops_vs_none"] = r["flops"] / base_row["flops"]
         r["tokens_vs_none"] = r["tokens"] / base_row["tokens"]
         r["latency_vs_none"] = r["chunk_latency_ms"] / base_row["chunk_latency_ms"]
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    head = ("| variant | visual tokens | GFLOPs/chunk | vs none | params | chunk ms (median) | chunk ms (min) | step ms |\n"
-            "|---|---|---|---|---|---|---|---|")
+    head = ("| variant | visual tokens | GFLOPs/chunk | vs none | params | chunk ms (median) | chunk ms (min) | step ms "
+            "| latency vs none |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         rel = f"{r['flops_vs_none']:.2f}" if "flops_vs_none" in r else "-"
+        lat = f"{r['latency_vs_none']:.2f}x" if "latency_vs_none" in r else "-"
         lines.append(f"| {r['method']} | {r['tokens']} | {r['flops'] / 1e9:.2f} | {rel} | {r['params'] / 1e6:.2f}M | "
-                     f"{r['chunk_latency_ms']:.1f} | {r['chunk_latency_min_ms']:.1f} | {r['step_latency_ms']:.1f} |")
+                     f"{r['chunk_latency_ms']:.1f} | {r['chunk_latency_min_ms']:.1f} | {r['step_latency_ms']:.1f} | {lat} |")
     stages = [r for r in rows if r.get("stage_ms")]
     if stages:
         names = list(stages[0]["stage_ms"])
@@ -261,6 +284,8 @@ def _main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each variant's network through torch.compile (rows <variant>+compile; needs a C++ compiler)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="CompressorVLAConfig fields for every variant, e.g. vision_backbone=mobilenetv2_imagenet dim_model=128")
     args = p.parse_args(argv)
@@ -274,7 +299,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
         base[key] = yaml.safe_load(value)
     try:
         rows = measure_variants([v for v in args.variants.split(",") if v], args.image_size, args.repeats,
-                                base_overrides=base)
+                                base_overrides=base, compiled=args.compile)
     except TypeError as e:  # an unknown CompressorVLAConfig field
         p.error(str(e).splitlines()[0])
     print(f"torch threads: {torch.get_num_threads()}")

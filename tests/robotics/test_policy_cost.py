@@ -30,3 +30,30 @@ def test_cli_takes_config_overrides_and_refuses_unknown_fields(capsys):
     assert "no_such_field" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _main(["--variants", "none", "dim_model"])
+
+
+def test_compiled_twins_are_timed_beside_the_eager_policies_against_the_compiled_baseline(monkeypatch):
+    """`compiled=True` adds `<variant>+compile` rows from copies whose network goes through
+    torch.compile (replaced here by a recording identity: the plumbing is tested, not inductor);
+    the eager policies stay uncompiled and each compiled row's ratios are to compiled `none`."""
+    import torch
+
+    from medvtc.robotics.policy_cost import COMPILED_SUFFIX, format_rows
+
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append((fn.__self__, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    rows = {r["method"]: r for r in measure_variants(["none", "compressor_vla"], 64, repeats=2, warmup=1,
+                                                     base_overrides=TINY, compiled=True)}
+    assert set(rows) == {"none", "compressor_vla", "none" + COMPILED_SUFFIX, "compressor_vla" + COMPILED_SUFFIX}
+    assert len(compiled) == 2 and all(kw == {"dynamic": False} for _, kw in compiled)
+    cvla, cvla_c, none_c = rows["compressor_vla"], rows["compressor_vla+compile"], rows["none+compile"]
+    assert cvla_c["flops"] == cvla["flops"] and "stage_ms" not in cvla_c
+    assert cvla_c["latency_vs_none"] == pytest.approx(cvla_c["chunk_latency_ms"] / none_c["chunk_latency_ms"])
+    assert cvla["latency_vs_none"] == pytest.approx(cvla["chunk_latency_ms"] / rows["none"]["chunk_latency_ms"])
+    assert none_c["latency_vs_none"] == pytest.approx(1.0)
+    assert "| compressor_vla+compile |" in format_rows(list(rows.values()))
