@@ -5,8 +5,9 @@ to come back (behaviour cloning's compounding error). DAgger (Ross, Gordon and B
 2011) lets the trained policy drive, asks the expert what it would do in every state the policy
 visits, and trains the next policy on the union of the demonstrations and these labelled states.
 Our expert reads the simulator's privileged state, so it can label any state; in its recovery mode
-(`ExpertConfig.recover`) it also re-aligns a drifted descent, retries failed grasps and picks up a
-dropped object.
+(`ExpertConfig.recover`) it also re-aligns a drifted descent, retries failed grasps, picks up a
+dropped object, and carries on from a grasp the policy made itself (`ExpertConfig.follow_grasp`)
+rather than labelling "open" while the policy holds the object.
 
     medvtc data --task libero data.root=data/libero_object_dagger1 \\
         data.dagger_base=data/libero_object_dart50_norm data.dagger_policy=runs/libero/final \\
@@ -145,6 +146,8 @@ def _merged_summary(base: dict[str, Any], added: dict[str, Any], root: Path, bas
         "policy_success": {str(t["task_id"]): [int(t["successes"]), int(t["attempts"])] for t in added["tasks"]},
         "seconds": float(added["seconds"]),
         "expert_hand_clearance": bool(added.get("expert_hand_clearance", False)),  # the labelling expert's grasp plan
+        # whether it followed the policy's own grasps (ExpertConfig.follow_grasp); older rounds: without
+        "expert_follow_grasp": bool(added.get("expert_follow_grasp") or False),
     })
     merged["dagger"] = {"rounds": rounds}
     return merged

@@ -183,6 +183,9 @@ class RecordingSummary:
     expert_hand_clearance: bool = False  # the expert's palm-clearing grasp plan (ExpertConfig.hand_clearance); older recordings: without
     # on-policy recording (DAgger): {"policy": checkpoint, "policy_share": p}; None: the expert drove
     driver: dict[str, Any] | None = None
+    # on-policy recording: whether the labelling expert followed the policy's own grasps
+    # (ExpertConfig.follow_grasp); None for the expert's own recordings, absent: older, without
+    expert_follow_grasp: bool | None = None
     dagger: dict[str, Any] | None = None  # an aggregated dataset: what `medvtc.robotics.dagger` added to which base
 
     @property
@@ -462,6 +465,7 @@ def record_demonstrations(
         action_noise=float(action_noise), image_stats=FLOAT_MARK, expert_clip=expert_config.clip,
         expert_hand_clearance=expert_config.hand_clearance,
         driver=None if driver is None else {"policy": str(driver_name), "policy_share": float(policy_share)},
+        expert_follow_grasp=None if driver is None else bool(expert_config.follow_grasp),
     )
     # everything that decides what is recorded: a part recorded under these settings is reused as it is
     settings = {
@@ -822,7 +826,8 @@ def describe_dataset(root: str | Path) -> str:
         for i, r in enumerate((rec.get("dagger") or {}).get("rounds", []), 1):
             won = sum(s for s, _ in r["policy_success"].values())
             lines.append(f"  DAgger round {i}: {r['episodes']} on-policy episodes ({r['frames']} frames) driven by "
-                         f"{r['policy']} (policy share {r['policy_share']:g}; it succeeded in {won}), labelled by the expert")
+                         f"{r['policy']} (policy share {r['policy_share']:g}; it succeeded in {won}), labelled by the expert"
+                         f"{' following its grasps' if r.get('expert_follow_grasp', False) else ''}")
     return "\n".join(lines)
 
 

@@ -146,6 +146,48 @@ def test_a_drifted_descent_goes_back_up_only_in_recovery_mode(recover, phase):
         env.close()
 
 
+@pytest.mark.parametrize("follow", [True, False], ids=["follows", "older_labels"])
+def test_the_labelling_expert_carries_an_object_the_policy_grasped(follow):
+    """A driver (here a second expert) grasps the object while the labelling expert still plans its
+    own approach: following the grasp, the label lifts the object with the gripper closed, and the
+    labels alone then finish the task from that grasp; without it the label says "open"."""
+    from medvtc.robotics.libero_env import LiberoEnv
+    from medvtc.robotics.scripted_expert import CLOSE, OPEN, ExpertConfig, ScriptedExpert
+
+    env = LiberoEnv(DEMO_SUITE, DEMO_TASK, cameras=(), max_episode_steps=280)
+    try:
+        env.reset(seed=0, options={"init_state": "random"})
+        driver = ScriptedExpert(env, ExpertConfig(clip="norm"))
+        labeller = ScriptedExpert(env, ExpertConfig(clip="norm", recover=True, follow_grasp=follow))
+        driver.reset()
+        labeller.reset()
+        assert not labeller.holding()
+        for _ in range(150):
+            if driver.phase == "lift":
+                break
+            env.step(driver.act())
+        assert driver.phase == "lift" and labeller.phase == "approach"
+        assert labeller.holding()
+        label = labeller.act()
+        if not follow:
+            assert label[6] == OPEN and labeller.phase in ("approach", "descend")
+            return
+        assert label[6] == CLOSE and label[2] > 0 and labeller.phase == "lift"
+        pos, _ = labeller._eef()
+        bottom = labeller._footprint(labeller.object_name)["bottom"]
+        assert labeller.grip_above_bottom == pytest.approx(pos[2] - bottom, abs=0.005)
+        success = False
+        for _ in range(200):
+            *_, terminated, truncated, info = env.step(label)
+            if terminated or truncated:
+                success = bool(terminated)
+                break
+            label = labeller.act()
+        assert success, f"the labels did not finish the task from the policy's grasp (phase {labeller.phase})"
+    finally:
+        env.close()
+
+
 def test_init_from_starts_training_from_the_saved_weights(recorded_demos, trained_run, tmp_path):
     from safetensors.torch import load_file
 
