@@ -43,7 +43,9 @@ def test_on_policy_episodes_are_labelled_by_the_expert_and_added_to_the_base(rec
     (round1,) = saved["dagger"]["rounds"]
     assert (round1["episodes"], round1["frames"], round1["policy_share"]) == (1, 12, 1.0)
     assert round1["policy_success"] == {str(DEMO_TASK): [0, 1]}
+    assert round1["expert_follow_grasp"] is True  # ExpertConfig's default: the labels follow the policy's grasps
     assert "DAgger round 1: 1 on-policy episodes (12 frames)" in demos.describe_dataset(root)
+    assert "labelled by the expert following its grasps" in demos.describe_dataset(root)
 
     # replay: the policy's own actions drive the scene, the dataset holds the expert's labels of it
     policy, pre, post = load_policy(trained_run, device="cpu")
