@@ -3,11 +3,14 @@
     python scripts/libero_label_conflict.py data/libero_object_clear_cvla_dagger1 data/libero_object_clear_cvla_dagger1_follow
 
 Per dataset, part (the expert's own demonstrations, then each DAgger round) and task: the frames in
-which the gripper holds something (finger gap between 0.01 and 0.07 m: closed, but not on air; open
-is about 0.08 m, closed empty about 0) and how many of them carry the label "open" (action[6] < 0).
-In the expert's demonstrations that share is about 0: it opens only to release over the target. In
-on-policy frames a large share means the labelling expert is out of step with the grasp the policy
-made (README, "On-policy data (DAgger)"; `ExpertConfig.follow_grasp`). Episodes are ordered as
+which the gripper is partly closed (finger gap between 0.01 and 0.07 m; open is about 0.08 m,
+closed on nothing below 0.01) and how many of them carry the label "open" (action[6] < 0). In the
+expert's demonstrations a partly closed gripper holds the object and that share is about 0 (it
+opens only to release over the target). In on-policy frames a partly closed gripper either holds
+the object (then "open" means the labelling expert is out of step with the policy's grasp: README,
+"On-policy data (DAgger)"; `ExpertConfig.follow_grasp`) or is closing or hovering half closed on
+air, where "open" is the right label: the dataset alone cannot tell the two apart (the object's
+pose is not stored), so this is an upper bound on out-of-step labels. Episodes are ordered as
 `medvtc.robotics.dagger` aggregates them: the base's first, then each round's. Reads the parquet
 files and `meta/medvtc_recording.json` with pandas; nothing else is loaded.
 """
@@ -22,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-HELD_GAP = (0.01, 0.07)  # finger gap (m) of a gripper closed on an object
+PARTLY_CLOSED_GAP = (0.01, 0.07)  # finger gap (m): closed on an object, or on its way / half closed
 
 
 def label_conflict(root: str | Path) -> list[tuple[str, int, int, int]]:
-    """(part, task, held frames, held frames labelled open) for each part and task of `root`."""
+    """(part, task, partly closed frames, of which labelled open) for each part and task of `root`."""
     root = Path(root)
     files = sorted(glob.glob(str(root / "data" / "*" / "*.parquet")))
     summary_path = root / "meta" / "medvtc_recording.json"
@@ -36,7 +39,7 @@ def label_conflict(root: str | Path) -> list[tuple[str, int, int, int]]:
     df = pd.concat([pd.read_parquet(f, columns=["observation.state", "action", "episode_index", "task_index"]) for f in files])
     state, action = np.stack(df["observation.state"].to_numpy()), np.stack(df["action"].to_numpy())
     gap = state[:, 6] - state[:, 7]
-    held = (gap > HELD_GAP[0]) & (gap < HELD_GAP[1])
+    partly_closed = (gap > PARTLY_CLOSED_GAP[0]) & (gap < PARTLY_CLOSED_GAP[1])
     labelled_open = action[:, 6] < 0
     episode = df["episode_index"].to_numpy()
     bounds = [("demonstrations", 0, int(summary["episodes"]))]
@@ -47,7 +50,7 @@ def label_conflict(root: str | Path) -> list[tuple[str, int, int, int]]:
     for part, lo, hi in bounds:
         in_part = (episode >= lo) & (episode < hi)
         for task in sorted(set(df["task_index"].to_numpy()[in_part].tolist())):
-            m = in_part & (df["task_index"].to_numpy() == task) & held
+            m = in_part & (df["task_index"].to_numpy() == task) & partly_closed
             rows.append((part, int(task), int(m.sum()), int((m & labelled_open).sum())))
     return rows
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     for root in args.roots:
         print(f"{root}:")
-        print("| part | task | frames holding something | of which labelled open |")
+        print("| part | task | frames with the gripper partly closed | of which labelled open |")
         print("|---|---|---|---|")
         for part, task, n, opened in label_conflict(root):
             print(f"| {part} | {task} | {n} | {opened} ({opened / max(n, 1):.0%}) |")

@@ -103,10 +103,11 @@ class ExpertConfig:
     # Recovery mode only: when the driving policy has grasped the object itself (both finger pads
     # touch it, robosuite's `_check_grasp`) while the expert is still approaching or descending,
     # the expert carries the object from that grasp (lift, transport, place) instead of labelling
-    # "open, go to my own grasp point": in the two DAgger rounds labelled without it, 32-85 % of
-    # the on-policy frames of libero_object tasks 0-2 in which the policy held something were
-    # labelled "open" (0-0.5 % in the expert's own demonstrations; scripts/libero_label_conflict.py),
-    # which teaches the policy to let go of what it holds. False: those older labels.
+    # "open, go to my own grasp point", which teaches the policy to let go of what it holds.
+    # DAgger round 1 of libero_object tasks 1 and 2 (the same states relabelled): 36 % and 61 % of
+    # the on-policy frames with the gripper partly closed were labelled "open" without it, 5 % and
+    # 9 % with it, 0-0.5 % in the expert's own demonstrations (scripts/libero_label_conflict.py).
+    # False: those older labels.
     follow_grasp: bool = True
 
     def __post_init__(self) -> None:
