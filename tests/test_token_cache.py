@@ -84,7 +84,8 @@ def test_a_failed_encoding_leaves_no_complete_store(tmp_path):
     assert enc.seen == 6 and len(cache) == 10 and cache.meta["shards"] == 3
     for i in (0, 3, 4, 9):  # shard 0 from the failed call (encoder without doubling), the rest from Counting
         torch.testing.assert_close(cache.tokens(i), data[i]["x"] * (1 if i < 4 else 2), atol=1e-2, rtol=1e-3)
-    assert [p.name for p in tmp_path.iterdir()] == [cache.path.name]  # the partial folder became the store
+    # the partial folder became the store (beside it, the build's lock file)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"] == [cache.path.name]
 
 
 def test_a_killed_encoding_leaves_no_complete_store(tmp_path):
@@ -153,7 +154,7 @@ def test_a_resumed_build_equals_an_uninterrupted_one(tmp_path):
     enc = Counting()
     other = build(tmp_path / "other", enc, shard_size=5)
     assert enc.seen == 11 * 3 and other.meta["shard_size"] == 5 and torch.equal(other.tokens(10, 2), whole.tokens(10, 2))
-    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [other.path.name]
+    assert sorted(p.name for p in (tmp_path / "other").iterdir() if p.suffix != ".lock") == [other.path.name]
 
 
 def test_augmented_views_and_random_view_sampling(tmp_path):
@@ -195,3 +196,39 @@ def test_another_rank_waits_for_the_store_and_overflow_is_refused(tmp_path):
         TokenCache.get_or_build(tmp_path / "big", {"e": 1}, lambda items: torch.full((len(items), 2, 2), 1e6), data,
                                 progress=False)
     assert not list((tmp_path / "big").glob(f"*/{META_FILE}"))
+
+
+def test_a_second_process_waits_for_the_build_and_reuses_it(tmp_path):
+    """Two callers ask for the same store at once (two bench variants started together): the
+    second waits on the build's file lock, then reuses the store instead of encoding it again."""
+    import threading
+
+    data = _dataset(12)
+    started, release = threading.Event(), threading.Event()
+
+    class Held(Counting):
+        def __call__(self, items):
+            started.set()
+            assert release.wait(30), "the test never released the first build"
+            return super().__call__(items)
+
+    first_enc, second_enc, logs, results = Held(), Counting(), [], {}
+    first = threading.Thread(target=lambda: results.update(first=TokenCache.get_or_build(
+        tmp_path, {"encoder": "a"}, first_enc, data, batch_size=4, shard_size=4, progress=False)))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: results.update(second=TokenCache.get_or_build(
+        tmp_path, {"encoder": "a"}, second_enc, data, batch_size=4, shard_size=4, progress=False, log=logs.append)))
+    second.start()
+    for _ in range(300):  # until the second caller reports that it waits
+        if logs:
+            break
+        time.sleep(0.01)
+    assert logs and "being built by another process" in logs[0]
+    assert "second" not in results
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert first_enc.seen == 12 and second_enc.seen == 0
+    assert results["second"].path == results["first"].path and "token cache reused" in logs[-1]
+    assert torch.equal(results["second"].tokens(11), results["first"].tokens(11))

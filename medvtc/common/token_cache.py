@@ -18,7 +18,10 @@ same store to every run whose encoder weights, preprocessing, samples and views 
   that looks complete, and the next call with the same fingerprint resumes after the last
   finished shard (views are seeded per sample, so a resumed store equals an uninterrupted one).
   Encoding a large dataset with a large encoder takes hours on a CPU; a stop should not lose them.
-  One process builds a given store at a time (other DDP ranks `wait_for` it).
+  One process builds a given store at a time: the build holds a file lock beside it
+  (`.<key>.lock`, the `filelock` package), so a second process asking for the same store (two
+  bench variants started together, a second DDP rank) waits for the first and then reuses what
+  it wrote instead of writing the same shards beside it (DDP ranks may also `wait_for` it).
 - Augmentation: `views=V` with `augment(item, view, rng)` stores V encodings per sample (view 0
   is the item unaugmented, views 1.. pass through `augment` with a generator seeded by
   (seed, sample, view)); `CachedTokenDataset(view="random")` then draws one per access.
@@ -140,12 +143,45 @@ class TokenCache:
             raise ValueError("views > 1 needs an augment(item, view, rng) function")
         full = cls._full_fingerprint(fingerprint, views, seed, len(dataset))
         path = Path(root) / fingerprint_key(full)
-        if (path / META_FILE).is_file():
-            cache = cls(path)
-            if cache.fingerprint == full:
-                log(f"medvtc: token cache reused: {path} ({cache.num_samples} samples x {cache.views} views)")
-                return cache
-            shutil.rmtree(path)  # a hash collision or a hand-edited store: rebuild
+        reused = cls._complete(path, full, log)
+        if reused is not None:
+            return reused
+        from filelock import FileLock, Timeout
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"medvtc: token cache {path} is being built by another process; waiting for it")
+            lock.acquire()
+        try:
+            reused = cls._complete(path, full, log)  # the other process may have finished it
+            if reused is not None:
+                return reused
+            return cls._build(path, full, encode, dataset, views=views, augment=augment, seed=seed,
+                              batch_size=batch_size, shard_size=shard_size, progress=progress, log=log)
+        finally:
+            lock.release()
+
+    @classmethod
+    def _complete(cls, path: Path, full: Mapping[str, Any], log: Callable[[str], None]) -> "TokenCache | None":
+        """The finished store at `path` if it holds `full`'s tokens, else None (a store with another
+        fingerprint under the same key, a hash collision or a hand edit, is removed)."""
+        if not (path / META_FILE).is_file():
+            return None
+        cache = cls(path)
+        if cache.fingerprint == full:
+            log(f"medvtc: token cache reused: {path} ({cache.num_samples} samples x {cache.views} views)")
+            return cache
+        shutil.rmtree(path)
+        return None
+
+    @classmethod
+    def _build(cls, path: Path, full: Mapping[str, Any], encode: Callable[[list[Any]], torch.Tensor],
+               dataset: Sequence[Any], *, views: int, augment, seed: int, batch_size: int, shard_size: int,
+               progress: bool, log: Callable[[str], None]) -> "TokenCache":
+        """Encode `dataset` into `path` (resuming an interrupted build); the caller holds the lock."""
         from safetensors.torch import save_file
         from tqdm.auto import tqdm
 
