@@ -75,6 +75,7 @@ def record_dagger(
     """
     from medvtc.common.io import atomic_directory, atomic_write_json
     from medvtc.robotics.demonstrations import (
+        ARM_INIT,
         RECORDING_FILE,
         REPO_PREFIX,
         join_parts,
@@ -99,6 +100,10 @@ def record_dagger(
     if base_summary["suite"] != suite or not set(task_ids) <= known:
         raise ConfigError(f"data.dagger_base {base} holds {base_summary['suite']} tasks {sorted(known)}; "
                           f"asked for {suite} tasks {list(task_ids)}")
+    if base_summary.get("arm_init", "reset") != ARM_INIT:
+        raise ConfigError(f"data.dagger_base {base} has arm_init {base_summary.get('arm_init', 'reset')!r} (its scenes' arm noise "
+                          f"came from robosuite's reset); this version loads it as the official states start (arm_init "
+                          f"{ARM_INIT!r}), so the on-policy scenes would start differently: record a new base")
     camera = base_info["features"]["observation.images.image"]["shape"]
     camera_size = (int(camera[0]), int(camera[1]))
     policy, pre, post = load_policy(checkpoint, device="cpu")

@@ -86,6 +86,14 @@ ACTION_DIM = len(ACTION_NAMES)
 CONTROL_FPS = 20  # LIBERO / robosuite control frequency
 RECORDING_FILE = "meta/medvtc_recording.json"
 REPO_PREFIX = "medvtc"
+# How this version applies the random scenes' arm noise (RecordingSummary.arm_init): loaded like the
+# official initial states (LiberoEnv.robot_init_noise); older recordings say "reset" (robosuite's reset).
+ARM_INIT = "loaded"
+
+
+def arm_init_text(arm_init: str) -> str:
+    """How a recording's `arm_init` reads in its description."""
+    return "arm noise loaded as the official states start" if arm_init == ARM_INIT else "arm noise from robosuite's reset"
 INIT_MODES = ("random", "official")
 
 
@@ -187,6 +195,9 @@ class RecordingSummary:
     # (ExpertConfig.follow_grasp); None for the expert's own recordings, absent: older, without
     expert_follow_grasp: bool | None = None
     dagger: dict[str, Any] | None = None  # an aggregated dataset: what `medvtc.robotics.dagger` added to which base
+    # how the random scenes' arm noise was applied: "loaded" (LiberoEnv.robot_init_noise: as the official
+    # states start); absent: older recordings, "reset" (robosuite's own reset drew it; the controller knew the pose)
+    arm_init: str = "reset"
 
     @property
     def episodes(self) -> int:
@@ -226,7 +237,8 @@ class RecordingSummary:
             f"(success rate {self.expert_success_rate:.1%}, {self.init} initial states, seed {self.seed}, "
             f"robot init noise {self.robot_init_noise:g} rad, DART action noise {self.action_noise:g}, "
             f"expert velocity clipped per {self.expert_clip}, "
-            f"{'palm-clearing' if self.expert_hand_clearance else 'plain'} grasp plan)",
+            f"{'palm-clearing' if self.expert_hand_clearance else 'plain'} grasp plan, "
+            f"{arm_init_text(self.arm_init)})",
         ]
         for t in self.tasks:
             short = "" if t.successes >= self.episodes_per_task else f"  (wanted {self.episodes_per_task})"
@@ -272,18 +284,12 @@ def _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_pe
 
 
 def set_robot_init_noise(env, magnitude: float) -> None:
-    """Gaussian joint noise of `magnitude` rad at every later reset of `env` (a `LiberoEnv`).
-
-    robosuite rebuilds its robots from `robot_configs` on a hard reset, so both the configs and the
-    live robots get the setting. The noise is drawn from numpy's global RNG, which `LiberoEnv`
-    seeds from the reset seed: resets stay deterministic.
-    """
-    noise = {"magnitude": float(magnitude), "type": "gaussian"}
-    robosuite_env = env.libero_env.env
-    for config in robosuite_env.robot_configs:
-        config["initialization_noise"] = dict(noise)
-    for robot in robosuite_env.robots:
-        robot.initialization_noise = dict(noise)
+    """Gaussian joint noise of `magnitude` rad on the arm at every later random reset of `env` (a
+    `LiberoEnv`; its `robot_init_noise`: drawn from the reset seed, and loaded the way LIBERO's
+    official initial states are, so the scenes start like the test scenes)."""
+    if not math.isfinite(magnitude) or magnitude < 0:
+        raise ConfigError(f"robot_init_noise must be a finite number >= 0 (rad), got {magnitude!r}")
+    env.robot_init_noise = float(magnitude)
 
 
 def dart_action(clean: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
@@ -466,6 +472,7 @@ def record_demonstrations(
         expert_hand_clearance=expert_config.hand_clearance,
         driver=None if driver is None else {"policy": str(driver_name), "policy_share": float(policy_share)},
         expert_follow_grasp=None if driver is None else bool(expert_config.follow_grasp),
+        arm_init=ARM_INIT,
     )
     # everything that decides what is recorded: a part recorded under these settings is reused as it is
     settings = {
@@ -473,6 +480,7 @@ def record_demonstrations(
         "init": init, "max_attempts": int(max_attempts), "max_episode_steps": max_episode_steps, "fps": int(fps),
         "video": bool(video), "expert": asdict(expert_config), "env_kwargs": dict(env_kwargs or {}),
         "robot_init_noise": float(robot_init_noise), "action_noise": float(action_noise), "seed_tag": seed_tag,
+        "arm_init": summary.arm_init,
         "driver": None if driver is None else {"name": str(driver_name), "policy_share": float(policy_share),
                                                 "weights": module_fingerprint(driver[0])},
     }
@@ -821,7 +829,8 @@ def describe_dataset(root: str | Path) -> str:
             f"({rec['failures']} failed, success rate {rec['expert_success_rate']:.1%}), seed {rec['seed']}, "
             f"{rec['init']} initial states, robot init noise {rec.get('robot_init_noise', 0.0):g} rad, "
             f"DART action noise {rec.get('action_noise', 0.0):g}, expert velocity clipped per {rec.get('expert_clip', 'axis')}, "
-            f"{'palm-clearing' if rec.get('expert_hand_clearance', False) else 'plain'} grasp plan"
+            f"{'palm-clearing' if rec.get('expert_hand_clearance', False) else 'plain'} grasp plan, "
+            f"{arm_init_text(rec.get('arm_init', 'reset'))}"
         )
         for i, r in enumerate((rec.get("dagger") or {}).get("rounds", []), 1):
             won = sum(s for s, _ in r["policy_success"].values())

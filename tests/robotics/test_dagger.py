@@ -4,6 +4,7 @@ recovery mode; fine-tuning from a trained policy's weights (policy.init_from).""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def test_a_worker_process_loads_the_driving_policy_from_its_checkpoint(trained_r
 
 
 def test_dagger_refuses_bad_inputs(recorded_demos, trained_run, tmp_path):
+    from medvtc.robotics import demonstrations as demos
     from medvtc.robotics.dagger import record_dagger
 
     base, _ = recorded_demos
@@ -120,7 +122,14 @@ def test_dagger_refuses_bad_inputs(recorded_demos, trained_run, tmp_path):
         record_dagger(tmp_path / "x", base, trained_run, **{**kw, "task_ids": [3]})
     with pytest.raises(ConfigError, match="policy_share must lie in"):
         record_dagger(tmp_path / "y", base, trained_run, **{**kw, "policy_share": 1.5})
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    older = tmp_path / "older_base"  # recorded before the arm noise was loaded as the official states'
+    shutil.copytree(base, older)
+    summary = json.loads((older / demos.RECORDING_FILE).read_text())
+    assert summary.pop("arm_init") == "loaded"
+    (older / demos.RECORDING_FILE).write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match="has arm_init 'reset'.*record a new base"):
+        record_dagger(tmp_path / "z", older, trained_run, **kw)
+    assert not any((tmp_path / name).exists() for name in ("x", "y", "z"))
 
 
 def test_dagger_settings_go_together():

@@ -130,6 +130,7 @@ def test_recording_with_noise_keeps_the_clean_expert_actions(tmp_path):
     assert "palm-clearing grasp plan" in summary.describe()  # ExpertConfig.hand_clearance, the default
     recorded = json.loads((root / demos.RECORDING_FILE).read_text())
     assert (recorded["action_noise"], recorded["expert_clip"], recorded["expert_hand_clearance"]) == (0.3, "norm", True)
+    assert recorded["arm_init"] == "loaded" and "arm noise loaded as the official states start" in summary.describe()
     attempt = len(summary.tasks[0].failed_seeds)  # the kept episode's attempt index
     ds = load_demonstrations(root)
     states = [ds[t][STATE_KEY].numpy() for t in range(9)]

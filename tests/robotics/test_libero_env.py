@@ -128,3 +128,31 @@ def test_scripted_expert_solves_an_official_init_state(state_env):
     result = run_episode(state_env, expert, options={"init_state_id": 0})
     assert result["success"], result
     assert result["steps"] < state_env.max_episode_steps
+
+
+def test_arm_noise_starts_random_scenes_the_way_official_states_start():
+    """An official state is loaded over a reset with the arm at robosuite's initial pose, without
+    the arm's controller being told (its nullspace target stays that pose); a random scene's arm
+    noise is applied the same way, so both start alike (a policy tells the difference)."""
+    def controller_target(e: LiberoEnv) -> np.ndarray:
+        return np.array(e.libero_env.env.robots[0].controller.initial_joint)
+
+    def joints(e: LiberoEnv) -> np.ndarray:
+        rs = e.libero_env.env
+        return np.array(rs.sim.data.qpos[rs.robots[0]._ref_joint_pos_indexes])
+
+    env = LiberoEnv("libero_object", 0, cameras=(), robot_init_noise=0.02)
+    try:
+        init_qpos = np.array(env.libero_env.env.robots[0].init_qpos)
+        starts = []
+        for options in ({"init_state_id": 0}, {"init_state": "random"}):
+            env.reset(seed=1, options=options)
+            assert np.abs(joints(env) - init_qpos).max() > 2e-3  # a noised arm...
+            np.testing.assert_allclose(controller_target(env), init_qpos)  # ...the controller reset at the un-noised pose
+            starts.append(joints(env))
+        env.reset(seed=1, options={"init_state": "random"})
+        np.testing.assert_array_equal(joints(env), starts[1])  # the noise comes from the seed
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="robot_init_noise must be a finite number >= 0"):
+        LiberoEnv("libero_object", 0, cameras=(), robot_init_noise=-0.1)
