@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--camera-size", type=int, default=128)
     ap.add_argument("--no-follow-grasp", action="store_true", help="label as before ExpertConfig.follow_grasp")
     ap.add_argument("--data", type=Path, default=None, help="the round's recording: check the re-run states against it")
+    ap.add_argument("--arm-init", default="loaded", choices=["loaded", "reset"],
+                    help="how the recording applied its arm noise (its summary's arm_init; absent: reset)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     env = LiberoEnv(args.suite, args.task, camera_size=(args.camera_size, args.camera_size), cameras=("agentview", "wrist"))
     try:
         if args.robot_init_noise > 0:
-            set_robot_init_noise(env, args.robot_init_noise)
+            set_robot_init_noise(env, args.robot_init_noise, args.arm_init)
         ident = attempt_seed(args.seed, args.task, args.attempt, DAGGER_TAG + args.round - 1)
         obs, _ = env.reset(seed=ident, options={"init_state": "random"})
         expert = ScriptedExpert(env, ExpertConfig(clip="norm", recover=True, follow_grasp=not args.no_follow_grasp))

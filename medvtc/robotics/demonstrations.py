@@ -283,13 +283,24 @@ def _check_record_args(suite, task_ids, episodes_per_task, init, max_attempts_pe
         raise ConfigError(f"task ids repeat: {list(task_ids)}")
 
 
-def set_robot_init_noise(env, magnitude: float) -> None:
+def set_robot_init_noise(env, magnitude: float, arm_init: str = ARM_INIT) -> None:
     """Gaussian joint noise of `magnitude` rad on the arm at every later random reset of `env` (a
-    `LiberoEnv`; its `robot_init_noise`: drawn from the reset seed, and loaded the way LIBERO's
-    official initial states are, so the scenes start like the test scenes)."""
+    `LiberoEnv`), drawn from the reset seed. `arm_init` "loaded" (default): the env's
+    `robot_init_noise`, loaded the way LIBERO's official initial states are, so the scenes start
+    like the test scenes; "reset": robosuite's own reset draws it (how recordings before that were
+    made: replaying one of them needs it)."""
     if not math.isfinite(magnitude) or magnitude < 0:
         raise ConfigError(f"robot_init_noise must be a finite number >= 0 (rad), got {magnitude!r}")
-    env.robot_init_noise = float(magnitude)
+    if arm_init not in (ARM_INIT, "reset"):
+        raise ConfigError(f"arm_init must be {ARM_INIT!r} or 'reset', got {arm_init!r}")
+    env.robot_init_noise = float(magnitude) if arm_init == ARM_INIT else 0.0
+    # robosuite rebuilds its robots from `robot_configs` on a hard reset: both get the setting
+    noise = {"magnitude": float(magnitude) if arm_init == "reset" else 0.0, "type": "gaussian"}
+    robosuite_env = env.libero_env.env
+    for config in robosuite_env.robot_configs:
+        config["initialization_noise"] = dict(noise)
+    for robot in robosuite_env.robots:
+        robot.initialization_noise = dict(noise)
 
 
 def dart_action(clean: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:

@@ -134,6 +134,8 @@ def test_arm_noise_starts_random_scenes_the_way_official_states_start():
     """An official state is loaded over a reset with the arm at robosuite's initial pose, without
     the arm's controller being told (its nullspace target stays that pose); a random scene's arm
     noise is applied the same way, so both start alike (a policy tells the difference)."""
+    from medvtc.robotics.demonstrations import set_robot_init_noise
+
     def controller_target(e: LiberoEnv) -> np.ndarray:
         return np.array(e.libero_env.env.robots[0].controller.initial_joint)
 
@@ -152,6 +154,11 @@ def test_arm_noise_starts_random_scenes_the_way_official_states_start():
             starts.append(joints(env))
         env.reset(seed=1, options={"init_state": "random"})
         np.testing.assert_array_equal(joints(env), starts[1])  # the noise comes from the seed
+        # the older way (replaying older recordings): robosuite's reset draws it, the controller knows the pose
+        set_robot_init_noise(env, 0.02, "reset")
+        env.reset(seed=1, options={"init_state": "random"})
+        assert env.robot_init_noise == 0.0 and np.abs(joints(env) - init_qpos).max() > 2e-3
+        np.testing.assert_allclose(controller_target(env), joints(env), atol=1e-3)
     finally:
         env.close()
     with pytest.raises(ConfigError, match="robot_init_noise must be a finite number >= 0"):
