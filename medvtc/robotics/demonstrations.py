@@ -94,6 +94,8 @@ ARM_INIT = "loaded"
 def arm_init_text(arm_init: str) -> str:
     """How a recording's `arm_init` reads in its description."""
     return "arm noise loaded as the official states start" if arm_init == ARM_INIT else "arm noise from robosuite's reset"
+
+
 INIT_MODES = ("random", "official")
 
 

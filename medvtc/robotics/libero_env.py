@@ -415,7 +415,8 @@ class LiberoEnv(gym.Env):
             still acts on the reset pose. That is part of how every official episode starts, and
             a policy notices: one trained on scenes noised by robosuite's own reset (the controller
             knows the pose) solved 13 of 20 such scenes of libero_object task 2, 3 of the first 20
-            official ones, and 14 of those 20 when the controller was told the loaded pose.
+            official ones, and 13 of those 20 when the controller was told the loaded pose
+            (``scripts/libero_start_check.py``).
 
     Attributes: ``instruction`` (the text a policy is given, see `task_instruction`), ``task_name``,
     ``next_init_state_id`` (the official state ``options={"init_state_id": "next"}`` loads next;
