@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINTS = REPO / "benchmarks" / "checkpoints" / "libero"
-COMMITTED = ["compressor_vla", "compressor_vla_dagger1", "compressor_vla_dagger1_follow", "none_dagger1"]  # the README's LIBERO section quotes these; a missing one fails here
+COMMITTED = ["compressor_vla", "compressor_vla_dagger1", "compressor_vla_dagger1_follow", "compressor_vla_loaded", "none_dagger1"]  # the README's LIBERO section quotes these; a missing one fails here
 SOURCE_FILE = "medvtc_bench.json"
 
 
